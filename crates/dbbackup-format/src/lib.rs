@@ -1,1 +1,20 @@
-//! placeholder
+//! Pure PostgreSQL and repository format code for dbbackup.
+//!
+//! This crate owns everything that can be decided from bytes and strings
+//! alone: LSNs, WAL file names and segment arithmetic for any segment size,
+//! WAL page headers, `pg_control`, encryption keys as text, stored object
+//! names and repository metadata types. It never touches a disk, a network or
+//! a clock, so every function here is unit- and property-testable.
+
+pub mod codec;
+pub mod control;
+pub mod key;
+pub mod lsn;
+pub mod meta;
+pub mod object;
+pub mod pagehdr;
+pub mod wal;
+
+pub use codec::Codec;
+pub use lsn::Lsn;
+pub use wal::{SegmentSize, TimelineId, WalFileName, WalKind};
