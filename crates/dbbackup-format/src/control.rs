@@ -77,9 +77,9 @@ impl ControlData {
         match self.pg_control_version {
             1201 => Some(12),
             1300 => Some(match self.catalog_version {
-                ..=202_007_201 => 13,
-                ..=202_107_181 => 14,
-                ..=202_209_061 => 15,
+                c if c <= 202_007_201 => 13,
+                c if c <= 202_107_181 => 14,
+                c if c <= 202_209_061 => 15,
                 _ => 16,
             }),
             1700 => Some(17),
