@@ -1,1 +1,18 @@
-//! placeholder
+//! The dbbackup engine.
+//!
+//! Everything a command does lives here, named as the commands are: `repo`
+//! (metadata, identity, keys), `wal` (archive and fetch), with `storage`,
+//! `codec` and `crypto` as the pipeline they share and `pg` as the one way
+//! to talk to a server. This crate never prints: it returns values and
+//! errors for the binary to render.
+
+pub mod codec;
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod pg;
+pub mod repo;
+pub mod storage;
+pub mod wal;
+
+pub use error::{Error, Result};

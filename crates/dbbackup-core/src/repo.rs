@@ -1,0 +1,268 @@
+//! The repository: its metadata file, the cluster identity it is bound
+//! to, its codec defaults and its encryption key.
+//!
+//! A `Repository` value exists only after the metadata was read, its format
+//! version accepted and, for an encrypted repository, a key with the
+//! recorded fingerprint loaded. Code holding one never has to re-check.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use dbbackup_format::control::{parse_control, parse_pg_version};
+use dbbackup_format::key::Key;
+use dbbackup_format::meta::{ClusterIdentity, Compression, Encryption, MetaError, RepoMeta, FORMAT_VERSION, META_FILE};
+use dbbackup_format::{Codec, SegmentSize};
+
+use crate::codec::CodecSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::KeySource;
+use crate::storage::{Commit, Storage};
+
+/// Lock file serializing metadata writes.
+pub const META_LOCK: &str = "locks/meta.lock";
+
+/// An opened repository.
+#[derive(Debug)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    meta: RepoMeta,
+    key: Option<Key>,
+}
+
+/// What `repo init` creates.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub codec: Codec,
+    pub level: Option<i32>,
+    /// Encrypt every object with this key.
+    pub key: Option<Key>,
+    pub identity: Option<ClusterIdentity>,
+}
+
+/// Current time as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+}
+
+/// Checks a compression level against the codec's range.
+pub fn check_level(codec: Codec, level: Option<i32>) -> Result<()> {
+    match (level, codec.level_range()) {
+        (Some(l), Some((lo, hi))) if !(lo..=hi).contains(&l) => {
+            Err(Error::invalid(format!("compression level {l} is out of range for {codec}: use {lo} to {hi}")))
+        }
+        (Some(_), None) if codec != Codec::None => {
+            Err(Error::invalid(format!("{codec} has no compression levels: drop --compress-level")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Repository {
+    /// Creates a new repository. Refuses an existing repository and a
+    /// directory holding anything else.
+    pub fn init(storage: Arc<dyn Storage>, opts: InitOptions) -> Result<Repository> {
+        let loc = storage.location();
+        check_level(opts.codec, opts.level)?;
+        if storage.root_exists().map_err(|e| Error::io(format!("cannot use repository path {loc}: {e}")))? {
+            let entries = storage.list("").map_err(|e| Error::io(format!("cannot read repository path {loc}: {e}")))?;
+            if entries.iter().any(|e| e.name == META_FILE) {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("repository {loc} already exists: nothing was changed (see it with `dbbackup repo info --repo {loc}`)"),
+                ));
+            }
+            if !entries.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{loc} is not empty and is not a dbbackup repository (found {}): choose a new or empty directory",
+                    entries.iter().take(3).map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let meta = RepoMeta {
+            format_version: FORMAT_VERSION,
+            created_at: now_rfc3339(),
+            created_by: format!("dbbackup {}", env!("CARGO_PKG_VERSION")),
+            cluster: opts.identity,
+            compression: Compression { algorithm: opts.codec, level: opts.level.unwrap_or(opts.codec.default_level()) },
+            encryption: opts
+                .key
+                .as_ref()
+                .map(|k| Encryption { algorithm: "aes-256-gcm".into(), key_fingerprint: k.fingerprint() }),
+        };
+        let mut w = storage.create("").map_err(|e| Error::io(format!("cannot create repository {loc}: {e}")))?;
+        w.write_all(meta.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.commit(META_FILE, Commit::NoReplace).map_err(|e| match e {
+            crate::storage::StorageError::AlreadyExists { .. } => {
+                Error::new(ErrorKind::Conflict, format!("repository {loc} already exists: nothing was changed"))
+            }
+            e => Error::io(format!("cannot create repository {loc}: {e}")),
+        })?;
+        Ok(Repository { storage, meta, key: opts.key })
+    }
+
+    /// Reads the metadata without asking for a key (for `repo info`).
+    pub fn read_meta(storage: &dyn Storage) -> Result<RepoMeta> {
+        let loc = storage.location();
+        let bytes = match storage.read_all(META_FILE) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                let exists = storage.root_exists().unwrap_or(false);
+                return Err(Error::not_found(if exists {
+                    format!(
+                        "{loc} is not a dbbackup repository (no {META_FILE}): create one with `dbbackup repo init --repo {loc}` in an empty directory"
+                    )
+                } else {
+                    format!("repository {loc} does not exist: create it with `dbbackup repo init --repo {loc}`")
+                }));
+            }
+            Err(e) => return Err(Error::io(format!("cannot read repository {loc}: {e}"))),
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::integrity(format!("repository metadata {loc}/{META_FILE} is not UTF-8 text")))?;
+        RepoMeta::parse(&text).map_err(|e| match e {
+            MetaError::NewerFormat { .. } => Error::identity(format!("repository {loc}: {e}; nothing was touched")),
+            MetaError::Invalid(_) => Error::integrity(format!("repository metadata {loc}/{META_FILE}: {e}")),
+        })
+    }
+
+    /// Opens an existing repository, loading and checking the key when it
+    /// is encrypted.
+    pub fn open(storage: Arc<dyn Storage>, keys: &KeySource) -> Result<Repository> {
+        let meta = Self::read_meta(storage.as_ref())?;
+        let given = keys.load()?;
+        let key = match (&meta.encryption, given) {
+            (None, _) => None,
+            (Some(enc), None) => {
+                return Err(Error::key(format!(
+                    "repository {} is encrypted (key fingerprint {}) and no key was given: {}",
+                    storage.location(),
+                    enc.key_fingerprint,
+                    keys.hint()
+                )))
+            }
+            (Some(enc), Some(k)) => {
+                if k.fingerprint() != enc.key_fingerprint {
+                    return Err(Error::key(format!(
+                        "wrong encryption key for repository {}: the key given has fingerprint {}, the repository's has fingerprint {}",
+                        storage.location(),
+                        k.fingerprint(),
+                        enc.key_fingerprint
+                    )));
+                }
+                Some(k)
+            }
+        };
+        Ok(Repository { storage, meta, key })
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn location(&self) -> String {
+        self.storage.location()
+    }
+
+    pub fn meta(&self) -> &RepoMeta {
+        &self.meta
+    }
+
+    /// The key, present exactly when the repository is encrypted.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    pub fn identity(&self) -> Option<&ClusterIdentity> {
+        self.meta.cluster.as_ref()
+    }
+
+    pub fn segment_size(&self) -> Option<SegmentSize> {
+        self.identity().and_then(|c| SegmentSize::new(c.wal_segment_size))
+    }
+
+    /// The repository's default codec settings.
+    pub fn codec_settings(&self) -> CodecSettings {
+        CodecSettings::new(self.meta.compression.algorithm, Some(self.meta.compression.level))
+    }
+
+    /// Checks that `found` is the cluster this repository belongs to.
+    pub fn check_identity(&self, found: &ClusterIdentity, what: &str) -> Result<()> {
+        if let Some(own) = self.identity() {
+            check_same_cluster(&self.location(), own, found, what)?;
+        }
+        Ok(())
+    }
+
+    /// Binds an unbound repository to `identity`; a bound one must match.
+    pub fn bind(&mut self, identity: ClusterIdentity) -> Result<()> {
+        let loc = self.location();
+        let _lock = self.storage.lock(META_LOCK).map_err(|e| Error::io(format!("cannot lock repository {loc}: {e}")))?;
+        // Another process may have bound it since we read the metadata.
+        let mut meta = Self::read_meta(self.storage.as_ref())?;
+        if let Some(own) = &meta.cluster {
+            check_same_cluster(&loc, own, &identity, &identity.bound_from)?;
+            self.meta = meta;
+            return Ok(());
+        }
+        meta.cluster = Some(identity);
+        let mut w = self.storage.create("").map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
+        w.write_all(meta.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.commit(META_FILE, Commit::Replace).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        self.meta = meta;
+        Ok(())
+    }
+}
+
+fn check_same_cluster(loc: &str, own: &ClusterIdentity, found: &ClusterIdentity, what: &str) -> Result<()> {
+    if own.system_identifier != found.system_identifier {
+        return Err(Error::identity(format!(
+            "{what} belongs to another cluster: system identifier {}, but repository {loc} belongs to system identifier {}",
+            found.system_identifier, own.system_identifier
+        )));
+    }
+    if own.pg_version_major != found.pg_version_major {
+        return Err(Error::identity(format!(
+            "{what} is PostgreSQL {}, but repository {loc} holds PostgreSQL {} (system identifier {}): use a new repository after a major upgrade",
+            found.pg_version_major, own.pg_version_major, own.system_identifier
+        )));
+    }
+    if own.wal_segment_size != found.wal_segment_size {
+        return Err(Error::identity(format!(
+            "{what} has WAL segment size {} bytes, but repository {loc} holds {} byte segments",
+            found.wal_segment_size, own.wal_segment_size
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a data directory's identity from `global/pg_control` and `PG_VERSION`.
+pub fn identity_from_pgdata(pgdata: &std::path::Path) -> Result<ClusterIdentity> {
+    let control_path = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&control_path).map_err(|e| {
+        Error::invalid(format!("cannot read {}: {e} (is {} a PostgreSQL data directory?)", control_path.display(), pgdata.display()))
+    })?;
+    let control = parse_control(&bytes).map_err(|e| Error::integrity(format!("{}: {e}", control_path.display())))?;
+    let version = std::fs::read_to_string(pgdata.join("PG_VERSION"))
+        .ok()
+        .and_then(|t| parse_pg_version(&t))
+        .or_else(|| control.major_version())
+        .ok_or_else(|| Error::invalid(format!("cannot tell the PostgreSQL version of {}", pgdata.display())))?;
+    Ok(ClusterIdentity {
+        system_identifier: control.system_identifier,
+        pg_version_major: version,
+        wal_segment_size: control.wal_segment_size,
+        bound_at: now_rfc3339(),
+        bound_from: "pg_control".into(),
+    })
+}
+
+/// A server's identity as the repository records it.
+pub fn identity_from_server(id: crate::pg::ServerIdentity) -> ClusterIdentity {
+    ClusterIdentity {
+        system_identifier: id.system_identifier,
+        pg_version_major: id.major_version,
+        wal_segment_size: id.wal_segment_size,
+        bound_at: now_rfc3339(),
+        bound_from: "server".into(),
+    }
+}

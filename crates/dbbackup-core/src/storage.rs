@@ -1,0 +1,316 @@
+//! Where repository bytes live: the `Storage` trait and its local
+//! filesystem implementation.
+//!
+//! The trait's promise is the one every invariant rests on: an object is
+//! visible under its name only after all its bytes are durable, and a
+//! no-replace commit never overwrites an existing object. Paths are
+//! repository-relative with `/` separators.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+/// A failed storage operation, with the object it concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: already exists")]
+    AlreadyExists { path: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl StorageError {
+    pub fn io(path: impl Into<String>, source: io::Error) -> StorageError {
+        let path = path.into();
+        match source.kind() {
+            io::ErrorKind::NotFound => StorageError::NotFound { path },
+            io::ErrorKind::AlreadyExists => StorageError::AlreadyExists { path },
+            _ => StorageError::Io { path, source },
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+    pub is_dir: bool,
+}
+
+/// How a commit treats an existing object of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Fail with `AlreadyExists`: archived objects are immutable.
+    NoReplace,
+    /// Atomically replace: only for metadata that is rewritten whole.
+    Replace,
+}
+
+/// An object being written. Nothing is visible until `commit`; dropping it
+/// uncommitted removes every trace.
+pub trait ObjectWriter: Write + Send {
+    /// Makes the bytes durable, then visible under `path`, which must be in
+    /// the directory given to `create` (the final name of an object can
+    /// depend on its content, known only at the end).
+    fn commit(self: Box<Self>, path: &str, mode: Commit) -> StorageResult<()>;
+}
+
+/// A held exclusive lock; released on drop.
+pub trait LockGuard: Send {}
+
+/// Repository storage.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Human description of the location (a path, a URL).
+    fn location(&self) -> String;
+    /// Whether the repository root exists at all.
+    fn root_exists(&self) -> StorageResult<bool>;
+    /// Opens an object for streaming reads.
+    fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>>;
+    /// Starts writing a new object in directory `dir`.
+    fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>>;
+    /// Lists a directory; a missing directory lists as empty.
+    fn list(&self, dir: &str) -> StorageResult<Vec<Entry>>;
+    /// Removes an object; a missing object is not an error.
+    fn remove(&self, path: &str) -> StorageResult<()>;
+    /// Takes the named exclusive lock, waiting for other holders.
+    fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>>;
+
+    /// Reads a whole small object.
+    fn read_all(&self, path: &str) -> StorageResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open(path)?.read_to_end(&mut buf).map_err(|e| StorageError::io(path, e))?;
+        Ok(buf)
+    }
+}
+
+/// A repository in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Prefix of temporary files; listings skip them.
+pub const TEMP_PREFIX: &str = ".tmp.";
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// Creates `dir` and its missing parents, fsyncing each parent whose
+    /// entries changed so the new directories survive a crash.
+    fn ensure_dir(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.ensure_dir(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs a directory so renames and links in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct LocalWriter {
+    temp: PathBuf,
+    root: PathBuf,
+    file: Option<File>,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("open until commit").write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.as_mut().expect("open until commit").write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>, rel: &str, mode: Commit) -> StorageResult<()> {
+        let target = self.root.join(rel);
+        let file = self.file.take().expect("open until commit");
+        file.sync_all().map_err(|e| StorageError::io(rel, e))?;
+        drop(file);
+        match mode {
+            // link(2) fails with EEXIST instead of replacing: the atomic
+            // no-clobber step that makes archived objects immutable.
+            Commit::NoReplace => {
+                fs::hard_link(&self.temp, &target).map_err(|e| StorageError::io(rel, e))?;
+                let _ = fs::remove_file(&self.temp);
+            }
+            Commit::Replace => fs::rename(&self.temp, &target).map_err(|e| StorageError::io(rel, e))?,
+        }
+        let dir = target.parent().expect("object has a parent");
+        sync_dir(dir).map_err(|e| StorageError::io(rel, e))?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Uncommitted (error or panic) or already linked: the temp name goes.
+        self.file.take();
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+struct LocalLock {
+    _file: File,
+}
+impl LockGuard for LocalLock {}
+
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn root_exists(&self) -> StorageResult<bool> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(true),
+            Ok(_) => Err(StorageError::Io {
+                path: self.location(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StorageError::io(self.location(), e)),
+        }
+    }
+
+    fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>> {
+        let f = File::open(self.full(path)).map_err(|e| StorageError::io(path, e))?;
+        Ok(Box::new(f))
+    }
+
+    fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>> {
+        let full = self.full(dir);
+        self.ensure_dir(&full).map_err(|e| StorageError::io(dir, e))?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = full.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| StorageError::io(dir, e))?;
+        Ok(Box::new(LocalWriter { temp, root: self.root.clone(), file: Some(file) }))
+    }
+
+    fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
+        let rd = match fs::read_dir(self.full(dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let md = match entry.metadata() {
+                Ok(m) => m,
+                // Removed between readdir and stat: no longer listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(format!("{dir}/{name}"), e)),
+            };
+            out.push(Entry { name, size: md.len(), modified: md.modified().ok(), is_dir: md.is_dir() });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> StorageResult<()> {
+        match fs::remove_file(self.full(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(path, e)),
+        }
+    }
+
+    fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>> {
+        let path = self.full(name);
+        if let Some(dir) = path.parent() {
+            self.ensure_dir(dir).map_err(|e| StorageError::io(name, e))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StorageError::io(name, e))?;
+        file.lock().map_err(|e| StorageError::io(name, e))?;
+        Ok(Box::new(LocalLock { _file: file }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_no_replace_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let mut w = s.create("a/b").unwrap();
+        w.write_all(b"first").unwrap();
+        w.commit("a/b/obj", Commit::NoReplace).unwrap();
+        let mut w = s.create("a/b").unwrap();
+        w.write_all(b"second").unwrap();
+        assert!(matches!(w.commit("a/b/obj", Commit::NoReplace), Err(StorageError::AlreadyExists { .. })));
+        assert_eq!(s.read_all("a/b/obj").unwrap(), b"first");
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1);
+        let mut w = s.create("a/b").unwrap();
+        w.write_all(b"third").unwrap();
+        w.commit("a/b/obj", Commit::Replace).unwrap();
+        assert_eq!(s.read_all("a/b/obj").unwrap(), b"third");
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let mut w = s.create("x").unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
+        assert!(s.open("x/obj").err().unwrap().is_not_found());
+        assert!(s.list("missing").unwrap().is_empty());
+    }
+}

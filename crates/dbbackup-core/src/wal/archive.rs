@@ -1,0 +1,330 @@
+//! `wal archive`: PostgreSQL's `archive_command`.
+//!
+//! read → validate the segment header → compress → encrypt → write a
+//! temporary object → fsync → link under the final name (never replacing)
+//! → fsync the directory. Success is returned only after all of it; any
+//! doubt is an error so PostgreSQL retries.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use dbbackup_format::meta::ClusterIdentity;
+use dbbackup_format::object::{wal_dir_for, ObjectName};
+use dbbackup_format::pagehdr::{self, Expected};
+use dbbackup_format::{SegmentSize, WalFileName, WalKind};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{encoder, CodecSettings, Plain, Sink};
+use crate::crypto::EncryptSink;
+use crate::error::{pipeline_error, Error, ErrorKind, Result};
+use crate::repo::{now_rfc3339, Repository};
+use crate::storage::{Commit, ObjectWriter, StorageError};
+use crate::wal::{find, open_plain, StoredWal, WAL_LOCK};
+
+/// Largest non-segment file (history, backup label) we accept.
+const MAX_SMALL_FILE: u64 = 64 << 20;
+const BUF: usize = 1 << 20;
+
+/// What `archive` did.
+#[derive(Debug, Clone)]
+pub enum Archived {
+    /// A new object was stored.
+    Stored { path: String, checksum: String, original_size: u64, stored_size: u64 },
+    /// The same content was already archived; nothing was written.
+    AlreadyArchived { path: String, checksum: String },
+    /// The same content was archived but the stored copy was damaged; it
+    /// was replaced by this good copy.
+    Repaired { path: String, checksum: String, damage: String },
+}
+
+/// Archives the file at `source` under WAL name `name`.
+pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<CodecSettings>) -> Result<Archived> {
+    let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut file = File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
+    let size = file.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
+
+    // Validate before anything is stored: size, then the first page header.
+    let is_segment = matches!(wal.kind(), WalKind::Segment | WalKind::Partial);
+    let mut first = vec![0u8; BUF];
+    let first_len = read_full(&mut file, &mut first).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+    first.truncate(first_len);
+    if is_segment {
+        check_segment(repo, &wal, source, size, &first)?;
+    } else if size > MAX_SMALL_FILE {
+        return Err(Error::invalid(format!("{} is {size} bytes: too large for a {} file", source.display(), wal.kind())));
+    }
+
+    // A retry of an already archived file: compare checksums without
+    // compressing anything.
+    let existing = find(repo, &wal)?;
+    if !existing.is_empty() {
+        let mut h = Sha256::new();
+        h.update(&first);
+        hash_rest(&mut file, &mut h).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+        let checksum = hex::encode(h.finalize());
+        return settle_duplicate(repo, &wal, &existing, &checksum, source, codec);
+    }
+
+    let settings = codec.unwrap_or_else(|| repo.codec_settings());
+    store(repo, &wal, source, &first, &mut file, size, settings)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn hash_rest(r: &mut impl Read, h: &mut Sha256) -> io::Result<u64> {
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0;
+    loop {
+        let n = read_full(r, &mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Checks a segment's size and header against its name and the repository,
+/// binding an unbound repository to the segment's cluster.
+fn check_segment(repo: &mut Repository, wal: &WalFileName, source: &Path, size: u64, first: &[u8]) -> Result<()> {
+    let shown = source.display();
+    if size == 0 {
+        return Err(Error::invalid(format!("WAL file {shown} is empty (0 bytes): not a complete segment")));
+    }
+    if let Some(seg) = repo.segment_size() {
+        if size != u64::from(seg.bytes()) {
+            return Err(Error::invalid(format!(
+                "WAL file {shown} is {size} bytes, but segments of this cluster are {} bytes: the file is truncated or oversized",
+                seg.bytes()
+            )));
+        }
+    }
+    let header = pagehdr::parse_long_header(first).map_err(|e| Error::invalid(format!("WAL file {shown}: {e}")))?;
+    let expected = Expected {
+        system_identifier: repo.identity().map(|c| c.system_identifier),
+        major_version: repo.identity().map(|c| c.pg_version_major),
+        segment_size: repo.segment_size(),
+    };
+    header.check(wal, &expected).map_err(|e| {
+        let kind = match e {
+            pagehdr::HeaderError::SystemIdMismatch { .. } | pagehdr::HeaderError::VersionMismatch { .. } => ErrorKind::Identity,
+            _ => ErrorKind::Invalid,
+        };
+        Error::new(kind, format!("WAL file {shown} (archived as {wal}): {e}; repository {}", repo.location()))
+    })?;
+    if repo.identity().is_none() {
+        let seg = SegmentSize::new(header.segment_size)
+            .ok_or_else(|| Error::invalid(format!("WAL file {shown}: impossible segment size {}", header.segment_size)))?;
+        if size != u64::from(seg.bytes()) {
+            return Err(Error::invalid(format!(
+                "WAL file {shown} is {size} bytes, but its header says segments are {} bytes: the file is truncated or oversized",
+                seg.bytes()
+            )));
+        }
+        let version = pagehdr::major_version_for_magic(header.magic).expect("checked by parse_long_header");
+        repo.bind(ClusterIdentity {
+            system_identifier: header.system_identifier,
+            pg_version_major: version,
+            wal_segment_size: header.segment_size,
+            bound_at: now_rfc3339(),
+            bound_from: format!("wal {wal}"),
+        })?;
+        // Re-check against what is now bound (another process may have won).
+        let expected = Expected {
+            system_identifier: repo.identity().map(|c| c.system_identifier),
+            major_version: repo.identity().map(|c| c.pg_version_major),
+            segment_size: repo.segment_size(),
+        };
+        header
+            .check(wal, &expected)
+            .map_err(|e| Error::identity(format!("WAL file {shown} (archived as {wal}): {e}; repository {}", repo.location())))?;
+    }
+    Ok(())
+}
+
+/// Decides what an archive of already-stored content means.
+fn settle_duplicate(
+    repo: &Repository,
+    wal: &WalFileName,
+    existing: &[StoredWal],
+    checksum: &str,
+    source: &Path,
+    codec: Option<CodecSettings>,
+) -> Result<Archived> {
+    let same = existing.iter().find(|s| s.object.checksum == checksum);
+    let Some(same) = same else {
+        let theirs = &existing[0];
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{wal} is already archived with different content: the repository's copy {} has SHA-256 {}, the file {} has SHA-256 {checksum}; refusing to overwrite archived WAL (is another cluster archiving into repository {}?)",
+                theirs.path,
+                theirs.object.checksum,
+                source.display(),
+                repo.location()
+            ),
+        ));
+    };
+    // Identical name and checksum: make sure the stored copy is really good
+    // before telling PostgreSQL it may recycle its own.
+    match verify_object(repo, same) {
+        Ok(()) => Ok(Archived::AlreadyArchived { path: same.path.clone(), checksum: checksum.to_string() }),
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            let mut f = File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
+            let size = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
+            let settings = CodecSettings { codec: same.object.codec, ..codec.unwrap_or_else(|| repo.codec_settings()) };
+            let out = write_object(repo, wal, source, &[], &mut f, size, settings)?;
+            if out.1 != checksum {
+                return Err(Error::io(format!("{} changed while it was being archived", source.display())));
+            }
+            let w = out.0;
+            w.commit_replace(&same.path)?;
+            Ok(Archived::Repaired { path: same.path.clone(), checksum: checksum.to_string(), damage: e.to_string() })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Decodes a stored object completely and compares its checksum.
+pub fn verify_object(repo: &Repository, stored: &StoredWal) -> Result<()> {
+    let mut r = open_plain(repo, stored)?;
+    let mut h = Sha256::new();
+    hash_rest(&mut r, &mut h).map_err(|e| pipeline_error(&stored.path, e))?;
+    let sum = hex::encode(h.finalize());
+    if sum != stored.object.checksum {
+        return Err(Error::integrity(format!(
+            "{}: content has SHA-256 {sum}, but the object was archived with SHA-256 {}",
+            stored.path, stored.object.checksum
+        )));
+    }
+    Ok(())
+}
+
+/// A written, not yet committed object.
+struct Pending {
+    writer: Box<dyn ObjectWriter>,
+    object: ObjectName,
+    dir: String,
+    original_size: u64,
+    stored_size: u64,
+}
+
+impl Pending {
+    fn commit_replace(self, path: &str) -> Result<()> {
+        self.writer.commit(path, Commit::Replace).map_err(Error::from)
+    }
+}
+
+/// Counts bytes on their way to storage.
+struct Counting<'a> {
+    inner: &'a mut dyn ObjectWriter,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams `first` + the rest of `file` through the codec pipeline into a
+/// new temporary object. Returns it with the plaintext checksum.
+fn write_object(
+    repo: &Repository,
+    wal: &WalFileName,
+    source: &Path,
+    first: &[u8],
+    file: &mut File,
+    expected_size: u64,
+    settings: CodecSettings,
+) -> Result<(Pending, String)> {
+    let dir = wal_dir_for(wal);
+    let mut writer = repo.storage().create(&dir).map_err(|e| {
+        Error::from(e).context(format!("cannot write to repository {}", repo.location()))
+    })?;
+    let name = wal.to_string();
+    let write_err = |e: io::Error| Error::io(format!("cannot write {name} to repository {}: {e}", repo.location()));
+    let (checksum, total, stored) = {
+        let mut counting = Counting { inner: writer.as_mut(), n: 0 };
+        let mut h = Sha256::new();
+        let mut total = 0u64;
+        {
+            let bottom: Box<dyn Sink + '_> = Box::new(Plain(&mut counting));
+            let bottom: Box<dyn Sink + '_> = match repo.key() {
+                Some(key) => Box::new(EncryptSink::new(key, &name, bottom).map_err(write_err)?),
+                None => bottom,
+            };
+            let mut sink = encoder(settings, bottom).map_err(write_err)?;
+            h.update(first);
+            sink.write_all(first).map_err(write_err)?;
+            total += first.len() as u64;
+            let mut buf = vec![0u8; BUF];
+            loop {
+                let n = read_full(file, &mut buf).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                sink.write_all(&buf[..n]).map_err(write_err)?;
+                total += n as u64;
+            }
+            sink.finish().map_err(write_err)?;
+        }
+        (hex::encode(h.finalize()), total, counting.n)
+    };
+    if total != expected_size {
+        return Err(Error::io(format!(
+            "{} changed size while it was being archived ({expected_size} bytes, then {total})",
+            source.display()
+        )));
+    }
+    let object = ObjectName { original: name, checksum: checksum.clone(), codec: settings.codec, encrypted: repo.key().is_some() };
+    Ok((Pending { writer, object, dir, original_size: total, stored_size: stored }, checksum))
+}
+
+fn store(
+    repo: &Repository,
+    wal: &WalFileName,
+    source: &Path,
+    first: &[u8],
+    file: &mut File,
+    size: u64,
+    settings: CodecSettings,
+) -> Result<Archived> {
+    let (pending, checksum) = write_object(repo, wal, source, first, file, size, settings)?;
+    // The duplicate check and the link happen under one lock, so two
+    // archivers of one name (even with different codecs) store one object.
+    let _lock = repo
+        .storage()
+        .lock(WAL_LOCK)
+        .map_err(|e| Error::io(format!("cannot lock repository {}: {e}", repo.location())))?;
+    let existing = find(repo, wal)?;
+    if !existing.is_empty() {
+        drop(pending);
+        return settle_duplicate(repo, wal, &existing, &checksum, source, Some(settings));
+    }
+    let path = format!("{}/{}", pending.dir, pending.object);
+    let (original_size, stored_size) = (pending.original_size, pending.stored_size);
+    match pending.writer.commit(&path, Commit::NoReplace) {
+        Ok(()) => Ok(Archived::Stored { path, checksum, original_size, stored_size }),
+        Err(StorageError::AlreadyExists { .. }) => Ok(Archived::AlreadyArchived { path, checksum }),
+        Err(e) => Err(Error::from(e).context(format!("cannot store {wal} in repository {}", repo.location()))),
+    }
+}
