@@ -106,7 +106,10 @@ pub fn pipeline_error(object: &str, e: std::io::Error) -> Error {
         K::InvalidData | K::UnexpectedEof | K::InvalidInput | K::Other => ErrorKind::Integrity,
         _ => ErrorKind::Io,
     };
-    let wrong_key = e.get_ref().and_then(|i| i.downcast_ref::<crate::crypto::CryptoError>()).is_some_and(|c| matches!(c, crate::crypto::CryptoError::WrongKey { .. }));
+    let wrong_key = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<crate::crypto::CryptoError>())
+        .is_some_and(|c| matches!(c, crate::crypto::CryptoError::WrongKey { .. }));
     let kind = if wrong_key { ErrorKind::Key } else { kind };
     Error::new(kind, format!("{object}: {e}"))
 }

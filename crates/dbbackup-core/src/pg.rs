@@ -53,10 +53,8 @@ impl ConnOptions {
         if let Some(p) = &self.password {
             return Some(p.clone());
         }
-        let file = self
-            .passfile
-            .clone()
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+        let file =
+            self.passfile.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
         let text = std::fs::read_to_string(file).ok()?;
         let host_key = if host.starts_with('/') { "localhost" } else { host };
         text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -65,8 +63,7 @@ impl ConnOptions {
                 return None;
             }
             let m = |pat: &str, v: &str| pat == "*" || pat == v;
-            (m(&f[0], host_key) && m(&f[1], &port.to_string()) && m(&f[2], db) && m(&f[3], user))
-                .then(|| f[4].clone())
+            (m(&f[0], host_key) && m(&f[1], &port.to_string()) && m(&f[2], db) && m(&f[3], user)).then(|| f[4].clone())
         })
     }
 
@@ -143,12 +140,16 @@ pub fn server_identity(client: &mut postgres::Client) -> Result<ServerIdentity> 
     let q = "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
              current_setting('server_version_num')::int, \
              (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')::bigint";
-    let row = client.query_one(q, &[]).map_err(|e| Error::server(format!("cannot read the server's identity: {}", error_text(&e))))?;
+    let row = client
+        .query_one(q, &[])
+        .map_err(|e| Error::server(format!("cannot read the server's identity: {}", error_text(&e))))?;
     let sysid: String = row.get(0);
     let num: i32 = row.get(1);
     let seg: i64 = row.get(2);
     Ok(ServerIdentity {
-        system_identifier: sysid.parse().map_err(|_| Error::server(format!("server returned system identifier {sysid:?}")))?,
+        system_identifier: sysid
+            .parse()
+            .map_err(|_| Error::server(format!("server returned system identifier {sysid:?}")))?,
         major_version: (num / 10000) as u32,
         wal_segment_size: seg as u32,
     })

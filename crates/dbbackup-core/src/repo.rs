@@ -90,7 +90,8 @@ impl Repository {
                 .map(|k| Encryption { algorithm: "aes-256-gcm".into(), key_fingerprint: k.fingerprint() }),
         };
         let mut w = storage.create("").map_err(|e| Error::io(format!("cannot create repository {loc}: {e}")))?;
-        w.write_all(meta.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.write_all(meta.to_json().as_bytes())
+            .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
         w.commit(META_FILE, Commit::NoReplace).map_err(|e| match e {
             crate::storage::StorageError::AlreadyExists { .. } => {
                 Error::new(ErrorKind::Conflict, format!("repository {loc} already exists: nothing was changed"))
@@ -196,7 +197,8 @@ impl Repository {
     /// Binds an unbound repository to `identity`; a bound one must match.
     pub fn bind(&mut self, identity: ClusterIdentity) -> Result<()> {
         let loc = self.location();
-        let _lock = self.storage.lock(META_LOCK).map_err(|e| Error::io(format!("cannot lock repository {loc}: {e}")))?;
+        let _lock =
+            self.storage.lock(META_LOCK).map_err(|e| Error::io(format!("cannot lock repository {loc}: {e}")))?;
         // Another process may have bound it since we read the metadata.
         let mut meta = Self::read_meta(self.storage.as_ref())?;
         if let Some(own) = &meta.cluster {
@@ -206,7 +208,8 @@ impl Repository {
         }
         meta.cluster = Some(identity);
         let mut w = self.storage.create("").map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
-        w.write_all(meta.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.write_all(meta.to_json().as_bytes())
+            .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
         w.commit(META_FILE, Commit::Replace).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
         self.meta = meta;
         Ok(())
@@ -239,7 +242,11 @@ fn check_same_cluster(loc: &str, own: &ClusterIdentity, found: &ClusterIdentity,
 pub fn identity_from_pgdata(pgdata: &std::path::Path) -> Result<ClusterIdentity> {
     let control_path = pgdata.join("global/pg_control");
     let bytes = std::fs::read(&control_path).map_err(|e| {
-        Error::invalid(format!("cannot read {}: {e} (is {} a PostgreSQL data directory?)", control_path.display(), pgdata.display()))
+        Error::invalid(format!(
+            "cannot read {}: {e} (is {} a PostgreSQL data directory?)",
+            control_path.display(),
+            pgdata.display()
+        ))
     })?;
     let control = parse_control(&bytes).map_err(|e| Error::integrity(format!("{}: {e}", control_path.display())))?;
     let version = std::fs::read_to_string(pgdata.join("PG_VERSION"))

@@ -1,1 +1,100 @@
-fn main() {}
+//! The `dbbackup` binary: parses the command line, runs the engine, prints
+//! the result and maps errors to exit codes. Nothing else lives here.
+
+mod cli;
+mod commands;
+mod config;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::cli::{Cli, Command, WalCommand};
+use crate::context::Ctx;
+
+/// Exit status for `wal fetch` failures other than "not found": above 125,
+/// so PostgreSQL aborts recovery instead of ending it early.
+pub const EXIT_FETCH_FATAL: u8 = 128;
+
+fn command() -> clap::Command {
+    // -h means --host (as in psql), so no command gets clap's -h help flag.
+    fn no_short_help(c: clap::Command) -> clap::Command {
+        c.disable_help_flag(true).mut_subcommands(no_short_help)
+    }
+    no_short_help(Cli::command())
+}
+
+fn main() -> ExitCode {
+    let matches = command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let is_fetch = matches!(cli.command, Command::Wal(WalCommand::Fetch(_)));
+    let is_wal_hook = is_fetch || matches!(cli.command, Command::Wal(WalCommand::Archive(_)));
+    if let Some(path) = cli.global.config.clone() {
+        match config::load(&path) {
+            Ok(f) => config::apply(&mut cli.global, &matches, f),
+            Err(e) => {
+                eprintln!("dbbackup: error: {e:#}");
+                return ExitCode::from(if is_fetch { EXIT_FETCH_FATAL } else { 2 });
+            }
+        }
+    }
+    init_logging(&cli.global, is_wal_hook);
+    let ctx = Ctx::new(cli.global);
+    match commands::run(&ctx, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dbbackup: error: {}", output::one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(g: &cli::GlobalOpts, wal_hook: bool) {
+    use tracing_subscriber::EnvFilter;
+    // archive/fetch write into the server log: quiet unless asked.
+    let default = match (g.quiet, g.verbose, wal_hook) {
+        (true, _, _) => "error",
+        (false, 0, true) => "warn",
+        (false, 0, false) => "info",
+        (false, 1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("DBBACKUP_LOG")
+        .ok()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(format!("dbbackup={default},dbbackup_core={default}")));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(OneLine).try_init();
+}
+
+/// "dbbackup: warning: message" on one line: what a server log wants.
+struct OneLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OneLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(w, "dbbackup: {level}")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}

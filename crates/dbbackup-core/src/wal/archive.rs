@@ -41,18 +41,24 @@ pub enum Archived {
 /// Archives the file at `source` under WAL name `name`.
 pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<CodecSettings>) -> Result<Archived> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
-    let mut file = File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
+    let mut file =
+        File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
     let size = file.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
 
     // Validate before anything is stored: size, then the first page header.
     let is_segment = matches!(wal.kind(), WalKind::Segment | WalKind::Partial);
     let mut first = vec![0u8; BUF];
-    let first_len = read_full(&mut file, &mut first).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+    let first_len =
+        read_full(&mut file, &mut first).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
     first.truncate(first_len);
     if is_segment {
         check_segment(repo, &wal, source, size, &first)?;
     } else if size > MAX_SMALL_FILE {
-        return Err(Error::invalid(format!("{} is {size} bytes: too large for a {} file", source.display(), wal.kind())));
+        return Err(Error::invalid(format!(
+            "{} is {size} bytes: too large for a {} file",
+            source.display(),
+            wal.kind()
+        )));
     }
 
     // A retry of an already archived file: compare checksums without
@@ -119,14 +125,17 @@ fn check_segment(repo: &mut Repository, wal: &WalFileName, source: &Path, size: 
     };
     header.check(wal, &expected).map_err(|e| {
         let kind = match e {
-            pagehdr::HeaderError::SystemIdMismatch { .. } | pagehdr::HeaderError::VersionMismatch { .. } => ErrorKind::Identity,
+            pagehdr::HeaderError::SystemIdMismatch { .. } | pagehdr::HeaderError::VersionMismatch { .. } => {
+                ErrorKind::Identity
+            }
             _ => ErrorKind::Invalid,
         };
         Error::new(kind, format!("WAL file {shown} (archived as {wal}): {e}; repository {}", repo.location()))
     })?;
     if repo.identity().is_none() {
-        let seg = SegmentSize::new(header.segment_size)
-            .ok_or_else(|| Error::invalid(format!("WAL file {shown}: impossible segment size {}", header.segment_size)))?;
+        let seg = SegmentSize::new(header.segment_size).ok_or_else(|| {
+            Error::invalid(format!("WAL file {shown}: impossible segment size {}", header.segment_size))
+        })?;
         if size != u64::from(seg.bytes()) {
             return Err(Error::invalid(format!(
                 "WAL file {shown} is {size} bytes, but its header says segments are {} bytes: the file is truncated or oversized",
@@ -147,9 +156,9 @@ fn check_segment(repo: &mut Repository, wal: &WalFileName, source: &Path, size: 
             major_version: repo.identity().map(|c| c.pg_version_major),
             segment_size: repo.segment_size(),
         };
-        header
-            .check(wal, &expected)
-            .map_err(|e| Error::identity(format!("WAL file {shown} (archived as {wal}): {e}; repository {}", repo.location())))?;
+        header.check(wal, &expected).map_err(|e| {
+            Error::identity(format!("WAL file {shown} (archived as {wal}): {e}; repository {}", repo.location()))
+        })?;
     }
     Ok(())
 }
@@ -182,7 +191,8 @@ fn settle_duplicate(
     match verify_object(repo, same) {
         Ok(()) => Ok(Archived::AlreadyArchived { path: same.path.clone(), checksum: checksum.to_string() }),
         Err(e) if e.kind() == ErrorKind::Integrity => {
-            let mut f = File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
+            let mut f =
+                File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
             let size = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
             let settings = CodecSettings { codec: same.object.codec, ..codec.unwrap_or_else(|| repo.codec_settings()) };
             let out = write_object(repo, wal, source, &[], &mut f, size, settings)?;
@@ -256,9 +266,10 @@ fn write_object(
     settings: CodecSettings,
 ) -> Result<(Pending, String)> {
     let dir = wal_dir_for(wal);
-    let mut writer = repo.storage().create(&dir).map_err(|e| {
-        Error::from(e).context(format!("cannot write to repository {}", repo.location()))
-    })?;
+    let mut writer = repo
+        .storage()
+        .create(&dir)
+        .map_err(|e| Error::from(e).context(format!("cannot write to repository {}", repo.location())))?;
     let name = wal.to_string();
     let write_err = |e: io::Error| Error::io(format!("cannot write {name} to repository {}: {e}", repo.location()));
     let (checksum, total, stored) = {
@@ -277,7 +288,8 @@ fn write_object(
             total += first.len() as u64;
             let mut buf = vec![0u8; BUF];
             loop {
-                let n = read_full(file, &mut buf).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+                let n = read_full(file, &mut buf)
+                    .map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
                 if n == 0 {
                     break;
                 }
@@ -295,7 +307,12 @@ fn write_object(
             source.display()
         )));
     }
-    let object = ObjectName { original: name, checksum: checksum.clone(), codec: settings.codec, encrypted: repo.key().is_some() };
+    let object = ObjectName {
+        original: name,
+        checksum: checksum.clone(),
+        codec: settings.codec,
+        encrypted: repo.key().is_some(),
+    };
     Ok((Pending { writer, object, dir, original_size: total, stored_size: stored }, checksum))
 }
 

@@ -93,7 +93,10 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
         )));
     }
     if !header_checked {
-        return Err(Error::integrity(format!("{}: decoded content is only {total} bytes, too short for a WAL segment", stored.path)));
+        return Err(Error::integrity(format!(
+            "{}: decoded content is only {total} bytes, too short for a WAL segment",
+            stored.path
+        )));
     }
     if let (Some(seg), WalKind::Segment | WalKind::Partial) = (repo.segment_size(), wal.kind()) {
         if total != u64::from(seg.bytes()) {

@@ -38,7 +38,11 @@ pub fn find(repo: &Repository, name: &WalFileName) -> Result<Vec<StoredWal>> {
         .filter(|e| !e.is_dir && e.name.starts_with(&wanted))
         .filter_map(|e| {
             let object = ObjectName::parse(&e.name)?;
-            (object.original == wanted).then(|| StoredWal { path: format!("{dir}/{}", e.name), object, stored_size: e.size })
+            (object.original == wanted).then(|| StoredWal {
+                path: format!("{dir}/{}", e.name),
+                object,
+                stored_size: e.size,
+            })
         })
         .collect())
 }

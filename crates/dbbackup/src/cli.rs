@@ -1,0 +1,181 @@
+//! The command-line contract (../shared/CLI.md) as clap definitions.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use dbbackup_format::Codec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dbbackup",
+    version,
+    about = "Continuous WAL archiving and point-in-time recovery for PostgreSQL",
+    long_about = "Continuous WAL archiving and point-in-time recovery for PostgreSQL.\n\n\
+        dbbackup keeps every WAL segment of a cluster in a repository (compressed, optionally \
+        encrypted, checksummed) so the cluster can be restored to any moment.",
+    after_help = "Examples:\n  \
+        dbbackup repo init --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  \
+        dbbackup key generate --output /etc/dbbackup/key\n  \
+        archive_command = 'dbbackup wal archive %p %f --repo /backups/pg'\n  \
+        restore_command = 'dbbackup wal fetch %f %p --repo /backups/pg'\n\n\
+        -h is --host, as in psql; use --help for help.",
+    disable_help_flag = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalOpts {
+    /// The repository (a local directory)
+    #[arg(
+        long,
+        global = true,
+        env = "DBBACKUP_REPO",
+        value_name = "PATH",
+        visible_alias = "archive-dir",
+        alias = "wal-archive"
+    )]
+    pub repo: Option<PathBuf>,
+    /// TOML file holding any of these options (flags win over env, env over file)
+    #[arg(long, global = true, env = "DBBACKUP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Server host name, or socket directory when it starts with '/'
+    #[arg(short = 'h', long, global = true, env = "PGHOST", value_name = "HOST")]
+    pub host: Option<String>,
+    /// Server port
+    #[arg(short = 'p', long, global = true, env = "PGPORT", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Database user
+    #[arg(short = 'U', long, global = true, env = "PGUSER", value_name = "USER")]
+    pub user: Option<String>,
+    /// Database to connect to
+    #[arg(short = 'd', long, global = true, env = "PGDATABASE", value_name = "DBNAME")]
+    pub dbname: Option<String>,
+    /// The data directory
+    #[arg(short = 'D', long, global = true, env = "PGDATA", value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// File holding the 32-byte encryption key as hex or base64
+    #[arg(long, global = true, value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Environment variable holding the key [default: DBBACKUP_ENCRYPTION_KEY]
+    #[arg(long, global = true, value_name = "VAR")]
+    pub encryption_key_env: Option<String>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more)
+    #[arg(short = 'v', long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+    /// Print help
+    #[arg(long, global = true, action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and inspect the repository
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Encryption keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Archive and fetch WAL (PostgreSQL's archive_command and restore_command)
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository
+    #[command(after_help = "The repository is bound to one cluster (system identifier, major version, WAL segment \
+        size): read from --pgdata's pg_control, or asked from the server when connection options are given, \
+        else taken from the first archived segment.\n\nExamples:\n  \
+        dbbackup repo init --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  \
+        dbbackup repo init --repo /backups/pg --encrypt --encryption-key-file /etc/dbbackup/key")]
+    Init(InitArgs),
+    /// Show the repository's format, cluster identity, codec and encryption
+    Info,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CodecArgs {
+    /// Default compression for stored objects
+    #[arg(long, value_name = "ALG", value_parser = parse_codec)]
+    pub compress: Option<Codec>,
+    /// Compression level (zstd -7..19, gzip 1..9)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
+    /// Encrypt every object (AES-256-GCM) with the key from --encryption-key-file or the key variable
+    #[arg(long)]
+    pub encrypt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub codec: CodecArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new random 32-byte key as hex (file mode 0600)
+    #[command(after_help = "Example:\n  dbbackup key generate --output /etc/dbbackup/key")]
+    Generate {
+        /// Write the key here (refuses to overwrite) instead of stdout
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Archive one WAL file (archive_command = 'dbbackup wal archive %p %f ...')
+    #[command(after_help = "Exits 0 only when the file is durable in the repository. Archiving a file that is \
+        already archived with identical content succeeds without rewriting it; with different content it \
+        fails, naming both checksums.\n\nExample:\n  \
+        archive_command = '/usr/local/bin/dbbackup wal archive %p %f --repo /backups/pg'")]
+    Archive(ArchiveArgs),
+    /// Fetch one WAL file (restore_command = 'dbbackup wal fetch %f %p ...')
+    #[command(after_help = "Exit codes: 0 delivered and verified; 1 not in the archive; 128 any other failure \
+        (corrupt, wrong or missing key, unreadable repository), which makes PostgreSQL stop recovery instead \
+        of finishing early at the wrong point.\n\nExample:\n  \
+        restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'")]
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Path of the WAL file (%p)
+    pub path: PathBuf,
+    /// Its WAL file name (%f) [default: PATH's base name]
+    pub filename: Option<String>,
+    /// Compress with ALG instead of the repository default (zstd when no ALG)
+    #[arg(long, value_name = "ALG", num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_parser = parse_codec)]
+    pub compress: Option<Codec>,
+    /// Compression level
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
+    /// Create the repository encrypted if it does not exist (an existing repository's setting always applies)
+    #[arg(long)]
+    pub encrypt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// WAL file name (%f)
+    pub filename: String,
+    /// Where to write it (%p)
+    pub destination: PathBuf,
+}
+
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    s.parse()
+}

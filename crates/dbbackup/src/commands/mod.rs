@@ -1,0 +1,20 @@
+//! One module per command group, named as the commands are.
+
+mod key;
+mod repo;
+mod wal;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::Command;
+use crate::context::Ctx;
+
+pub fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Repo(c) => repo::run(ctx, c),
+        Command::Key(c) => key::run(ctx, c),
+        Command::Wal(c) => wal::run(ctx, c),
+    }
+}

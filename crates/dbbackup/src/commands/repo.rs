@@ -1,0 +1,133 @@
+//! `dbbackup repo init` and `repo info`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use dbbackup_core::pg::server_identity;
+use dbbackup_core::repo::{identity_from_pgdata, identity_from_server, InitOptions, Repository};
+use dbbackup_format::meta::{ClusterIdentity, RepoMeta};
+use dbbackup_format::Codec;
+use serde_json::json;
+
+use crate::cli::{InitArgs, RepoCommand};
+use crate::context::Ctx;
+use crate::output::{human_bytes, print_json};
+
+pub fn run(ctx: &Ctx, c: RepoCommand) -> Result<ExitCode> {
+    match c {
+        RepoCommand::Init(a) => init(ctx, a),
+        RepoCommand::Info => info(ctx),
+    }
+}
+
+/// The cluster identity, when the user told us where the cluster is.
+fn find_identity(ctx: &Ctx) -> Result<Option<ClusterIdentity>> {
+    if let Some(pgdata) = &ctx.g.pgdata {
+        return Ok(Some(identity_from_pgdata(pgdata)?));
+    }
+    if ctx.conn_given() {
+        let mut client = ctx.conn().connect()?;
+        return Ok(Some(identity_from_server(server_identity(&mut client)?)));
+    }
+    Ok(None)
+}
+
+fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
+    let key = ctx.keys().load()?;
+    let key = match (a.codec.encrypt, key) {
+        (true, None) => bail!(
+            "--encrypt needs a key: create one with `dbbackup key generate --output FILE`, then pass --encryption-key-file FILE or set {}",
+            ctx.keys().env_name()
+        ),
+        (true, Some(k)) => Some(k),
+        (false, Some(_)) if ctx.g.encryption_key_file.is_some() => {
+            bail!("an encryption key was given but not --encrypt: add --encrypt to create an encrypted repository")
+        }
+        (false, _) => None,
+    };
+    let storage = ctx.storage()?;
+    // Refuse an existing repository before asking the server anything.
+    if let Ok(meta) = Repository::read_meta(storage.as_ref()) {
+        let _ = meta;
+        bail!(
+            "repository {} already exists: nothing was changed (see it with `dbbackup repo info --repo {}`)",
+            storage.location(),
+            storage.location()
+        );
+    }
+    let identity = find_identity(ctx)?;
+    let codec = a.codec.compress.unwrap_or_default();
+    let repo = Repository::init(storage, InitOptions { codec, level: a.codec.compress_level, key, identity })?;
+    if ctx.g.json {
+        print_json(&info_json(&repo.location(), repo.meta()));
+    } else {
+        println!("created repository {}", repo.location());
+        print_info(&repo.location(), repo.meta());
+        if repo.identity().is_none() {
+            println!();
+            println!("The repository is not bound to a cluster yet: it binds to the cluster of the first archived");
+            println!("segment. Give --pgdata DIR or connection options (--host/--port) to bind it now.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(ctx: &Ctx) -> Result<ExitCode> {
+    let storage = ctx.storage()?;
+    let meta = Repository::read_meta(storage.as_ref())?;
+    if ctx.g.json {
+        print_json(&info_json(&storage.location(), &meta));
+    } else {
+        print_info(&storage.location(), &meta);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info_json(location: &str, m: &RepoMeta) -> serde_json::Value {
+    json!({
+        "repository": location,
+        "format_version": m.format_version,
+        "created_at": m.created_at,
+        "created_by": m.created_by,
+        "cluster": m.cluster.as_ref().map(|c| json!({
+            "system_identifier": c.system_identifier.to_string(),
+            "pg_version_major": c.pg_version_major,
+            "wal_segment_size": c.wal_segment_size,
+            "bound_at": c.bound_at,
+            "bound_from": c.bound_from,
+        })),
+        "compression": { "algorithm": m.compression.algorithm, "level": m.compression.level },
+        "encryption": m.encryption.as_ref().map(|e| json!({
+            "algorithm": e.algorithm,
+            "key_fingerprint": e.key_fingerprint,
+        })),
+    })
+}
+
+fn print_info(location: &str, m: &RepoMeta) {
+    println!("repository:   {location}");
+    println!("format:       {}", m.format_version);
+    println!("created:      {} by {}", m.created_at, m.created_by);
+    match &m.cluster {
+        Some(c) => {
+            println!("cluster:      system identifier {}", c.system_identifier);
+            println!(
+                "              PostgreSQL {}, WAL segment size {}",
+                c.pg_version_major,
+                human_bytes(c.wal_segment_size.into())
+            );
+            println!("              bound {} from {}", c.bound_at, c.bound_from);
+        }
+        None => println!("cluster:      not bound yet"),
+    }
+    let level = if matches!(m.compression.algorithm, Codec::Zstd | Codec::Gzip) {
+        format!(" level {}", m.compression.level)
+    } else {
+        String::new()
+    };
+    println!("compression:  {}{level}", m.compression.algorithm);
+    match &m.encryption {
+        Some(e) => println!("encryption:   {}, key fingerprint {}", e.algorithm, e.key_fingerprint),
+        None => println!("encryption:   none"),
+    }
+}

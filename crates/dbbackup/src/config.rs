@@ -1,0 +1,58 @@
+//! The `--config` TOML file: defaults for the global options.
+//!
+//! Precedence is flag, then environment variable, then file. Unknown keys
+//! and wrong types are errors naming the file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use serde::Deserialize;
+
+use crate::cli::GlobalOpts;
+
+/// Keys accepted in the config file (the long option names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(alias = "archive-dir", alias = "wal-archive")]
+    repo: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    dbname: Option<String>,
+    pgdata: Option<PathBuf>,
+    encryption_key_file: Option<PathBuf>,
+    encryption_key_env: Option<String>,
+}
+
+pub fn load(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_end()))
+}
+
+fn from_user(m: &ArgMatches, id: &str) -> bool {
+    matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+}
+
+/// Fills options the user did not give (by flag or env) from the file.
+pub fn apply(g: &mut GlobalOpts, m: &ArgMatches, f: FileConfig) {
+    macro_rules! fill {
+        ($field:ident, $id:literal) => {
+            if !from_user(m, $id) {
+                if let Some(v) = f.$field {
+                    g.$field = Some(v);
+                }
+            }
+        };
+    }
+    fill!(repo, "repo");
+    fill!(host, "host");
+    fill!(port, "port");
+    fill!(user, "user");
+    fill!(dbname, "dbname");
+    fill!(pgdata, "pgdata");
+    fill!(encryption_key_file, "encryption_key_file");
+    fill!(encryption_key_env, "encryption_key_env");
+}

@@ -1,0 +1,54 @@
+//! What every command needs from the global options.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use dbbackup_core::keys::KeySource;
+use dbbackup_core::pg::ConnOptions;
+use dbbackup_core::repo::Repository;
+use dbbackup_core::storage::{LocalStorage, Storage};
+
+use crate::cli::GlobalOpts;
+
+pub struct Ctx {
+    pub g: GlobalOpts,
+}
+
+impl Ctx {
+    pub fn new(g: GlobalOpts) -> Ctx {
+        Ctx { g }
+    }
+
+    pub fn storage(&self) -> Result<Arc<dyn Storage>> {
+        let path = self.g.repo.as_ref().ok_or_else(|| {
+            anyhow!("no repository given: use --repo PATH, the DBBACKUP_REPO variable, or `repo` in the --config file")
+        })?;
+        let path = if path.is_absolute() { path.clone() } else { std::env::current_dir()?.join(path) };
+        Ok(Arc::new(LocalStorage::new(path)))
+    }
+
+    pub fn keys(&self) -> KeySource {
+        KeySource { file: self.g.encryption_key_file.clone(), env: self.g.encryption_key_env.clone() }
+    }
+
+    pub fn open_repo(&self) -> Result<Repository> {
+        Ok(Repository::open(self.storage()?, &self.keys())?)
+    }
+
+    pub fn conn(&self) -> ConnOptions {
+        ConnOptions {
+            host: self.g.host.clone(),
+            port: self.g.port,
+            user: self.g.user.clone(),
+            dbname: self.g.dbname.clone(),
+            password: std::env::var("PGPASSWORD").ok(),
+            passfile: std::env::var_os("PGPASSFILE").map(Into::into),
+            connect_timeout: None,
+        }
+    }
+
+    /// Whether the user said where a server is (we never guess one).
+    pub fn conn_given(&self) -> bool {
+        self.g.host.is_some() || self.g.port.is_some()
+    }
+}
