@@ -1,0 +1,83 @@
+//! Shared helpers for the binary's integration tests: the built binary as
+//! the PostgreSQL OS user runs it, and clusters that archive with it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use dbbackup_testkit::*;
+
+/// The built `dbbackup`, copied where the `postgres` user can run it.
+pub fn bin() -> PathBuf {
+    install_bin(Path::new(env!("CARGO_BIN_EXE_dbbackup")))
+}
+
+/// A command running `dbbackup` with `args`.
+pub fn dbb<I, S>(args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut c = Cmd::new(bin());
+    c.args(args);
+    c
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+/// A started cluster whose archive_command is `dbbackup wal archive %p %f
+/// --repo <repo> <extra>`.
+pub fn archiving_cluster(version: PgVersion, segsize_mb: Option<u32>, repo: &Path, extra: &str) -> Cluster {
+    let mut opts = ClusterOptions::new(version);
+    opts.wal_segsize_mb = segsize_mb;
+    opts.extra_conf = vec!["archive_mode = on".into(), archive_command_line(repo, extra)];
+    Cluster::new(opts)
+}
+
+pub fn archive_command_line(repo: &Path, extra: &str) -> String {
+    format!("archive_command = '{} wal archive %p %f --repo {} {extra}'", bin().display(), repo.display())
+}
+
+/// Writes some rows and finishes a segment; returns its name once archived.
+pub fn make_archived_segment(c: &Cluster) -> String {
+    c.sql("CREATE TABLE IF NOT EXISTS filler(i int, t text); INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+    let name = c.switch_wal();
+    c.wait_archived(&name, Duration::from_secs(60));
+    name
+}
+
+/// SHA-256 of a file, as sha256sum prints it.
+pub fn sha256_file(p: &Path) -> String {
+    let out = Cmd::new("sha256sum").arg(p).as_root().assert_success();
+    out.stdout.split_whitespace().next().unwrap().to_string()
+}
+
+/// Every stored object file under the repository's wal/ directory.
+pub fn wal_objects(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let wal = repo.join("wal");
+    if let Ok(dirs) = std::fs::read_dir(&wal) {
+        for d in dirs.flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The stored object for WAL file `name`.
+pub fn object_for(repo: &Path, name: &str) -> PathBuf {
+    wal_objects(repo)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}.")))
+        .unwrap_or_else(|| panic!("no object for {name} in {}", repo.display()))
+}
+
+/// Writes a key file owned by the run-as user; returns its path.
+pub fn key_file(dir: &TestDir, name: &str, hex_byte: u8) -> PathBuf {
+    dir.write(name, format!("{}\n", format!("{hex_byte:02x}").repeat(32)))
+}
