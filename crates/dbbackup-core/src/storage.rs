@@ -9,6 +9,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -129,7 +130,7 @@ impl LocalStorage {
         if let Some(parent) = dir.parent() {
             self.ensure_dir(parent)?;
         }
-        match fs::create_dir(dir) {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
             Err(e) => return Err(e),
@@ -225,7 +226,12 @@ impl Storage for LocalStorage {
         self.ensure_dir(&full).map_err(|e| StorageError::io(dir, e))?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = full.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| StorageError::io(dir, e))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| StorageError::io(dir, e))?;
         Ok(Box::new(LocalWriter { temp, root: self.root.clone(), file: Some(file) }))
     }
 

@@ -72,7 +72,9 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
         return settle_duplicate(repo, &wal, &existing, &checksum, source, codec);
     }
 
-    let settings = codec.unwrap_or_else(|| repo.codec_settings());
+    let mut settings = codec.unwrap_or_else(|| repo.codec_settings());
+    // One zstd worker compresses while this thread reads and hashes.
+    settings.threads = 1;
     store(repo, &wal, source, &first, &mut file, size, settings)
 }
 

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Benchmarks dbbackup against pgBackRest on the same machine, data and run.
+# Reports ratios (machines here are shared and noisy: absolute times vary).
+#
+#   archive: median latency to archive one real 16 MiB segment
+#            (dbbackup default zstd, lz4, encrypted; pgBackRest archive-push lz4)
+#   fetch:   median latency to fetch it back (archive-get)
+#   size:    repository bytes for the same segments
+#   memory:  peak RSS of one archive and one fetch
+#
+# Not a test: it never fails on slowness. Results: target/bench/results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --release -q -p dbbackup
+
+RUNS=${BENCH_RUNS:-15}
+SEGMENTS=${BENCH_SEGMENTS:-8}
+PGBIN=${DBBACKUP_PG15_BIN:-/usr/lib/postgresql/15/bin}
+WORK=$(mktemp -d /tmp/dbbackup-bench.XXXXXX)
+chmod 755 "$WORK"
+RUN=()
+if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; RUN=(runuser -u postgres --); fi
+as() { "${RUN[@]}" "$@"; }
+cp target/release/dbbackup "$WORK/dbbackup"; chmod 755 "$WORK/dbbackup"
+DBB="$WORK/dbbackup"
+PORT=$((20000 + RANDOM % 20000))
+cleanup() { as "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+echo "==> cluster and real WAL (pgbench)"
+as "$PGBIN/initdb" -D "$WORK/data" -A trust -U postgres --locale=C >/dev/null
+cat >>"$WORK/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+max_wal_size = 4GB
+CONF
+as "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+PSQL=(as "$PGBIN/psql" -X -A -t -q -h "$WORK" -p "$PORT" -U postgres -d postgres)
+as "$PGBIN/pgbench" -q -i -s 10 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+as "$PGBIN/pgbench" -n -T 10 -c 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+mkdir -p "$WORK/segs"
+CUR=$("${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
+for f in $(ls "$WORK/data/pg_wal" | grep -E '^[0-9A-F]{24}$' | sort); do
+  [[ "$f" < "$CUR" ]] || break
+  cp "$WORK/data/pg_wal/$f" "$WORK/segs/"
+done
+SEGS=($(ls "$WORK/segs" | tail -n "$SEGMENTS"))
+chown -R postgres "$WORK/segs" 2>/dev/null || true
+echo "    ${#SEGS[@]} segments of 16 MiB"
+SEG=${SEGS[$((${#SEGS[@]} / 2))]}
+
+echo "==> pgBackRest stanza"
+cat >"$WORK/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$WORK/pgbr
+compress-type=lz4
+log-level-console=error
+log-level-file=off
+lock-path=$WORK/pgbr-lock
+spool-path=$WORK/pgbr-spool
+start-fast=y
+[bench]
+pg1-path=$WORK/data
+pg1-socket-path=$WORK
+pg1-port=$PORT
+CONF
+chmod 644 "$WORK/pgbackrest.conf"
+PGBR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
+as "${PGBR[@]}" stanza-create >/dev/null
+as "$DBB" repo init --repo "$WORK/repo-zstd" --pgdata "$WORK/data" >/dev/null
+as "$DBB" repo init --repo "$WORK/repo-lz4" --pgdata "$WORK/data" --compress lz4 >/dev/null
+as "$DBB" key generate --output "$WORK/key" 2>/dev/null
+as "$DBB" repo init --repo "$WORK/repo-enc" --pgdata "$WORK/data" --encrypt --encryption-key-file "$WORK/key" >/dev/null
+
+echo "==> repository size for ${#SEGS[@]} segments"
+for s in "${SEGS[@]}"; do
+  as "${PGBR[@]}" archive-push "$WORK/segs/$s"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-zstd"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-lz4"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-enc" --encryption-key-file "$WORK/key"
+done
+size() { find "$1" -type f \( -name '0000*' \) -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
+SZ_PGBR=$(size "$WORK/pgbr/archive")
+SZ_ZSTD=$(size "$WORK/repo-zstd/wal"); SZ_LZ4=$(size "$WORK/repo-lz4/wal"); SZ_ENC=$(size "$WORK/repo-enc/wal")
+
+median() { # command...; prints median seconds over RUNS runs, preparing each with $PREP
+  local times=()
+  for _ in $(seq 1 "$RUNS"); do
+    eval "$PREP"
+    local t0 t1
+    t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+    times+=("$(echo "$t1 - $t0" | bc -l)")
+  done
+  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+rss() { # peak RSS in KiB of one run
+  eval "$PREP"
+  /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n1
+}
+
+echo "==> archive latency (median of $RUNS), segment $SEG"
+PGBR_DIR=$(dirname "$(find "$WORK/pgbr/archive" -name "$SEG-*")")
+PREP="rm -f $PGBR_DIR/$SEG-*"
+A_PGBR=$(median as "${PGBR[@]}" archive-push "$WORK/segs/$SEG"); M_A_PGBR=$(rss as "${PGBR[@]}" archive-push "$WORK/segs/$SEG")
+declare -A A M_A
+for v in zstd lz4 enc; do
+  PREP="rm -f $WORK/repo-$v/wal/*/$SEG.*"
+  extra=(); [ $v = enc ] && extra=(--encryption-key-file "$WORK/key")
+  A[$v]=$(median as "$DBB" wal archive "$WORK/segs/$SEG" --repo "$WORK/repo-$v" "${extra[@]}")
+  M_A[$v]=$(rss as "$DBB" wal archive "$WORK/segs/$SEG" --repo "$WORK/repo-$v" "${extra[@]}")
+done
+
+echo "==> fetch latency (median of $RUNS)"
+PREP="rm -f $WORK/out"
+F_PGBR=$(median as "${PGBR[@]}" archive-get "$SEG" "$WORK/out"); M_F_PGBR=$(rss as "${PGBR[@]}" archive-get "$SEG" "$WORK/out")
+declare -A F M_F
+for v in zstd lz4 enc; do
+  extra=(); [ $v = enc ] && extra=(--encryption-key-file "$WORK/key")
+  F[$v]=$(median as "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
+  M_F[$v]=$(rss as "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
+done
+
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
+printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool" "archive ms" "fetch ms" "ratio" "repo bytes" "peak KiB"
+printf '%-28s %10s %10s %8s %12s %10s\n' "pgBackRest lz4" "$(ms "$A_PGBR")" "$(ms "$F_PGBR")" "1.00" "$SZ_PGBR" "$M_A_PGBR/$M_F_PGBR"
+for v in zstd lz4 enc; do
+  case $v in zstd) label="dbbackup zstd (default)"; sz=$SZ_ZSTD;; lz4) label="dbbackup lz4"; sz=$SZ_LZ4;; enc) label="dbbackup zstd+aes-256-gcm"; sz=$SZ_ENC;; esac
+  printf '%-28s %10s %10s %8s %12s %10s\n' "$label" "$(ms "${A[$v]}")" "$(ms "${F[$v]}")" "$(ratio "${A[$v]}" "$A_PGBR")/$(ratio "${F[$v]}" "$F_PGBR")" "$sz" "${M_A[$v]}/${M_F[$v]}"
+done
+echo
+echo "ratio = dbbackup time / pgBackRest time (archive/fetch); goals: archive <= 0.4, fetch <= 0.4,"
+echo "repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB"
+mkdir -p target/bench
+cat > target/bench/results.json <<JSON
+{"segments": ${#SEGS[@]}, "runs": $RUNS,
+ "pgbackrest": {"archive_s": $A_PGBR, "fetch_s": $F_PGBR, "repo_bytes": $SZ_PGBR, "archive_rss_kib": $M_A_PGBR, "fetch_rss_kib": $M_F_PGBR},
+ "dbbackup_zstd": {"archive_s": ${A[zstd]}, "fetch_s": ${F[zstd]}, "repo_bytes": $SZ_ZSTD, "archive_rss_kib": ${M_A[zstd]}, "fetch_rss_kib": ${M_F[zstd]}},
+ "dbbackup_lz4": {"archive_s": ${A[lz4]}, "fetch_s": ${F[lz4]}, "repo_bytes": $SZ_LZ4, "archive_rss_kib": ${M_A[lz4]}, "fetch_rss_kib": ${M_F[lz4]}},
+ "dbbackup_encrypted": {"archive_s": ${A[enc]}, "fetch_s": ${F[enc]}, "repo_bytes": $SZ_ENC, "archive_rss_kib": ${M_A[enc]}, "fetch_rss_kib": ${M_F[enc]}}}
+JSON
+echo "results: target/bench/results.json"
