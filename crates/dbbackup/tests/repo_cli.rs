@@ -54,7 +54,11 @@ fn repo_init_refuses_existing_nonempty_and_unwritable_paths() {
     dbb(["repo", "init", "--repo"]).arg(&repo).assert_success();
     let before = std::fs::read(repo.join("dbbackup.json")).unwrap();
     let out = dbb(["repo", "init", "--compress", "gzip", "--repo"]).arg(&repo).assert_code(1);
-    assert!(out.stderr.contains("already exists") && out.stderr.contains(&repo.display().to_string()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already exists") && out.stderr.contains(&repo.display().to_string()),
+        "{}",
+        out.stderr
+    );
     assert_eq!(std::fs::read(repo.join("dbbackup.json")).unwrap(), before, "metadata was rewritten");
 
     let other = d.mkdir("not-a-repo");
@@ -82,7 +86,8 @@ fn commands_on_a_missing_repository_say_how_to_create_one() {
     let missing = d.join("nowhere");
     let out = dbb(["repo", "info", "--repo"]).arg(&missing).assert_code(1);
     assert!(out.stderr.contains("does not exist") && out.stderr.contains("dbbackup repo init"), "{}", out.stderr);
-    let out = dbb(["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).arg("--repo").arg(&missing).assert_code(128);
+    let out =
+        dbb(["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).arg("--repo").arg(&missing).assert_code(128);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
     let out = dbb(["repo", "info"]).assert_code(1);
     assert!(out.stderr.contains("no repository given") && out.stderr.contains("--repo"), "{}", out.stderr);
@@ -140,14 +145,20 @@ fn malformed_keys_are_refused_before_any_work() {
     for (name, content, expect) in cases {
         let f = d.write(name, content);
         let repo = d.join(format!("repo-{name}"));
-        let out = dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&f).assert_code(1);
+        let out =
+            dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&f).assert_code(1);
         assert!(out.stderr.contains(expect) && out.stderr.contains(&f.display().to_string()), "{name}: {}", out.stderr);
         assert!(!repo.exists(), "{name}: repository created despite a bad key");
     }
     // The same through the environment variable.
     let repo = d.join("repo-env");
-    let out = dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).env("DBBACKUP_ENCRYPTION_KEY", "1234").assert_code(1);
-    assert!(out.stderr.contains("DBBACKUP_ENCRYPTION_KEY") && out.stderr.contains("4 characters of hex"), "{}", out.stderr);
+    let out =
+        dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).env("DBBACKUP_ENCRYPTION_KEY", "1234").assert_code(1);
+    assert!(
+        out.stderr.contains("DBBACKUP_ENCRYPTION_KEY") && out.stderr.contains("4 characters of hex"),
+        "{}",
+        out.stderr
+    );
     // --encrypt with no key at all.
     let out = dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).assert_code(1);
     assert!(out.stderr.contains("--encrypt needs a key") && out.stderr.contains("key generate"), "{}", out.stderr);
@@ -163,17 +174,37 @@ fn an_encrypted_repository_needs_its_own_key() {
     let repo = d.join("repo");
     let good = key_file(&d, "good", 0x11);
     let bad = key_file(&d, "bad", 0x22);
-    let out = dbb(["repo", "init", "--encrypt", "--json", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&good).assert_success();
+    let out = dbb(["repo", "init", "--encrypt", "--json", "--repo"])
+        .arg(&repo)
+        .arg("--encryption-key-file")
+        .arg(&good)
+        .assert_success();
     let fp = json(&out)["encryption"]["key_fingerprint"].as_str().unwrap().to_string();
     assert_eq!(fp.len(), 32);
     // base64 of the same key works too.
     let b64 = d.write("good.b64", "ERERERERERERERERERERERERERERERERERERERERERE=\n");
     let dest = d.join("dest");
-    dbb(["wal", "fetch", "000000010000000000000001"]).arg(&dest).arg("--repo").arg(&repo).arg("--encryption-key-file").arg(&b64).assert_code(1);
+    dbb(["wal", "fetch", "000000010000000000000001"])
+        .arg(&dest)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--encryption-key-file")
+        .arg(&b64)
+        .assert_code(1);
 
     let out = dbb(["wal", "fetch", "000000010000000000000001"]).arg(&dest).arg("--repo").arg(&repo).assert_code(128);
-    assert!(out.stderr.contains("is encrypted") && out.stderr.contains(&fp) && out.stderr.contains("--encryption-key-file"), "{}", out.stderr);
-    let out = dbb(["wal", "fetch", "000000010000000000000001"]).arg(&dest).arg("--repo").arg(&repo).arg("--encryption-key-file").arg(&bad).assert_code(128);
+    assert!(
+        out.stderr.contains("is encrypted") && out.stderr.contains(&fp) && out.stderr.contains("--encryption-key-file"),
+        "{}",
+        out.stderr
+    );
+    let out = dbb(["wal", "fetch", "000000010000000000000001"])
+        .arg(&dest)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--encryption-key-file")
+        .arg(&bad)
+        .assert_code(128);
     assert!(out.stderr.contains("wrong encryption key") && out.stderr.contains(&fp), "{}", out.stderr);
     let seg = d.write("000000010000000000000001", vec![0u8; 1 << 20]);
     let out = dbb(["wal", "archive"]).arg(&seg).arg("--repo").arg(&repo).assert_code(1);
@@ -206,7 +237,10 @@ fn flags_win_over_environment_and_environment_over_config_file() {
     let codec = |cmd: &mut Cmd| json(&cmd.assert_success())["compression"]["algorithm"].as_str().unwrap().to_string();
     assert_eq!(codec(dbb(["repo", "info", "--json", "--config"]).arg(&cfg)), "zstd");
     assert_eq!(codec(dbb(["repo", "info", "--json", "--config"]).arg(&cfg).env("DBBACKUP_REPO", &b)), "lz4");
-    assert_eq!(codec(dbb(["repo", "info", "--json", "--config"]).arg(&cfg).env("DBBACKUP_REPO", &b).arg("--repo").arg(&c)), "gzip");
+    assert_eq!(
+        codec(dbb(["repo", "info", "--json", "--config"]).arg(&cfg).env("DBBACKUP_REPO", &b).arg("--repo").arg(&c)),
+        "gzip"
+    );
     // DBBACKUP_CONFIG names the file; the --archive-dir alias works.
     assert_eq!(codec(dbb(["repo", "info", "--json"]).env("DBBACKUP_CONFIG", &cfg)), "zstd");
     assert_eq!(codec(dbb(["repo", "info", "--json", "--archive-dir"]).arg(&b)), "lz4");

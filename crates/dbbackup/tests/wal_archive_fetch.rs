@@ -153,7 +153,13 @@ fn archive_refuses_bad_segments_with_clear_errors() {
 
     // Missing source path.
     let out = archive_cmd(&d.join("gone"), Some(n1), &repo).assert_code(1);
-    assert!(out.stderr.contains("cannot read WAL file") && out.stderr.contains("gone") && out.stderr.starts_with("dbbackup:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read WAL file")
+            && out.stderr.contains("gone")
+            && out.stderr.starts_with("dbbackup:"),
+        "{}",
+        out.stderr
+    );
     // Empty.
     let empty = d.write("empty", "");
     let out = archive_cmd(&empty, Some(n1), &repo).assert_code(1);
@@ -161,7 +167,11 @@ fn archive_refuses_bad_segments_with_clear_errors() {
     // Truncated and oversized.
     let short = d.write("short", &bytes[..bytes.len() / 2]);
     let out = archive_cmd(&short, Some(n1), &repo).assert_code(1);
-    assert!(out.stderr.contains(&format!("is {} bytes", bytes.len() / 2)) && out.stderr.contains("truncated or oversized"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("is {} bytes", bytes.len() / 2)) && out.stderr.contains("truncated or oversized"),
+        "{}",
+        out.stderr
+    );
     let mut big = bytes.clone();
     big.push(0);
     let long = d.write("long", &big);
@@ -169,7 +179,11 @@ fn archive_refuses_bad_segments_with_clear_errors() {
     assert!(out.stderr.contains("truncated or oversized"), "{}", out.stderr);
     // Header that does not match the name.
     let out = archive_cmd(&seg1, Some(n2), &repo).assert_code(1);
-    assert!(out.stderr.contains("does not belong to this file name") && out.stderr.contains(n2.as_str()), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not belong to this file name") && out.stderr.contains(n2.as_str()),
+        "{}",
+        out.stderr
+    );
     // Not a WAL file name at all.
     let out = archive_cmd(&seg1, Some("garbage"), &repo).assert_code(1);
     assert!(out.stderr.contains("not a WAL file name"), "{}", out.stderr);
@@ -183,7 +197,11 @@ fn archive_refuses_bad_segments_with_clear_errors() {
     let other = real_segments(PgVersion::V15, 1);
     let out = archive_cmd(&other.dir.join(&other.names[0]), None, &repo).assert_code(1);
     let (ours, theirs) = (s.cluster.system_identifier().to_string(), other.cluster.system_identifier().to_string());
-    assert!(out.stderr.contains("another cluster") && out.stderr.contains(&ours) && out.stderr.contains(&theirs), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another cluster") && out.stderr.contains(&ours) && out.stderr.contains(&theirs),
+        "{}",
+        out.stderr
+    );
     // A PostgreSQL 18 segment into a PostgreSQL 15 repository.
     let v18 = real_segments(PgVersion::V18, 1);
     let out = archive_cmd(&v18.dir.join(&v18.names[0]), None, &repo).assert_code(1);
@@ -222,7 +240,11 @@ fn duplicates_identical_succeed_and_differing_fail_naming_both_checksums() {
     chown_to_run_user(&other);
     let out = archive_cmd(&changed_path, None, &repo).assert_code(1);
     let (old, new) = (sha256_file(&seg), sha256_file(&changed_path));
-    assert!(out.stderr.contains(&old) && out.stderr.contains(&new) && out.stderr.contains("different content"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&old) && out.stderr.contains(&new) && out.stderr.contains("different content"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(std::fs::read(&obj).unwrap(), stored);
     assert_eq!(wal_objects(&repo).len(), 1);
 }
@@ -384,6 +406,7 @@ fn fetch_failures(encrypted: bool) {
     std::fs::remove_file(&obj1).unwrap();
     let renamed = obj1.with_file_name(obj2.file_name().unwrap().to_string_lossy().replacen(&n2, &n1, 1));
     std::fs::copy(&obj2, &renamed).unwrap();
+    chown_to_run_user(&renamed);
     let out = fetch(&n1, &keyargs);
     assert_eq!(out.status, 128, "{out:?}");
     if encrypted {
