@@ -95,31 +95,31 @@ median() { # command...; prints median seconds over RUNS runs, preparing each wi
   done
   printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
-rss() { # peak RSS in KiB of one run
+rss() { # peak RSS in KiB of one run (of the tool itself, not runuser)
   eval "$PREP"
-  /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n1
+  "${RUN[@]}" /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n1
 }
 
 echo "==> archive latency (median of $RUNS), segment $SEG"
 PGBR_DIR=$(dirname "$(find "$WORK/pgbr/archive" -name "$SEG-*")")
 PREP="rm -f $PGBR_DIR/$SEG-*"
-A_PGBR=$(median as "${PGBR[@]}" archive-push "$WORK/segs/$SEG"); M_A_PGBR=$(rss as "${PGBR[@]}" archive-push "$WORK/segs/$SEG")
+A_PGBR=$(median as "${PGBR[@]}" archive-push "$WORK/segs/$SEG"); M_A_PGBR=$(rss "${PGBR[@]}" archive-push "$WORK/segs/$SEG")
 declare -A A M_A
 for v in zstd lz4 enc; do
   PREP="rm -f $WORK/repo-$v/wal/*/$SEG.*"
   extra=(); [ $v = enc ] && extra=(--encryption-key-file "$WORK/key")
   A[$v]=$(median as "$DBB" wal archive "$WORK/segs/$SEG" --repo "$WORK/repo-$v" "${extra[@]}")
-  M_A[$v]=$(rss as "$DBB" wal archive "$WORK/segs/$SEG" --repo "$WORK/repo-$v" "${extra[@]}")
+  M_A[$v]=$(rss "$DBB" wal archive "$WORK/segs/$SEG" --repo "$WORK/repo-$v" "${extra[@]}")
 done
 
 echo "==> fetch latency (median of $RUNS)"
 PREP="rm -f $WORK/out"
-F_PGBR=$(median as "${PGBR[@]}" archive-get "$SEG" "$WORK/out"); M_F_PGBR=$(rss as "${PGBR[@]}" archive-get "$SEG" "$WORK/out")
+F_PGBR=$(median as "${PGBR[@]}" archive-get "$SEG" "$WORK/out"); M_F_PGBR=$(rss "${PGBR[@]}" archive-get "$SEG" "$WORK/out")
 declare -A F M_F
 for v in zstd lz4 enc; do
   extra=(); [ $v = enc ] && extra=(--encryption-key-file "$WORK/key")
   F[$v]=$(median as "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
-  M_F[$v]=$(rss as "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
+  M_F[$v]=$(rss "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
 done
 
 ratio() { echo "scale=2; $1 / $2" | bc -l; }

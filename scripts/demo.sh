@@ -63,7 +63,7 @@ echo
 echo "==> 2. PostgreSQL archives every finished segment through 'dbbackup wal archive'"
 psql_ "CREATE TABLE accounts(id int PRIMARY KEY, balance numeric); INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 50000) g;"
 psql_ "SELECT pg_walfile_name(pg_switch_wal()) AS finished_segment;"
-SEG=$("${RUN[@]}" "$PGBIN/psql" -X -A -t -h "$WORK" -p "$PORT" -U postgres -c "INSERT INTO accounts VALUES (50001, 1); SELECT pg_walfile_name(pg_switch_wal())")
+SEG=$("${RUN[@]}" "$PGBIN/psql" -X -A -t -q -h "$WORK" -p "$PORT" -U postgres -c "INSERT INTO accounts VALUES (50001, 1); SELECT pg_walfile_name(pg_switch_wal())")
 for _ in $(seq 1 100); do
   LAST=$("${RUN[@]}" "$PGBIN/psql" -X -A -t -h "$WORK" -p "$PORT" -U postgres -c "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
   [[ "$LAST" < "$SEG" ]] || break
