@@ -156,6 +156,13 @@ impl Repository {
         Ok(Repository { storage, meta, key })
     }
 
+    /// Opens a repository for reading names and sizes only: no key is
+    /// loaded, so decoding an encrypted object fails with a key error.
+    pub fn open_for_listing(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let meta = Self::read_meta(storage.as_ref())?;
+        Ok(Repository { storage, meta, key: None })
+    }
+
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }

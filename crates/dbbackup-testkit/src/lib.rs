@@ -378,6 +378,49 @@ impl Cluster {
         c
     }
 
+    /// A cluster whose data directory already exists at `dir/data` (a
+    /// copy, a base backup, a restore): points its socket and port here,
+    /// appends `extra_conf`, and leaves it stopped.
+    pub fn adopt(version: PgVersion, dir: TestDir, extra_conf: Vec<String>) -> Cluster {
+        let c = Cluster { dir, version, port: std::cell::Cell::new(free_port()) };
+        chown_to_run_user(&c.data_dir());
+        c.append_conf(&format!("unix_socket_directories = '{}'", c.socket_dir().display()));
+        c.append_conf("listen_addresses = ''");
+        for line in extra_conf {
+            c.append_conf(&line);
+        }
+        c
+    }
+
+    /// Takes a plain-format base backup of this running cluster into
+    /// `dir/data` with `pg_basebackup` (WAL not included: `-X none`).
+    pub fn base_backup_into(&self, dir: &TestDir) {
+        Cmd::new(self.bindir().join("pg_basebackup"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .arg("-p")
+            .arg(self.port().to_string())
+            .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
+            .arg(dir.join("data"))
+            .assert_success();
+    }
+
+    /// Polls `q` until it returns `want`, or panics after `timeout`.
+    pub fn wait_for(&self, q: &str, want: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(v) = self.sql_ok(q) {
+                if v == want {
+                    return;
+                }
+            }
+            if start.elapsed() > timeout {
+                panic!("{q} did not return {want:?} within {timeout:?}\n{}", self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn version(&self) -> PgVersion {
         self.version
     }

@@ -143,6 +143,30 @@ pub enum WalCommand {
         fails, naming both checksums.\n\nExample:\n  \
         archive_command = '/usr/local/bin/dbbackup wal archive %p %f --repo /backups/pg'")]
     Archive(ArchiveArgs),
+    /// List archived WAL: name, timeline, kind, sizes, codec, encryption, time
+    #[command(
+        after_help = "Reads only directory listings (no object is opened), so it is fast on large archives.\n\n\
+        Examples:\n  dbbackup wal list --repo /backups/pg\n  dbbackup wal list --timeline 2 --json"
+    )]
+    List {
+        /// Only this timeline
+        #[arg(long, value_name = "N")]
+        timeline: Option<u32>,
+    },
+    /// Show the timeline tree from the archived history files
+    #[command(after_help = "For each timeline: its parent, the LSN where it branched off, PostgreSQL's reason, \
+        and the first and last archived segment.")]
+    Timeline,
+    /// Decode and check every archived object and report gaps; non-zero exit on any problem
+    #[command(after_help = "Every object is decrypted, decompressed and compared with the SHA-256 recorded at \
+        archive time; segment headers are checked. Gaps are missing segments between archived ones on a \
+        timeline (from its switch point, for a child timeline). Files that are not WAL objects are reported as \
+        unknown.\n\nExit status: 0 all good, 1 any problem.")]
+    Verify {
+        /// Parallel workers
+        #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+        jobs: usize,
+    },
     /// Fetch one WAL file (restore_command = 'dbbackup wal fetch %f %p ...')
     #[command(after_help = "Exit codes: 0 delivered and verified; 1 not in the archive; 128 any other failure \
         (corrupt, wrong or missing key, unreadable repository), which makes PostgreSQL stop recovery instead \

@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{encoder, CodecSettings, Plain, Sink};
 use crate::crypto::EncryptSink;
-use crate::error::{pipeline_error, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::repo::{now_rfc3339, Repository};
 use crate::storage::{Commit, ObjectWriter, StorageError};
-use crate::wal::{find, open_plain, StoredWal, WAL_LOCK};
+use crate::wal::{decode_verified, find, StoredWal, WAL_LOCK};
 
 /// Largest non-segment file (history, backup label) we accept.
 const MAX_SMALL_FILE: u64 = 64 << 20;
@@ -209,19 +209,9 @@ fn settle_duplicate(
     }
 }
 
-/// Decodes a stored object completely and compares its checksum.
+/// Decodes a stored object completely and checks it.
 pub fn verify_object(repo: &Repository, stored: &StoredWal) -> Result<()> {
-    let mut r = open_plain(repo, stored)?;
-    let mut h = Sha256::new();
-    hash_rest(&mut r, &mut h).map_err(|e| pipeline_error(&stored.path, e))?;
-    let sum = hex::encode(h.finalize());
-    if sum != stored.object.checksum {
-        return Err(Error::integrity(format!(
-            "{}: content has SHA-256 {sum}, but the object was archived with SHA-256 {}",
-            stored.path, stored.object.checksum
-        )));
-    }
-    Ok(())
+    decode_verified(repo, stored, &mut io::sink()).map(|_| ())
 }
 
 /// A written, not yet committed object.

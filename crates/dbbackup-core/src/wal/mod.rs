@@ -2,16 +2,20 @@
 //! lookups they share.
 
 pub mod archive;
+pub mod catalog;
 pub mod fetch;
+pub mod verify;
 
-use std::io::Read;
+use std::io::{self, Read, Write};
 
 use dbbackup_format::object::{wal_dir_for, ObjectName};
-use dbbackup_format::WalFileName;
+use dbbackup_format::pagehdr::{self, Expected, LONG_HEADER_LEN};
+use dbbackup_format::{WalFileName, WalKind};
+use sha2::{Digest, Sha256};
 
 use crate::codec::decoder;
 use crate::crypto::DecryptReader;
-use crate::error::{Error, Result};
+use crate::error::{pipeline_error, Error, Result};
 use crate::repo::Repository;
 
 /// Lock serializing the final step of archiving (duplicate check + link).
@@ -64,4 +68,75 @@ pub fn open_plain(repo: &Repository, stored: &StoredWal) -> Result<Box<dyn Read 
         Box::new(raw)
     };
     decoder(stored.object.codec, inner).map_err(|e| crate::error::pipeline_error(&stored.path, e))
+}
+
+/// Decodes a stored object completely into `out`, checking everything that
+/// can be checked: authentication (encrypted), the codec's own framing, the
+/// plaintext SHA-256 recorded in the name and, for segments, the page header
+/// and the size. Returns the plaintext size. `out` may have received bytes
+/// when this fails: write to a temporary place.
+pub fn decode_verified(repo: &Repository, stored: &StoredWal, out: &mut dyn Write) -> Result<u64> {
+    let wal =
+        WalFileName::parse(&stored.object.original).map_err(|e| Error::integrity(format!("{}: {e}", stored.path)))?;
+    let mut reader = open_plain(repo, stored)?;
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let is_segment = matches!(wal.kind(), WalKind::Segment | WalKind::Partial);
+    let mut head = Vec::with_capacity(LONG_HEADER_LEN);
+    let mut header_checked = !is_segment;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(pipeline_error(&stored.path, e)),
+        };
+        let chunk = &buf[..n];
+        if !header_checked {
+            let need = LONG_HEADER_LEN - head.len();
+            head.extend_from_slice(&chunk[..need.min(n)]);
+            if head.len() == LONG_HEADER_LEN {
+                check_header(repo, &wal, &stored.path, &head)?;
+                header_checked = true;
+            }
+        }
+        h.update(chunk);
+        total += n as u64;
+        out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", stored.object.original)))?;
+    }
+    let sum = hex::encode(h.finalize());
+    if sum != stored.object.checksum {
+        return Err(Error::integrity(format!(
+            "{}: decoded content has SHA-256 {sum}, but it was archived with SHA-256 {}: the object is corrupt",
+            stored.path, stored.object.checksum
+        )));
+    }
+    if !header_checked {
+        return Err(Error::integrity(format!(
+            "{}: decoded content is only {total} bytes, too short for a WAL segment",
+            stored.path
+        )));
+    }
+    if let (Some(seg), true) = (repo.segment_size(), is_segment) {
+        if total != u64::from(seg.bytes()) {
+            return Err(Error::integrity(format!(
+                "{}: decoded content is {total} bytes, expected a {} byte segment",
+                stored.path,
+                seg.bytes()
+            )));
+        }
+    }
+    Ok(total)
+}
+
+fn check_header(repo: &Repository, wal: &WalFileName, path: &str, head: &[u8]) -> Result<()> {
+    let expected = Expected {
+        system_identifier: repo.identity().map(|c| c.system_identifier),
+        major_version: repo.identity().map(|c| c.pg_version_major),
+        segment_size: repo.segment_size(),
+    };
+    pagehdr::parse_long_header(head)
+        .and_then(|h| h.check(wal, &expected))
+        .map_err(|e| Error::integrity(format!("{path}: decoded segment does not belong here: {e}")))
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use dbbackup_core::pg::server_identity;
 use dbbackup_core::repo::{identity_from_pgdata, identity_from_server, InitOptions, Repository};
+use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::meta::{ClusterIdentity, RepoMeta};
-use dbbackup_format::Codec;
+use dbbackup_format::{Codec, WalKind};
 use serde_json::json;
 
 use crate::cli::{InitArgs, RepoCommand};
@@ -73,14 +74,98 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 }
 
 fn info(ctx: &Ctx) -> Result<ExitCode> {
-    let storage = ctx.storage()?;
-    let meta = Repository::read_meta(storage.as_ref())?;
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let wal = WalSummary::of(&repo)?;
     if ctx.g.json {
-        print_json(&info_json(&storage.location(), &meta));
+        let mut v = info_json(&repo.location(), repo.meta());
+        v["wal"] = serde_json::to_value(&wal)?;
+        print_json(&v);
     } else {
-        print_info(&storage.location(), &meta);
+        print_info(&repo.location(), repo.meta());
+        wal.print();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `repo info` says about archived WAL (from names only).
+#[derive(Debug, serde::Serialize)]
+struct WalSummary {
+    objects: usize,
+    segments: usize,
+    history_files: usize,
+    backup_files: usize,
+    partial_files: usize,
+    original_bytes: u64,
+    stored_bytes: u64,
+    compression_ratio: Option<f64>,
+    timelines: Vec<u32>,
+    oldest_segment: Option<String>,
+    newest_segment: Option<String>,
+    unknown_files: usize,
+}
+
+impl WalSummary {
+    fn of(repo: &Repository) -> Result<WalSummary> {
+        let cat = Catalog::scan(repo)?;
+        let seg = repo.segment_size().map(|s| u64::from(s.bytes())).unwrap_or(0);
+        let count = |k: WalKind| cat.iter_kind(k).count();
+        let (segments, partials) = (count(WalKind::Segment), count(WalKind::Partial));
+        // Segment-sized objects have a known original size; the small
+        // history and backup files are counted at their stored size.
+        let original_bytes = (segments + partials) as u64 * seg
+            + cat
+                .objects
+                .iter()
+                .filter(|o| matches!(o.wal.kind(), WalKind::History | WalKind::Backup))
+                .map(|o| o.stored.stored_size)
+                .sum::<u64>();
+        let stored_bytes = cat.objects.iter().map(|o| o.stored.stored_size).sum();
+        let mut timelines: Vec<u32> = cat.objects.iter().map(|o| o.wal.timeline().0).collect();
+        timelines.sort_unstable();
+        timelines.dedup();
+        let oldest_segment = cat.iter_kind(WalKind::Segment).next().map(|o| o.wal.to_string());
+        let summary = WalSummary {
+            objects: cat.objects.len(),
+            segments,
+            history_files: count(WalKind::History),
+            backup_files: count(WalKind::Backup),
+            partial_files: partials,
+            original_bytes,
+            stored_bytes,
+            compression_ratio: (stored_bytes > 0)
+                .then(|| (original_bytes as f64 / stored_bytes as f64 * 100.0).round() / 100.0),
+            timelines,
+            oldest_segment,
+            newest_segment: cat.newest_segment().map(|o| o.wal.to_string()),
+            unknown_files: cat.strays.len(),
+        };
+        Ok(summary)
+    }
+
+    fn print(&self) {
+        println!(
+            "wal:          {} segments, {} history, {} backup, {} partial files",
+            self.segments, self.history_files, self.backup_files, self.partial_files
+        );
+        if self.objects > 0 {
+            println!(
+                "              {} stored for {} original{}",
+                human_bytes(self.stored_bytes),
+                human_bytes(self.original_bytes),
+                self.compression_ratio.map(|r| format!(" (ratio {r:.2})")).unwrap_or_default()
+            );
+            let tls: Vec<String> = self.timelines.iter().map(u32::to_string).collect();
+            println!("              timelines {}", tls.join(", "));
+            println!(
+                "              oldest {}, newest {}",
+                self.oldest_segment.as_deref().unwrap_or("-"),
+                self.newest_segment.as_deref().unwrap_or("-")
+            );
+        }
+        if self.unknown_files > 0 {
+            println!("              {} unknown files under wal/ (see `dbbackup wal verify`)", self.unknown_files);
+        }
+    }
 }
 
 fn info_json(location: &str, m: &RepoMeta) -> serde_json::Value {

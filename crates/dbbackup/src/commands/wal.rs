@@ -10,18 +10,155 @@ use dbbackup_core::codec::CodecSettings;
 use dbbackup_core::error::{Error, ErrorKind};
 use dbbackup_core::repo::{check_level, InitOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
+use dbbackup_core::wal::catalog::{timelines, Catalog};
+use dbbackup_core::wal::decode_verified;
 use dbbackup_core::wal::fetch::fetch;
+use dbbackup_format::WalKind;
+use serde_json::json;
 
 use crate::cli::{ArchiveArgs, FetchArgs, WalCommand};
 use crate::context::Ctx;
-use crate::output::one_line;
+use crate::output::{human_bytes, one_line, print_json, time_text, Table};
 use crate::EXIT_FETCH_FATAL;
 
 pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
     match c {
         WalCommand::Archive(a) => run_archive(ctx, a),
         WalCommand::Fetch(a) => Ok(run_fetch(ctx, a)),
+        WalCommand::List { timeline } => list(ctx, timeline),
+        WalCommand::Timeline => timeline(ctx),
+        WalCommand::Verify { jobs } => verify(ctx, jobs),
     }
+}
+
+fn list(ctx: &Ctx, only: Option<u32>) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let cat = Catalog::scan(&repo)?;
+    let seg = repo.segment_size().map(|s| u64::from(s.bytes()));
+    let mut rows = Vec::new();
+    for o in cat.objects.iter().filter(|o| only.is_none_or(|t| o.wal.timeline().0 == t)) {
+        let original = match o.wal.kind() {
+            WalKind::Segment | WalKind::Partial => seg,
+            // History and backup files are small and few: decode them.
+            _ => decode_verified(&repo, &o.stored, &mut std::io::sink()).ok(),
+        };
+        rows.push((o, original));
+    }
+    if ctx.g.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(o, original)| {
+                json!({
+                    "name": o.wal.to_string(),
+                    "timeline": o.wal.timeline().0,
+                    "kind": o.wal.kind(),
+                    "original_size": original,
+                    "stored_size": o.stored.stored_size,
+                    "codec": o.stored.object.codec,
+                    "encrypted": o.stored.object.encrypted,
+                    "checksum_sha256": o.stored.object.checksum,
+                    "archived_at": time_text(o.archived_at),
+                    "path": o.stored.path,
+                })
+            })
+            .collect();
+        print_json(&json!(v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new(&["NAME", "TL>", "KIND", "ORIGINAL>", "STORED>", "CODEC", "ENCRYPTED", "ARCHIVED"]);
+    let (mut orig_total, mut stored_total) = (0u64, 0u64);
+    for (o, original) in &rows {
+        orig_total += original.unwrap_or(0);
+        stored_total += o.stored.stored_size;
+        t.row(vec![
+            o.wal.to_string(),
+            o.wal.timeline().to_string(),
+            o.wal.kind().to_string(),
+            original.map(human_bytes).unwrap_or_else(|| "?".into()),
+            human_bytes(o.stored.stored_size),
+            o.stored.object.codec.to_string(),
+            if o.stored.object.encrypted { "yes".into() } else { "no".into() },
+            time_text(o.archived_at),
+        ]);
+    }
+    t.print();
+    println!("{} objects, {} original, {} stored", rows.len(), human_bytes(orig_total), human_bytes(stored_total));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn timeline(ctx: &Ctx) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let cat = Catalog::scan(&repo)?;
+    let (tls, _) = timelines(&repo, &cat)?;
+    if ctx.g.json {
+        print_json(&json!({ "timelines": tls }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t =
+        Table::new(&["TIMELINE>", "PARENT>", "SWITCH LSN", "FIRST SEGMENT", "LAST SEGMENT", "SEGMENTS>", "REASON"]);
+    for tl in &tls {
+        t.row(vec![
+            tl.timeline.to_string(),
+            tl.parent.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            tl.switch_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            tl.first_segment.clone().unwrap_or_else(|| "-".into()),
+            tl.last_segment.clone().unwrap_or_else(|| "-".into()),
+            tl.segments.to_string(),
+            tl.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    t.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(ctx: &Ctx, jobs: usize) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let cat = Catalog::scan(&repo)?;
+    let report = dbbackup_core::wal::verify::verify(&repo, &cat, jobs)?;
+    let code = if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["ok"] = json!(report.ok());
+        print_json(&v);
+        return Ok(code);
+    }
+    for p in &report.problems {
+        println!("BAD      {}: {}", p.path, p.error);
+    }
+    for p in &report.history_errors {
+        println!("BAD      {}", p.error);
+    }
+    for g in &report.gaps {
+        if g.count == 1 {
+            println!("GAP      timeline {}: {} is missing", g.timeline, g.first_missing);
+        } else {
+            println!(
+                "GAP      timeline {}: {} to {} are missing ({} segments)",
+                g.timeline, g.first_missing, g.last_missing, g.count
+            );
+        }
+    }
+    for u in &report.unknown {
+        println!("UNKNOWN  {u}: not a WAL object (remove it or move it out of the repository)");
+    }
+    println!(
+        "verified {} of {} objects ({} decoded from {} stored): {}",
+        report.verified,
+        report.objects,
+        human_bytes(report.original_bytes),
+        human_bytes(report.stored_bytes),
+        if report.ok() {
+            "ok".to_string()
+        } else {
+            format!(
+                "{} bad, {} gaps, {} unknown",
+                report.problems.len() + report.history_errors.len(),
+                report.gaps.len(),
+                report.unknown.len()
+            )
+        }
+    );
+    Ok(code)
 }
 
 /// Opens the repository, creating a missing one with the archive's options.

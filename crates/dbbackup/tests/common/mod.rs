@@ -81,3 +81,51 @@ pub fn object_for(repo: &Path, name: &str) -> PathBuf {
 pub fn key_file(dir: &TestDir, name: &str, hex_byte: u8) -> PathBuf {
     dir.write(name, format!("{}\n", format!("{hex_byte:02x}").repeat(32)))
 }
+
+/// A repository holding two timelines of one cluster, made as a DBA would
+/// by hand: a cluster archiving on timeline 1, a `pg_basebackup` copy of it
+/// recovered from the archive through `dbbackup wal fetch` and promoted
+/// (timeline 2), archiving into the same repository. The original is
+/// stopped; the promoted copy keeps running.
+pub struct TwoTimelines {
+    pub repo_dir: TestDir,
+    pub repo: PathBuf,
+    pub original: Cluster,
+    pub promoted: Cluster,
+    /// Segments archived on timeline 1 (in order).
+    pub tl1: Vec<String>,
+    /// Segments archived on timeline 2 (in order).
+    pub tl2: Vec<String>,
+}
+
+pub fn two_timelines(version: PgVersion, segsize_mb: Option<u32>, extra: &str) -> TwoTimelines {
+    let repo_dir = TestDir::new();
+    let repo = repo_dir.join("repo");
+    let original = archiving_cluster(version, segsize_mb, &repo, extra);
+    let mut tl1 = vec![make_archived_segment(&original), make_archived_segment(&original)];
+    let copy = TestDir::new();
+    original.base_backup_into(&copy);
+    for _ in 0..3 {
+        tl1.push(make_archived_segment(&original));
+    }
+    original.stop();
+    let promoted = Cluster::adopt(
+        version,
+        copy,
+        vec![
+            "archive_mode = on".into(),
+            archive_command_line(&repo, extra),
+            format!("restore_command = '{} wal fetch %f %p --repo {} {extra}'", bin().display(), repo.display()),
+        ],
+    );
+    promoted.dir().write("data/recovery.signal", "");
+    promoted.start();
+    promoted.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+    promoted.wait_for(
+        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+        "00000002",
+        Duration::from_secs(60),
+    );
+    let tl2 = vec![make_archived_segment(&promoted), make_archived_segment(&promoted)];
+    TwoTimelines { repo_dir, repo, original, promoted, tl1, tl2 }
+}

@@ -1,0 +1,188 @@
+//! What WAL the repository holds: every object, parsed from its name alone
+//! (no object is opened), and the timeline tree from the history files.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use dbbackup_format::history::History;
+use dbbackup_format::object::{wal_dir_for, ObjectName, WAL_DIR};
+use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName, WalKind};
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::wal::{decode_verified, StoredWal};
+
+/// One archived object.
+#[derive(Debug, Clone)]
+pub struct WalObject {
+    pub wal: WalFileName,
+    pub stored: StoredWal,
+    pub archived_at: Option<SystemTime>,
+}
+
+/// Everything under `wal/`.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Sorted by timeline, position, kind.
+    pub objects: Vec<WalObject>,
+    /// Repository-relative paths of files that are not WAL objects, or that
+    /// sit in the wrong directory.
+    pub strays: Vec<String>,
+}
+
+impl Catalog {
+    /// Lists the repository's WAL. Cost: one directory listing per
+    /// timeline and log id.
+    pub fn scan(repo: &Repository) -> Result<Catalog> {
+        let storage = repo.storage();
+        let list = |dir: &str| {
+            storage
+                .list(dir)
+                .map_err(|e| Error::io(format!("cannot list {dir} in repository {}: {e}", repo.location())))
+        };
+        let mut cat = Catalog::default();
+        for dir in list(WAL_DIR)? {
+            let dir_path = format!("{WAL_DIR}/{}", dir.name);
+            if !dir.is_dir {
+                cat.strays.push(dir_path);
+                continue;
+            }
+            for e in list(&dir_path)? {
+                let path = format!("{dir_path}/{}", e.name);
+                let parsed = ObjectName::parse(&e.name).and_then(|o| o.wal_name().map(|w| (o, w)));
+                match parsed {
+                    Some((object, wal)) if !e.is_dir && wal_dir_for(&wal) == dir_path => {
+                        cat.objects.push(WalObject {
+                            wal,
+                            stored: StoredWal { path, object, stored_size: e.size },
+                            archived_at: e.modified,
+                        });
+                    }
+                    _ => cat.strays.push(path),
+                }
+            }
+        }
+        cat.objects.sort_by_key(|o| o.wal.sort_key());
+        Ok(cat)
+    }
+
+    /// The objects of one kind on one timeline (or all timelines).
+    pub fn iter_kind(&self, kind: WalKind) -> impl Iterator<Item = &WalObject> {
+        self.objects.iter().filter(move |o| o.wal.kind() == kind)
+    }
+
+    /// The newest complete segment, by timeline then position.
+    pub fn newest_segment(&self) -> Option<&WalObject> {
+        self.iter_kind(WalKind::Segment).last()
+    }
+}
+
+/// A timeline as the repository knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimelineInfo {
+    pub timeline: TimelineId,
+    pub parent: Option<TimelineId>,
+    pub switch_lsn: Option<Lsn>,
+    pub reason: Option<String>,
+    pub first_segment: Option<String>,
+    pub last_segment: Option<String>,
+    pub segments: u64,
+    pub has_partial: bool,
+}
+
+/// Reads and parses a history object (small; decoded and verified).
+pub fn read_history(repo: &Repository, obj: &WalObject) -> Result<History> {
+    let mut buf = Vec::new();
+    decode_verified(repo, &obj.stored, &mut buf)?;
+    let text = String::from_utf8(buf)
+        .map_err(|_| Error::integrity(format!("{}: history file is not text", obj.stored.path)))?;
+    History::parse(obj.wal.timeline(), &text)
+        .map_err(|e| Error::integrity(format!("history file {} ({}) is corrupt: {e}", obj.wal, obj.stored.path)))
+}
+
+/// The timeline tree: every timeline with segments or a history file.
+pub fn timelines(repo: &Repository, cat: &Catalog) -> Result<(Vec<TimelineInfo>, BTreeMap<TimelineId, History>)> {
+    let mut histories = BTreeMap::new();
+    for obj in cat.iter_kind(WalKind::History) {
+        histories.insert(obj.wal.timeline(), read_history(repo, obj)?);
+    }
+    let mut map: BTreeMap<TimelineId, TimelineInfo> = BTreeMap::new();
+    let blank = |t: TimelineId| TimelineInfo {
+        timeline: t,
+        parent: None,
+        switch_lsn: None,
+        reason: None,
+        first_segment: None,
+        last_segment: None,
+        segments: 0,
+        has_partial: false,
+    };
+    for (t, h) in &histories {
+        let p = h.parent();
+        let info = map.entry(*t).or_insert_with(|| blank(*t));
+        info.parent = Some(p.parent);
+        info.switch_lsn = Some(p.switch_lsn);
+        info.reason = Some(p.reason.clone());
+    }
+    for obj in &cat.objects {
+        let t = obj.wal.timeline();
+        match obj.wal.kind() {
+            WalKind::Segment => {
+                let info = map.entry(t).or_insert_with(|| blank(t));
+                info.first_segment.get_or_insert_with(|| obj.wal.to_string());
+                info.last_segment = Some(obj.wal.to_string());
+                info.segments += 1;
+            }
+            WalKind::Partial => map.entry(t).or_insert_with(|| blank(t)).has_partial = true,
+            _ => {}
+        }
+    }
+    Ok((map.into_values().collect(), histories))
+}
+
+/// A run of missing segments on one timeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    pub timeline: TimelineId,
+    pub first_missing: String,
+    pub last_missing: String,
+    pub count: u64,
+}
+
+/// Missing segments: on each timeline, between the first expected segment
+/// (the one holding the switch point, for a child timeline; else the first
+/// archived) and the last archived one. A partial segment counts as
+/// present for its position.
+pub fn gaps(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: SegmentSize) -> Vec<Gap> {
+    let mut present: BTreeMap<TimelineId, Vec<u64>> = BTreeMap::new();
+    for obj in &cat.objects {
+        if matches!(obj.wal.kind(), WalKind::Segment | WalKind::Partial) {
+            if let Some(n) = obj.wal.segment_no(size) {
+                present.entry(obj.wal.timeline()).or_default().push(n);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (t, mut segs) in present {
+        segs.sort_unstable();
+        segs.dedup();
+        let first_expected = histories.get(&t).map(|h| size.segment_of(h.parent().switch_lsn));
+        let start = match first_expected {
+            Some(f) if f < segs[0] => f,
+            _ => segs[0],
+        };
+        let mut expect = start;
+        for &n in &segs {
+            if n > expect {
+                out.push(Gap {
+                    timeline: t,
+                    first_missing: WalFileName::segment(t, expect, size).to_string(),
+                    last_missing: WalFileName::segment(t, n - 1, size).to_string(),
+                    count: n - expect,
+                });
+            }
+            expect = expect.max(n + 1);
+        }
+    }
+    out
+}
