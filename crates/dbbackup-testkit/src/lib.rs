@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -308,19 +309,44 @@ impl Cmd {
     }
 }
 
-/// Copies the built binary (once per process) where the run-as user can run it.
+/// Makes the built binary (once per process) runnable by the run-as user:
+/// `/tmp/dbbackup-testbin-<pid>/<name>`, a hard link when `/tmp` is on the
+/// same file system as the build (no copy of a 100 MB debug binary per test
+/// process), a copy otherwise. Directories left by processes that are gone
+/// are removed first.
 pub fn install_bin(src: &Path) -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        remove_stale_bin_dirs();
         let dir = PathBuf::from(format!("/tmp/dbbackup-testbin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let dst = dir.join(src.file_name().expect("binary has a name"));
-        std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
-        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_file(&dst);
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o7777;
+        if mode & 0o555 != 0o555 {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+        }
         dst
     })
     .clone()
+}
+
+/// Removes `/tmp/dbbackup-testbin-<pid>` directories of processes that no
+/// longer exist (best effort).
+fn remove_stale_bin_dirs() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("dbbackup-testbin-")) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// How to make a cluster.
@@ -344,7 +370,7 @@ impl ClusterOptions {
 pub struct Cluster {
     dir: TestDir,
     version: PgVersion,
-    port: std::cell::Cell<u16>,
+    port: AtomicU16,
 }
 
 fn free_port() -> u16 {
@@ -354,7 +380,7 @@ fn free_port() -> u16 {
 impl Cluster {
     pub fn new(opts: ClusterOptions) -> Cluster {
         let dir = TestDir::new();
-        let c = Cluster { dir, version: opts.version, port: std::cell::Cell::new(free_port()) };
+        let c = Cluster { dir, version: opts.version, port: AtomicU16::new(free_port()) };
         let mut initdb = Cmd::new(c.bindir().join("initdb"));
         initdb.arg("-D").arg(c.data_dir()).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"]);
         if let Some(mb) = opts.wal_segsize_mb {
@@ -382,7 +408,7 @@ impl Cluster {
     /// copy, a base backup, a restore): points its socket and port here,
     /// appends `extra_conf`, and leaves it stopped.
     pub fn adopt(version: PgVersion, dir: TestDir, extra_conf: Vec<String>) -> Cluster {
-        let c = Cluster { dir, version, port: std::cell::Cell::new(free_port()) };
+        let c = Cluster { dir, version, port: AtomicU16::new(free_port()) };
         chown_to_run_user(&c.data_dir());
         c.append_conf(&format!("unix_socket_directories = '{}'", c.socket_dir().display()));
         c.append_conf("listen_addresses = ''");
@@ -425,7 +451,7 @@ impl Cluster {
         self.version
     }
     pub fn port(&self) -> u16 {
-        self.port.get()
+        self.port.load(Ordering::Relaxed)
     }
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
@@ -452,7 +478,7 @@ impl Cluster {
         for _ in 0..3 {
             let out = self
                 .pg_ctl()
-                .args(["-w", "-t", "90", "-l"])
+                .args(["-w", "-t", "60", "-l"])
                 .arg(self.dir.join("server.log"))
                 .arg("-o")
                 .arg(format!("-p {}", self.port()))
@@ -462,7 +488,7 @@ impl Cluster {
                 return;
             }
             last = Some(out);
-            self.port.set(free_port());
+            self.port.store(free_port(), Ordering::Relaxed);
         }
         panic!("cannot start PostgreSQL {}: {:?}\n{}", self.version, last, self.log_tail(30));
     }
