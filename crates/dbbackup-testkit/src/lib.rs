@@ -100,7 +100,10 @@ impl Default for TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        let dir = tempfile::Builder::new().prefix("dbb-").tempdir_in("/tmp").expect("temp dir");
+        static REAPED: OnceLock<()> = OnceLock::new();
+        REAPED.get_or_init(reap_orphans);
+        let prefix = format!("dbb-{}-", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in("/tmp").expect("temp dir");
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         chown_to_run_user(dir.path());
         TestDir { dir }
@@ -128,6 +131,35 @@ impl TestDir {
         std::fs::write(&p, contents).unwrap();
         chown_to_run_user(&p);
         p
+    }
+}
+
+/// Test processes killed by a timeout never run their destructors: stops the
+/// servers and removes the directories (`/tmp/dbb-<pid>-*`) of processes
+/// that are gone. Best effort.
+fn reap_orphans() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("dbb-")) else { continue };
+        let Some((pid, _)) = rest.split_once('-') else { continue };
+        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let data = e.path().join("data");
+        if data.join("postmaster.pid").exists() {
+            let major = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
+            let version = match major.trim() {
+                "15" => Some(PgVersion::V15),
+                "18" => Some(PgVersion::V18),
+                _ => None,
+            };
+            if let Some(v) = version {
+                let pg_ctl = v.bindir().join("pg_ctl");
+                let _ = Cmd::new(pg_ctl).arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
