@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod pg;
+pub mod pitr;
 pub mod repo;
 pub mod storage;
 pub mod wal;

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod control;
+pub mod guc;
 pub mod history;
 pub mod key;
 pub mod lsn;

@@ -90,6 +90,62 @@ pub enum Command {
     /// Archive and fetch WAL (PostgreSQL's archive_command and restore_command)
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Turn archiving on or off and check that PITR is healthy
+    #[command(subcommand)]
+    Pitr(PitrCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// Turn WAL archiving into the repository on
+    #[command(after_help = "Sets wal_level (replica; logical is kept), archive_mode = on, archive_command (this \
+        binary's absolute path with the repository and codec options, quoted for the shell and the server) and \
+        archive_timeout when given. With the server running it uses ALTER SYSTEM and reloads; with --pgdata and \
+        the server stopped it edits postgresql.auto.conf (keeping a copy of the old file). Creates or binds the \
+        repository. When archiving is active, checks one real round trip (pg_switch_wal and pg_stat_archiver).\n\n\
+        Examples:\n  dbbackup pitr enable --repo /backups/pg --restart\n  \
+        dbbackup pitr enable --repo /backups/pg --pgdata /var/lib/postgresql/15/main   # server stopped")]
+    Enable(EnableArgs),
+    /// Turn WAL archiving off (archive_mode = off, archive_command reset)
+    Disable {
+        /// Restart the server with pg_ctl so the change takes effect
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Is PITR healthy? Settings in effect, archiver, lag, repository; verdict ok, warning or error
+    #[command(after_help = "Everything comes from the live server (pg_settings, pg_stat_archiver) and the \
+        repository, never from configuration file text. The repository is --repo, else the one archive_command \
+        names.\n\nExit status: 0 for ok and warning, 1 for error.")]
+    Status {
+        /// Repeat every SECONDS until interrupted
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+        /// Archive lag (in segments) above which the verdict is a warning
+        #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]
+        lag_warning: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    /// Also set archive_timeout (seconds): bounds how old the newest archived WAL can be
+    #[arg(long, value_name = "SECONDS")]
+    pub archive_timeout: Option<u32>,
+    /// Compression for a new repository, and passed to archive_command
+    #[arg(long, value_name = "ALG", value_parser = parse_codec)]
+    pub compress: Option<Codec>,
+    /// Compression level, passed to archive_command
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
+    /// Create the repository encrypted (needs --encryption-key-file, which archive_command then uses)
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Restart the server with pg_ctl when a setting needs it
+    #[arg(long)]
+    pub restart: bool,
+    /// Replace an archive_command set by another tool
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,10 +1,12 @@
 //! What every command needs from the global options.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use dbbackup_core::keys::KeySource;
 use dbbackup_core::pg::ConnOptions;
+use dbbackup_core::pitr::read_postmaster_pid;
 use dbbackup_core::repo::Repository;
 use dbbackup_core::storage::{LocalStorage, Storage};
 
@@ -19,12 +21,16 @@ impl Ctx {
         Ctx { g }
     }
 
-    pub fn storage(&self) -> Result<Arc<dyn Storage>> {
+    /// The repository path, made absolute.
+    pub fn repo_path(&self) -> Result<PathBuf> {
         let path = self.g.repo.as_ref().ok_or_else(|| {
             anyhow!("no repository given: use --repo PATH, the DBBACKUP_REPO variable, or `repo` in the --config file")
         })?;
-        let path = if path.is_absolute() { path.clone() } else { std::env::current_dir()?.join(path) };
-        Ok(Arc::new(LocalStorage::new(path)))
+        Ok(if path.is_absolute() { path.clone() } else { std::env::current_dir()?.join(path) })
+    }
+
+    pub fn storage(&self) -> Result<Arc<dyn Storage>> {
+        Ok(Arc::new(LocalStorage::new(self.repo_path()?)))
     }
 
     pub fn keys(&self) -> KeySource {
@@ -45,6 +51,21 @@ impl Ctx {
             passfile: std::env::var_os("PGPASSFILE").map(Into::into),
             connect_timeout: None,
         }
+    }
+
+    /// Connection options, filled from `--pgdata`'s postmaster.pid (socket
+    /// directory and port of the server running there) when not given.
+    pub fn conn_for_pgdata(&self) -> ConnOptions {
+        let mut c = self.conn();
+        if let Some(pm) = self.g.pgdata.as_deref().and_then(read_postmaster_pid) {
+            if c.host.is_none() {
+                c.host = pm.socket_dir.clone();
+            }
+            if c.port.is_none() {
+                c.port = pm.port;
+            }
+        }
+        c
     }
 
     /// Whether the user said where a server is (we never guess one).

@@ -1,6 +1,7 @@
 //! One module per command group, named as the commands are.
 
 mod key;
+mod pitr;
 mod repo;
 mod wal;
 
@@ -16,5 +17,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Repo(c) => repo::run(ctx, c),
         Command::Key(c) => key::run(ctx, c),
         Command::Wal(c) => wal::run(ctx, c),
+        Command::Pitr(c) => pitr::run(ctx, c),
     }
 }

@@ -1,0 +1,684 @@
+//! PITR setup and health: the archiving settings of a server, changed
+//! through `ALTER SYSTEM` (or, with the server stopped, by editing
+//! `postgresql.auto.conf` safely), and the archiver's health as the server
+//! itself reports it (`pg_settings`, `pg_stat_archiver`), never from
+//! configuration file text.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dbbackup_format::guc::{edit_auto_conf, read_conf_value, shell_join, shell_split, sql_literal};
+use dbbackup_format::Codec;
+
+use crate::error::{Error, Result};
+use crate::pg::error_text;
+
+/// The settings PITR depends on.
+pub const ARCHIVE_SETTINGS: &[&str] =
+    &["wal_level", "archive_mode", "archive_command", "archive_timeout", "archive_library"];
+
+/// One setting as the server has it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Setting {
+    pub name: String,
+    pub value: String,
+    pub pending_restart: bool,
+}
+
+/// Reads settings from `pg_settings` (missing ones, such as
+/// `archive_library` before 15, are absent from the map).
+pub fn read_settings(client: &mut postgres::Client) -> Result<BTreeMap<String, Setting>> {
+    let rows = client
+        .query(
+            "SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)",
+            &[&ARCHIVE_SETTINGS.iter().map(|s| s.to_string()).collect::<Vec<_>>()],
+        )
+        .map_err(|e| Error::server(format!("cannot read pg_settings: {}", error_text(&e))))?;
+    let mut out: BTreeMap<String, Setting> = rows
+        .iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            (name.clone(), Setting { name, value: r.get(1), pending_restart: r.get(2) })
+        })
+        .collect();
+    // With archive_mode off the server shows archive_command as
+    // "(disabled)"; the configured value is in pg_file_settings (readable
+    // by superusers, who are the ones changing it).
+    if let Some(cmd) = out.get_mut("archive_command").filter(|c| c.value == "(disabled)") {
+        let configured = client
+            .query_opt(
+                "SELECT setting FROM pg_file_settings WHERE name = 'archive_command' AND error IS NULL ORDER BY seqno DESC LIMIT 1",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        cmd.value = configured.unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// What the archive_command should run.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveCommand {
+    pub exe: PathBuf,
+    pub repo: PathBuf,
+    pub compress: Option<Codec>,
+    pub compress_level: Option<i32>,
+    pub key_file: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+impl ArchiveCommand {
+    /// The command line, quoted for the shell (the GUC layer is quoted
+    /// when it is written).
+    pub fn render(&self) -> String {
+        let mut w: Vec<String> = vec![
+            self.exe.display().to_string(),
+            "wal".into(),
+            "archive".into(),
+            "%p".into(),
+            "%f".into(),
+            "--repo".into(),
+            self.repo.display().to_string(),
+        ];
+        if let Some(c) = self.compress {
+            w.push(format!("--compress={c}"));
+        }
+        if let Some(l) = self.compress_level {
+            w.push(format!("--compress-level={l}"));
+        }
+        if let Some(k) = &self.key_file {
+            w.push("--encryption-key-file".into());
+            w.push(k.display().to_string());
+        }
+        if let Some(c) = &self.config {
+            w.push("--config".into());
+            w.push(c.display().to_string());
+        }
+        shell_join(&w)
+    }
+}
+
+/// Whether an archive_command is dbbackup's `wal archive`: a program named
+/// dbbackup, or this very binary, running `wal archive`.
+pub fn is_dbbackup_command(cmd: &str) -> bool {
+    let Some(words) = shell_split(cmd) else { return false };
+    if words.len() < 3 || words[1] != "wal" || words[2] != "archive" {
+        return false;
+    }
+    let program = Path::new(&words[0]);
+    let own = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    program.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dbbackup"))
+        || (own.is_some() && program.canonicalize().ok() == own)
+}
+
+/// The repository a dbbackup archive_command writes to.
+pub fn repo_of_command(cmd: &str) -> Option<PathBuf> {
+    let words = shell_split(cmd)?;
+    if !is_dbbackup_command(cmd) {
+        return None;
+    }
+    words.iter().enumerate().find_map(|(i, w)| {
+        for flag in ["--repo", "--archive-dir", "--wal-archive"] {
+            if w == flag {
+                return words.get(i + 1).map(PathBuf::from);
+            }
+            if let Some(v) = w.strip_prefix(&format!("{flag}=")) {
+                return Some(PathBuf::from(v));
+            }
+        }
+        None
+    })
+}
+
+/// One setting change: `new: None` resets it to the default.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// Takes effect only after a restart.
+    pub restart: bool,
+}
+
+impl Change {
+    pub fn changed(&self) -> bool {
+        self.old != self.new
+    }
+}
+
+/// The changes that turn archiving on, from the current values.
+pub fn enable_changes(current: &BTreeMap<String, String>, command: &str, timeout: Option<u32>) -> Vec<Change> {
+    let get = |n: &str| current.get(n).cloned();
+    let mut out = Vec::new();
+    let wal_level = get("wal_level");
+    let want_level = match wal_level.as_deref() {
+        Some("logical") => "logical",
+        _ => "replica",
+    };
+    out.push(Change { name: "wal_level".into(), old: wal_level, new: Some(want_level.into()), restart: true });
+    let mode = get("archive_mode");
+    let want_mode = if mode.as_deref() == Some("always") { "always" } else { "on" };
+    out.push(Change { name: "archive_mode".into(), old: mode, new: Some(want_mode.into()), restart: true });
+    out.push(Change {
+        name: "archive_command".into(),
+        old: get("archive_command"),
+        new: Some(command.to_string()),
+        restart: false,
+    });
+    if let Some(t) = timeout {
+        out.push(Change {
+            name: "archive_timeout".into(),
+            old: get("archive_timeout"),
+            new: Some(t.to_string()),
+            restart: false,
+        });
+    }
+    out
+}
+
+/// The changes that turn archiving off.
+pub fn disable_changes(current: &BTreeMap<String, String>) -> Vec<Change> {
+    vec![
+        Change {
+            name: "archive_mode".into(),
+            old: current.get("archive_mode").cloned(),
+            new: Some("off".into()),
+            restart: true,
+        },
+        Change {
+            name: "archive_command".into(),
+            old: current.get("archive_command").cloned(),
+            new: None,
+            restart: false,
+        },
+    ]
+}
+
+/// Checks that the connected role may run ALTER SYSTEM.
+pub fn check_privilege(client: &mut postgres::Client) -> Result<()> {
+    let row = client
+        .query_one("SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)", &[])
+        .map_err(|e| Error::server(error_text(&e)))?;
+    let (user, superuser): (String, bool) = (row.get(0), row.get(1));
+    if !superuser {
+        return Err(Error::server(format!(
+            "role {user} is not a superuser: changing archive settings needs SUPERUSER (ALTER SYSTEM on wal_level, archive_mode, archive_command and archive_timeout); connect as a superuser with --user"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies changes with ALTER SYSTEM and reloads; waits until this session
+/// sees the reloaded values.
+pub fn apply_online(client: &mut postgres::Client, changes: &[Change]) -> Result<()> {
+    for c in changes.iter().filter(|c| c.changed()) {
+        let sql = match &c.new {
+            Some(v) => format!("ALTER SYSTEM SET {} = {}", c.name, sql_literal(v)),
+            None => format!("ALTER SYSTEM RESET {}", c.name),
+        };
+        client.batch_execute(&sql).map_err(|e| Error::server(format!("{sql} failed: {}", error_text(&e))))?;
+    }
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .map_err(|e| Error::server(format!("pg_reload_conf() failed: {}", error_text(&e))))?;
+    // The reload is asynchronous: wait until a reloadable change is visible.
+    let probe = changes.iter().find(|c| !c.restart && c.changed());
+    if let Some(p) = probe {
+        let want = p.new.clone().unwrap_or_default();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let now: String = client
+                .query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&p.name])
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            if now == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Reads current values from configuration files of a stopped cluster
+/// (`postgresql.conf`, then `postgresql.auto.conf`, which wins).
+pub fn read_offline(pgdata: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        if let Ok(text) = std::fs::read_to_string(pgdata.join(file)) {
+            for name in ARCHIVE_SETTINGS {
+                if let Some(v) = read_conf_value(&text, name) {
+                    out.insert(name.to_string(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Edits `postgresql.auto.conf` of a stopped cluster: the old file is kept
+/// as a copy, the new one written to a temporary file, fsynced and renamed
+/// over it, with the data directory's owner. Returns the copy's path.
+pub fn apply_offline(pgdata: &Path, changes: &[Change]) -> Result<PathBuf> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+    };
+    let edits: Vec<(&str, Option<String>)> =
+        changes.iter().filter(|c| c.changed()).map(|c| (c.name.as_str(), c.new.clone())).collect();
+    let new = edit_auto_conf(&old, &edits);
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let backup = pgdata.join(format!("postgresql.auto.conf.dbbackup-{stamp}"));
+    let owner = std::fs::metadata(pgdata).map_err(|e| Error::io(format!("cannot stat {}: {e}", pgdata.display())))?;
+    let write = |p: &Path, text: &str| -> std::io::Result<()> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        // Keep files readable by the server when an administrator runs this as root.
+        let _ = std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid()));
+        Ok(())
+    };
+    write(&backup, &old).map_err(|e| Error::io(format!("cannot write {}: {e}", backup.display())))?;
+    let temp = pgdata.join(format!(".postgresql.auto.conf.dbbackup-{}.tmp", std::process::id()));
+    write(&temp, &new).map_err(|e| Error::io(format!("cannot write {}: {e}", temp.display())))?;
+    std::fs::rename(&temp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        Error::io(format!("cannot replace {}: {e}", path.display()))
+    })?;
+    crate::storage::sync_dir(pgdata).map_err(|e| Error::io(format!("cannot fsync {}: {e}", pgdata.display())))?;
+    Ok(backup)
+}
+
+/// `postmaster.pid` of a data directory: whether a server runs there and
+/// how to reach it.
+#[derive(Debug, Clone)]
+pub struct Postmaster {
+    pub pid: u32,
+    pub port: Option<u16>,
+    pub socket_dir: Option<String>,
+}
+
+pub fn read_postmaster_pid(pgdata: &Path) -> Option<Postmaster> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: u32 = lines.first()?.trim().parse().ok()?;
+    // A stale file after a crash: the process is gone.
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    Some(Postmaster {
+        pid,
+        port: lines.get(3).and_then(|l| l.trim().parse().ok()),
+        socket_dir: lines.get(4).map(|l| l.trim().to_string()).filter(|s| !s.is_empty()),
+    })
+}
+
+/// `pg_stat_archiver`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiverStats {
+    pub archived_count: i64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub failed_count: i64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    /// Seconds since the last failure, when there was one.
+    #[serde(skip)]
+    pub failed_ago_s: Option<f64>,
+    /// Whether the last failure is newer than the last success.
+    pub failing: bool,
+}
+
+pub fn archiver_stats(client: &mut postgres::Client) -> Result<ArchiverStats> {
+    let row = client
+        .query_one(
+            "SELECT archived_count, last_archived_wal, to_char(last_archived_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    failed_count, last_failed_wal, to_char(last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    extract(epoch FROM now() - last_failed_time)::float8, \
+                    coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .map_err(|e| Error::server(format!("cannot read pg_stat_archiver: {}", error_text(&e))))?;
+    Ok(ArchiverStats {
+        archived_count: row.get(0),
+        last_archived_wal: row.get(1),
+        last_archived_time: row.get(2),
+        failed_count: row.get(3),
+        last_failed_wal: row.get(4),
+        last_failed_time: row.get(5),
+        failed_ago_s: row.get(6),
+        failing: row.get(7),
+    })
+}
+
+/// Forces one segment through archive_command and waits for the result.
+/// Returns the segment's name.
+pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> Result<String> {
+    let before = archiver_stats(client)?;
+    let row = client
+        .query_one(
+            "SELECT pg_walfile_name(pg_create_restore_point('dbbackup_archive_check')), pg_walfile_name(pg_switch_wal())",
+            &[],
+        )
+        .map_err(|e| Error::server(format!("cannot switch WAL: {}", error_text(&e))))?;
+    let name: String = row.get(1);
+    let start = Instant::now();
+    loop {
+        let s = archiver_stats(client)?;
+        if s.last_archived_wal.as_deref().is_some_and(|w| w >= name.as_str()) {
+            return Ok(name);
+        }
+        if s.failed_count > before.failed_count {
+            return Err(Error::server(format!(
+                "PostgreSQL could not archive {} through archive_command ({} failures so far): see the server log for the dbbackup: message",
+                s.last_failed_wal.unwrap_or(name),
+                s.failed_count
+            )));
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::server(format!(
+                "{name} was not archived within {}s: is the archiver running (archive_mode on and the server restarted)?",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Restarts the server with pg_ctl: the server's own bindir first, then PATH.
+pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<PathBuf> {
+    let bindir: Option<String> =
+        client.query_opt("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).ok().flatten().map(|r| r.get(0));
+    let pg_ctl =
+        bindir.map(|b| Path::new(&b).join("pg_ctl")).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let log = data_dir.join("postmaster.log");
+    let out = std::process::Command::new(&pg_ctl)
+        .arg("restart")
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "-t", "120", "-l"])
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::server(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(Error::server(format!(
+            "{} restart failed: {}{}",
+            pg_ctl.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(log)
+}
+
+/// How healthy PITR is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One thing `pitr status` found, with what to do about it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub level: Verdict,
+    pub message: String,
+    pub fix: String,
+}
+
+/// The repository as `pitr status` sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepoHealth {
+    pub location: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub system_identifier: Option<String>,
+    pub newest_segment: Option<String>,
+    pub segments: usize,
+    pub gaps: Vec<crate::wal::catalog::Gap>,
+}
+
+/// Everything `pitr status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+    pub settings: BTreeMap<String, Setting>,
+    pub archiver: ArchiverStats,
+    pub in_recovery: bool,
+    pub current_wal: Option<String>,
+    pub lag_segments: Option<u64>,
+    pub lag_bytes: Option<u64>,
+    pub repository: Option<RepoHealth>,
+}
+
+/// Options of `pitr status`.
+#[derive(Debug, Clone)]
+pub struct StatusOptions {
+    /// The repository the user named; else the one in archive_command.
+    pub repo: Option<PathBuf>,
+    /// Archive lag (segments) above which the verdict is a warning.
+    pub lag_warning: u64,
+}
+
+/// Gathers the status from the live server and the repository.
+pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<StatusReport> {
+    use dbbackup_format::{SegmentSize, WalFileName};
+
+    let settings = read_settings(client)?;
+    let archiver = archiver_stats(client)?;
+    let ident = crate::pg::server_identity(client)?;
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - '0/0')::text END",
+            &[],
+        )
+        .map_err(|e| Error::server(error_text(&e)))?;
+    let in_recovery: bool = row.get(0);
+    let current_wal: Option<String> = row.get(1);
+    let current_lsn: Option<u64> = row.get::<_, Option<String>>(2).and_then(|s| s.split('.').next()?.parse().ok());
+    let mut findings = Vec::new();
+    let mut add = |level, message: String, fix: &str| findings.push(Finding { level, message, fix: fix.to_string() });
+    let val = |n: &str| settings.get(n).map(|s| s.value.clone()).unwrap_or_default();
+    let pending: Vec<&str> = settings.values().filter(|s| s.pending_restart).map(|s| s.name.as_str()).collect();
+
+    if val("wal_level") == "minimal" {
+        add(
+            Verdict::Error,
+            "wal_level is minimal: WAL cannot be archived".into(),
+            "run `dbbackup pitr enable`, then restart PostgreSQL",
+        );
+    }
+    if val("archive_mode") == "off" {
+        let restart_pending = pending.contains(&"archive_mode");
+        add(
+            Verdict::Error,
+            format!(
+                "archiving is off (archive_mode = off){}",
+                if restart_pending { "; a change is waiting for a restart" } else { "" }
+            ),
+            if restart_pending {
+                "restart PostgreSQL (or `dbbackup pitr enable --restart`)"
+            } else {
+                "run `dbbackup pitr enable`"
+            },
+        );
+    }
+    let command = val("archive_command");
+    let library = val("archive_library");
+    if !library.is_empty() {
+        add(
+            Verdict::Error,
+            format!("archive_library = '{library}' is set, so archive_command is not used"),
+            "reset archive_library (ALTER SYSTEM RESET archive_library) and reload",
+        );
+    }
+    if command.is_empty() || command == "(disabled)" {
+        add(Verdict::Error, "archive_command is empty: nothing is archived".into(), "run `dbbackup pitr enable`");
+    } else if !is_dbbackup_command(&command) {
+        add(
+            Verdict::Error,
+            format!("archive_command is not dbbackup's: {command}"),
+            "run `dbbackup pitr enable --force` to archive with dbbackup",
+        );
+    }
+    let command_repo = repo_of_command(&command);
+    if let (Some(given), Some(cmd_repo)) = (&opts.repo, &command_repo) {
+        if given != cmd_repo {
+            add(
+                Verdict::Error,
+                format!("archive_command archives into {}, not into {}", cmd_repo.display(), given.display()),
+                "run `dbbackup pitr enable` with this --repo, or check the repository you meant",
+            );
+        }
+    }
+    if !pending.is_empty() && val("archive_mode") != "off" {
+        add(
+            Verdict::Warning,
+            format!("changed settings wait for a restart: {}", pending.join(", ")),
+            "restart PostgreSQL",
+        );
+    }
+    if archiver.failing {
+        add(
+            Verdict::Error,
+            format!(
+                "archiving is failing: {} failed at {} and nothing was archived since ({} failures in total)",
+                archiver.last_failed_wal.clone().unwrap_or_default(),
+                archiver.last_failed_time.clone().unwrap_or_default(),
+                archiver.failed_count
+            ),
+            "read the dbbackup: lines in the server log; fix the cause (repository space, permissions, key); PostgreSQL retries by itself",
+        );
+    } else if archiver.failed_ago_s.is_some_and(|s| s < 3600.0) {
+        // Recovered: worth a note, not a worse verdict.
+        add(
+            Verdict::Ok,
+            format!(
+                "archiving failed at {} ({}) but has succeeded since",
+                archiver.last_failed_time.clone().unwrap_or_default(),
+                archiver.last_failed_wal.clone().unwrap_or_default()
+            ),
+            "read the server log for the cause, so it does not come back",
+        );
+    }
+
+    let size = SegmentSize::new(ident.wal_segment_size);
+    let (mut lag_segments, mut lag_bytes) = (None, None);
+    if let (Some(size), Some(cur), Some(last)) = (size, current_lsn, archiver.last_archived_wal.as_deref()) {
+        if let Some(last_no) = WalFileName::parse(last).ok().and_then(|w| w.segment_no(size)) {
+            let done = (last_no + 1) * u64::from(size.bytes());
+            let cur_seg = size.segment_of(dbbackup_format::Lsn(cur));
+            lag_segments = Some(cur_seg.saturating_sub(last_no + 1));
+            lag_bytes = Some(cur.saturating_sub(done));
+        }
+    }
+    if let Some(l) = lag_segments {
+        if l > opts.lag_warning {
+            add(
+                Verdict::Warning,
+                format!("archiving lags {l} segments behind the current WAL"),
+                "check that the repository keeps up (disk speed, compression level) and that archiving is not failing",
+            );
+        }
+    }
+    if archiver.archived_count == 0 && !archiver.failing && val("archive_mode") != "off" && !in_recovery {
+        add(
+            Verdict::Warning,
+            "nothing has been archived since the server started".into(),
+            "run SELECT pg_switch_wal() to archive the current segment now",
+        );
+    }
+
+    let repo_path = opts.repo.clone().or(command_repo);
+    let repository = repo_path.map(|p| {
+        let storage: std::sync::Arc<dyn crate::storage::Storage> =
+            std::sync::Arc::new(crate::storage::LocalStorage::new(&p));
+        let mut h = RepoHealth {
+            location: p.display().to_string(),
+            reachable: false,
+            error: None,
+            system_identifier: None,
+            newest_segment: None,
+            segments: 0,
+            gaps: Vec::new(),
+        };
+        match crate::repo::Repository::open_for_listing(storage) {
+            Err(e) => h.error = Some(e.to_string()),
+            Ok(repo) => {
+                h.system_identifier = repo.identity().map(|c| c.system_identifier.to_string());
+                let found = crate::repo::identity_from_server(ident);
+                if let Err(e) = repo.check_identity(&found, "this server") {
+                    h.error = Some(e.to_string());
+                }
+                match crate::wal::catalog::Catalog::scan(&repo) {
+                    Err(e) => h.error = Some(e.to_string()),
+                    Ok(cat) => {
+                        h.reachable = true;
+                        h.newest_segment = cat.newest_segment().map(|o| o.wal.to_string());
+                        h.segments = cat.iter_kind(dbbackup_format::WalKind::Segment).count();
+                        if let (Some(size), Ok((_, hist))) =
+                            (repo.segment_size(), crate::wal::catalog::timelines(&repo, &cat))
+                        {
+                            h.gaps = crate::wal::catalog::gaps(&cat, &hist, size);
+                        }
+                    }
+                }
+            }
+        }
+        h
+    });
+    match &repository {
+        None => add(
+            Verdict::Error,
+            "no repository: archive_command does not name one and --repo was not given".into(),
+            "run `dbbackup pitr enable --repo PATH`",
+        ),
+        Some(r) => {
+            if let Some(e) = &r.error {
+                add(
+                    Verdict::Error,
+                    format!("repository {}: {e}", r.location),
+                    "fix the repository or run `dbbackup pitr enable`",
+                );
+            } else if !r.reachable {
+                add(
+                    Verdict::Error,
+                    format!("repository {} is unreachable", r.location),
+                    "check the path and permissions",
+                );
+            }
+            for g in &r.gaps {
+                add(
+                    Verdict::Error,
+                    format!("the archive has a gap on timeline {}: {} to {} ({} segments) are missing", g.timeline, g.first_missing, g.last_missing, g.count),
+                    "take a new base backup (`dbbackup backup base`): points before it cannot be recovered past the gap",
+                );
+            }
+        }
+    }
+    let verdict = findings.iter().map(|f| f.level).max().unwrap_or(Verdict::Ok);
+    Ok(StatusReport {
+        verdict,
+        findings,
+        settings,
+        archiver,
+        in_recovery,
+        current_wal,
+        lag_segments,
+        lag_bytes,
+        repository,
+    })
+}
