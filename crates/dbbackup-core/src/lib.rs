@@ -10,6 +10,7 @@ pub mod codec;
 pub mod crypto;
 pub mod error;
 pub mod keys;
+pub mod object;
 pub mod pg;
 pub mod pitr;
 pub mod repo;

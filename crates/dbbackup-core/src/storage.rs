@@ -88,6 +88,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove(&self, path: &str) -> StorageResult<()>;
     /// Takes the named exclusive lock, waiting for other holders.
     fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>>;
+    /// Takes the named exclusive lock if no one holds it.
+    fn try_lock(&self, name: &str) -> StorageResult<Option<Box<dyn LockGuard>>>;
+    /// Removes a directory and everything under it; missing is fine.
+    fn remove_tree(&self, dir: &str) -> StorageResult<()>;
 
     /// Reads a whole small object.
     fn read_all(&self, path: &str) -> StorageResult<Vec<u8>> {
@@ -268,20 +272,48 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn try_lock(&self, name: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
+        let file = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(LocalLock { _file: file }))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io(name, e)),
+        }
+    }
+
+    fn remove_tree(&self, dir: &str) -> StorageResult<()> {
+        let full = self.full(dir);
+        match fs::remove_dir_all(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        }
+        if let Some(parent) = full.parent() {
+            sync_dir(parent).map_err(|e| StorageError::io(dir, e))?;
+        }
+        Ok(())
+    }
+
     fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>> {
+        let file = self.lock_file(name)?;
+        file.lock().map_err(|e| StorageError::io(name, e))?;
+        Ok(Box::new(LocalLock { _file: file }))
+    }
+}
+
+impl LocalStorage {
+    fn lock_file(&self, name: &str) -> StorageResult<File> {
         let path = self.full(name);
         if let Some(dir) = path.parent() {
             self.ensure_dir(dir).map_err(|e| StorageError::io(name, e))?;
         }
-        let file = OpenOptions::new()
+        OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| StorageError::io(name, e))?;
-        file.lock().map_err(|e| StorageError::io(name, e))?;
-        Ok(Box::new(LocalLock { _file: file }))
+            .map_err(|e| StorageError::io(name, e))
     }
 }
 

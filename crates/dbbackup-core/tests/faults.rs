@@ -95,6 +95,12 @@ impl Storage for Faulty {
     fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>> {
         self.inner.lock(name)
     }
+    fn try_lock(&self, name: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
+        self.inner.try_lock(name)
+    }
+    fn remove_tree(&self, dir: &str) -> StorageResult<()> {
+        self.inner.remove_tree(dir)
+    }
 }
 
 fn identity() -> ClusterIdentity {

@@ -12,6 +12,7 @@ pub mod guc;
 pub mod history;
 pub mod key;
 pub mod lsn;
+pub mod manifest;
 pub mod meta;
 pub mod object;
 pub mod pagehdr;

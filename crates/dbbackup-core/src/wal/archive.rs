@@ -6,7 +6,9 @@
 //! doubt is an error so PostgreSQL retries.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+
+use crate::object::read_full;
 use std::path::Path;
 
 use dbbackup_format::meta::ClusterIdentity;
@@ -15,9 +17,9 @@ use dbbackup_format::pagehdr::{self, Expected};
 use dbbackup_format::{SegmentSize, WalFileName, WalKind};
 use sha2::{Digest, Sha256};
 
-use crate::codec::{encoder, CodecSettings, Plain, Sink};
-use crate::crypto::EncryptSink;
+use crate::codec::CodecSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::object::encode;
 use crate::repo::{now_rfc3339, Repository};
 use crate::storage::{Commit, ObjectWriter, StorageError};
 use crate::wal::{decode_verified, find, StoredWal, WAL_LOCK};
@@ -76,19 +78,6 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
     // One zstd worker compresses while this thread reads and hashes.
     settings.threads = 1;
     store(repo, &wal, source, &first, &mut file, size, settings)
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn hash_rest(r: &mut impl Read, h: &mut Sha256) -> io::Result<u64> {
@@ -229,23 +218,6 @@ impl Pending {
     }
 }
 
-/// Counts bytes on their way to storage.
-struct Counting<'a> {
-    inner: &'a mut dyn ObjectWriter,
-    n: u64,
-}
-
-impl Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Streams `first` + the rest of `file` through the codec pipeline into a
 /// new temporary object. Returns it with the plaintext checksum.
 fn write_object(
@@ -263,49 +235,21 @@ fn write_object(
         .create(&dir)
         .map_err(|e| Error::from(e).context(format!("cannot write to repository {}", repo.location())))?;
     let name = wal.to_string();
-    let write_err = |e: io::Error| Error::io(format!("cannot write {name} to repository {}: {e}", repo.location()));
-    let (checksum, total, stored) = {
-        let mut counting = Counting { inner: writer.as_mut(), n: 0 };
-        let mut h = Sha256::new();
-        let mut total = 0u64;
-        {
-            let bottom: Box<dyn Sink + '_> = Box::new(Plain(&mut counting));
-            let bottom: Box<dyn Sink + '_> = match repo.key() {
-                Some(key) => Box::new(EncryptSink::new(key, &name, bottom).map_err(write_err)?),
-                None => bottom,
-            };
-            let mut sink = encoder(settings, bottom).map_err(write_err)?;
-            h.update(first);
-            sink.write_all(first).map_err(write_err)?;
-            total += first.len() as u64;
-            let mut buf = vec![0u8; BUF];
-            loop {
-                let n = read_full(file, &mut buf)
-                    .map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                sink.write_all(&buf[..n]).map_err(write_err)?;
-                total += n as u64;
-            }
-            sink.finish().map_err(write_err)?;
-        }
-        (hex::encode(h.finalize()), total, counting.n)
-    };
-    if total != expected_size {
+    let enc = encode(repo, writer.as_mut(), &name, settings, first, file, &source.display().to_string())?;
+    if enc.plain_size != expected_size {
         return Err(Error::io(format!(
-            "{} changed size while it was being archived ({expected_size} bytes, then {total})",
-            source.display()
+            "{} changed size while it was being archived ({expected_size} bytes, then {})",
+            source.display(),
+            enc.plain_size
         )));
     }
     let object = ObjectName {
         original: name,
-        checksum: checksum.clone(),
+        checksum: enc.sha256.clone(),
         codec: settings.codec,
         encrypted: repo.key().is_some(),
     };
-    Ok((Pending { writer, object, dir, original_size: total, stored_size: stored }, checksum))
+    Ok((Pending { writer, object, dir, original_size: enc.plain_size, stored_size: enc.stored_size }, enc.sha256))
 }
 
 fn store(

@@ -13,8 +13,6 @@ use dbbackup_format::pagehdr::{self, Expected, LONG_HEADER_LEN};
 use dbbackup_format::{WalFileName, WalKind};
 use sha2::{Digest, Sha256};
 
-use crate::codec::decoder;
-use crate::crypto::DecryptReader;
 use crate::error::{pipeline_error, Error, Result};
 use crate::repo::Repository;
 
@@ -51,23 +49,10 @@ pub fn find(repo: &Repository, name: &WalFileName) -> Result<Vec<StoredWal>> {
         .collect())
 }
 
-/// Opens a stored object as a stream of its plaintext. The caller hashes
-/// what it reads and compares with `object.checksum`.
+/// Opens a stored WAL object as a stream of its plaintext.
 pub fn open_plain(repo: &Repository, stored: &StoredWal) -> Result<Box<dyn Read + Send>> {
-    let raw = repo.storage().open(&stored.path).map_err(|e| Error::from(e).context("cannot open archived object"))?;
-    let raw = std::io::BufReader::with_capacity(256 << 10, raw);
-    let inner: Box<dyn Read + Send> = if stored.object.encrypted {
-        let key = repo.key().ok_or_else(|| {
-            Error::key(format!("{} is encrypted but the repository has no key configured", stored.path))
-        })?;
-        Box::new(
-            DecryptReader::new(key, &stored.object.original, raw)
-                .map_err(|e| crate::error::pipeline_error(&stored.path, e))?,
-        )
-    } else {
-        Box::new(raw)
-    };
-    decoder(stored.object.codec, inner).map_err(|e| crate::error::pipeline_error(&stored.path, e))
+    let o = &stored.object;
+    crate::object::open_decoded(repo, &stored.path, o.codec, o.encrypted, &o.original)
 }
 
 /// Decodes a stored object completely into `out`, checking everything that

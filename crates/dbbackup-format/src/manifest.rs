@@ -1,0 +1,157 @@
+//! The base backup manifest (`backups/<id>/manifest.json`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+use crate::lsn::Lsn;
+
+/// Where a backup stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStatus {
+    /// Being taken (or interrupted, when no backup process holds the lock).
+    Running,
+    /// Every file stored and every WAL segment from start to stop archived.
+    Complete,
+    /// Stopped by an error; never used by restore.
+    Failed,
+}
+
+/// One copied file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the data directory (tablespaces under `pg_tblspc/<oid>/`).
+    pub path: String,
+    /// Plaintext bytes stored (what was read; a file changing during the
+    /// copy is made consistent by WAL replay).
+    pub size: u64,
+    pub mode: u32,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+    pub sha256: String,
+    pub stored_size: u64,
+    /// Object path relative to the backup directory.
+    pub object: String,
+}
+
+/// A directory to recreate (possibly empty, such as `pg_wal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// A tablespace: `pg_tblspc/<oid>` pointed here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
+}
+
+/// Everything about one base backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub label: String,
+    pub status: BackupStatus,
+    pub error: Option<String>,
+    pub start_time: String,
+    pub stop_time: Option<String>,
+    pub start_lsn: Option<Lsn>,
+    pub start_wal: Option<String>,
+    pub stop_lsn: Option<Lsn>,
+    pub stop_wal: Option<String>,
+    pub timeline: Option<u32>,
+    #[serde(with = "u64_string")]
+    pub system_identifier: u64,
+    pub pg_version_major: u32,
+    pub pg_version: String,
+    pub wal_segment_size: u32,
+    pub codec: Codec,
+    pub compress_level: i32,
+    pub encrypted: bool,
+    pub host: String,
+    pub pid: u32,
+    pub dbbackup_version: String,
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
+    pub tablespaces: Vec<Tablespace>,
+    pub directories: Vec<DirEntry>,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("manifest serializes");
+        s.push('\n');
+        s
+    }
+
+    pub fn parse(text: &str) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a path (relative to PGDATA) is left out of a base backup, as
+/// pg_basebackup leaves it out. Directories listed in `EMPTY_DIRS` are kept
+/// but their contents skipped.
+pub fn excluded_file(rel: &str) -> bool {
+    const FILES: &[&str] = &[
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label",
+        "backup_label.old",
+        "tablespace_map",
+        "tablespace_map.old",
+        "current_logfiles",
+        "current_logfiles.tmp",
+        "postgresql.auto.conf.tmp",
+        "recovery.signal",
+        "standby.signal",
+        "global/pg_internal.init",
+    ];
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    FILES.contains(&rel)
+        || name == "pg_internal.init"
+        || name.starts_with("pgsql_tmp")
+        || name.starts_with(".tmp.")
+        || name.starts_with("postgresql.auto.conf.dbbackup-")
+}
+
+/// Directories whose contents are not backed up (the directory is).
+pub const EMPTY_DIRS: &[&str] =
+    &["pg_wal", "pg_replslot", "pg_stat_tmp", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusions_match_pg_basebackup() {
+        for f in [
+            "postmaster.pid",
+            "postmaster.opts",
+            "base/1/pg_internal.init",
+            "base/pgsql_tmp/pgsql_tmp1.0",
+            "current_logfiles",
+        ] {
+            assert!(excluded_file(f), "{f}");
+        }
+        for f in ["base/1/1259", "global/pg_control", "PG_VERSION", "postgresql.auto.conf", "pg_hba.conf"] {
+            assert!(!excluded_file(f), "{f}");
+        }
+    }
+}
