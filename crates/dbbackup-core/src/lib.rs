@@ -6,6 +6,7 @@
 //! to talk to a server. This crate never prints: it returns values and
 //! errors for the binary to render.
 
+pub mod backup;
 pub mod codec;
 pub mod crypto;
 pub mod error;

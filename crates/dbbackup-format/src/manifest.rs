@@ -11,6 +11,10 @@ use crate::lsn::Lsn;
 pub enum BackupStatus {
     /// Being taken (or interrupted, when no backup process holds the lock).
     Running,
+    /// Files stored, but the WAL from start to stop was not yet confirmed in
+    /// the archive (`backup base --no-wait-archive`); `backup verify`
+    /// completes it once the WAL is there. Never used by restore.
+    Pending,
     /// Every file stored and every WAL segment from start to stop archived.
     Complete,
     /// Stopped by an error; never used by restore.

@@ -93,6 +93,87 @@ pub enum Command {
     /// Turn archiving on or off and check that PITR is healthy
     #[command(subcommand)]
     Pitr(PitrCommand),
+    /// Take, list, check and expire base backups
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take an online physical base backup (run on the database host as the PostgreSQL OS user)
+    #[command(after_help = "pg_backup_start on one held connection, then the data directory and tablespaces are \
+        copied in parallel through the repository's compression and encryption, then pg_backup_stop; the \
+        backup is marked complete once every WAL segment from its start to its stop is archived. Prints the \
+        backup ID as the last line of stdout.\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
+        0 1 * * *  postgres  dbbackup backup base --config /etc/dbbackup/dbbackup.toml --quiet")]
+    Base(BaseArgs),
+    /// List backups: ID, status, times, LSNs, timeline, sizes
+    List,
+    /// Show one backup's manifest summary
+    Show {
+        /// Backup ID, or `latest` (the newest complete backup)
+        id: String,
+    },
+    /// Check that every file of a backup decodes and matches its checksum, and its WAL is archived and intact
+    Verify {
+        /// Backup ID or `latest`
+        id: String,
+        /// Parallel workers
+        #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+        jobs: usize,
+    },
+    /// Delete one backup (not the only complete one, unless --force)
+    Delete {
+        /// Backup ID
+        id: String,
+        /// Delete even the only complete backup
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove backups beyond the retention policy and the WAL only they needed
+    #[command(after_help = "Keeps the newest N complete backups (--keep) and/or every point of the last D days \
+        recoverable (--keep-days: the backups inside the window plus the newest one before it). WAL from the \
+        oldest kept backup's start onward stays, on every timeline, and every history file. Failed and \
+        interrupted backups are removed.\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
+    Expire {
+        /// Keep this many newest complete backups
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Keep every point of the last D days recoverable
+        #[arg(long, value_name = "D")]
+        keep_days: Option<u64>,
+        /// Print what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    /// Label (pg_backup_start's label; default: dbbackup <ID>)
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Files copied in parallel
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+    pub jobs: usize,
+    /// Compression for this backup instead of the repository default
+    #[arg(long, value_name = "ALG", value_parser = parse_codec)]
+    pub compress: Option<Codec>,
+    /// Compression level
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
+    /// Create the repository encrypted if it does not exist
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Start with an immediate checkpoint instead of a spread one
+    #[arg(long)]
+    pub fast: bool,
+    /// Do not wait for the WAL to be archived: the backup stays `pending` until `backup verify` finds its WAL
+    #[arg(long)]
+    pub no_wait_archive: bool,
+    /// How long to wait for the WAL to be archived
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub archive_wait_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +303,18 @@ pub enum WalCommand {
         /// Parallel workers
         #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
         jobs: usize,
+    },
+    /// Remove WAL older than N days, except what any kept base backup needs
+    #[command(after_help = "Uses the same rule as `backup expire --keep-days N`: every point of the last N days \
+        stays recoverable, so WAL from the start of the newest backup older than the window onward is kept, \
+        on every timeline, and every history file. With no complete backup nothing is removed.")]
+    Cleanup {
+        /// Keep every point of the last N days recoverable
+        #[arg(long, value_name = "N")]
+        retention_days: u64,
+        /// Print what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Fetch one WAL file (restore_command = 'dbbackup wal fetch %f %p ...')
     #[command(after_help = "Exit codes: 0 delivered and verified; 1 not in the archive; 128 any other failure \

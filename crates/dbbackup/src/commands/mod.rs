@@ -1,5 +1,6 @@
 //! One module per command group, named as the commands are.
 
+mod backup;
 mod key;
 mod pitr;
 mod repo;
@@ -18,5 +19,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Key(c) => key::run(ctx, c),
         Command::Wal(c) => wal::run(ctx, c),
         Command::Pitr(c) => pitr::run(ctx, c),
+        Command::Backup(c) => backup::run(ctx, c),
     }
 }

@@ -28,6 +28,7 @@ pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
         WalCommand::List { timeline } => list(ctx, timeline),
         WalCommand::Timeline => timeline(ctx),
         WalCommand::Verify { jobs } => verify(ctx, jobs),
+        WalCommand::Cleanup { retention_days, dry_run } => cleanup(ctx, retention_days, dry_run),
     }
 }
 
@@ -262,4 +263,15 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
         }
         Err(e) => fatal(e.to_string()),
     }
+}
+
+fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
+    use dbbackup_core::backup::retention::{plan, Policy};
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let (all, _) = dbbackup_core::backup::list(&repo)?;
+    let cat = Catalog::scan(&repo)?;
+    let policy = Policy { keep: None, keep_days: Some(days) };
+    let p = plan(&all, &cat, repo.segment_size(), policy, jiff::Timestamp::now(), false, true)?;
+    crate::commands::backup::run_plan(ctx, &repo, &all, &p, dry_run)?;
+    Ok(ExitCode::SUCCESS)
 }

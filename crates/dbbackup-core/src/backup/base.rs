@@ -1,0 +1,499 @@
+//! `backup base`: an online physical backup through the repository's
+//! codec pipeline.
+//!
+//! On one held connection: `pg_backup_start` → copy the data directory and
+//! tablespaces in parallel (streaming, skipping what pg_basebackup skips,
+//! tolerating files that vanish or change) → `pg_backup_stop` → store
+//! `backup_label` and `tablespace_map` → wait until every WAL segment from
+//! start to stop is archived → mark the manifest complete. Any failure marks
+//! it failed and ends the server's backup mode.
+
+use std::fs::{self, File};
+use std::io::{self, Cursor};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dbbackup_format::manifest::{excluded_file, BackupStatus, DirEntry, FileEntry, Manifest, Tablespace, EMPTY_DIRS};
+use dbbackup_format::meta::FORMAT_VERSION;
+use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName};
+
+use crate::backup::{backup_dir, write_manifest, BACKUP_LOCK};
+use crate::codec::CodecSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::object::encode;
+use crate::pg::error_text;
+use crate::pitr;
+use crate::repo::{now_rfc3339, Repository};
+use crate::storage::Commit;
+
+/// How to take the backup.
+#[derive(Debug, Clone)]
+pub struct BaseOptions {
+    pub label: Option<String>,
+    pub jobs: usize,
+    pub codec: Option<CodecSettings>,
+    /// Ask for an immediate checkpoint.
+    pub fast: bool,
+    /// Wait until the WAL from start to stop is archived (else the backup
+    /// stays `pending` unless that WAL is already there).
+    pub wait_archive: bool,
+    pub archive_timeout: Duration,
+}
+
+/// Progress, for a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total_bytes: AtomicU64,
+    pub done_bytes: AtomicU64,
+}
+
+struct Job {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+}
+
+/// A new backup ID: the start time in UTC.
+fn new_id() -> String {
+    jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
+    move |e| Error::server(format!("{what}: {}", error_text(&e)))
+}
+
+/// Checks that the server archives into this repository.
+fn check_archiving(client: &mut postgres::Client, repo: &Repository) -> Result<()> {
+    let settings = pitr::read_settings(client)?;
+    let mode = settings.get("archive_mode").map(|s| s.value.as_str()).unwrap_or("off");
+    let cmd = settings.get("archive_command").map(|s| s.value.clone()).unwrap_or_default();
+    let loc = repo.location();
+    let fix = format!("run `dbbackup pitr enable --repo {loc}` first (and restart if it says so)");
+    if mode == "off" {
+        return Err(Error::invalid(format!(
+            "PostgreSQL is not archiving WAL (archive_mode = off): a backup without its WAL cannot be restored; {fix}"
+        )));
+    }
+    let same = pitr::repo_of_command(&cmd).is_some_and(|p| {
+        let a = p.canonicalize().unwrap_or(p);
+        let b = Path::new(&loc).canonicalize().unwrap_or_else(|_| PathBuf::from(&loc));
+        a == b
+    });
+    if !same {
+        return Err(Error::invalid(format!(
+            "PostgreSQL does not archive into repository {loc} (archive_command: {}); {fix}",
+            if cmd.is_empty() { "''" } else { &cmd }
+        )));
+    }
+    Ok(())
+}
+
+/// Walks the data directory: directories to recreate, files to copy,
+/// tablespaces.
+fn walk(pgdata: &Path) -> Result<(Vec<DirEntry>, Vec<Job>, Vec<Tablespace>)> {
+    let mut dirs = Vec::new();
+    let mut jobs = Vec::new();
+    let mut spcs = Vec::new();
+    let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), pgdata.to_path_buf())];
+    while let Some((rel, abs)) = stack.pop() {
+        let rd = match fs::read_dir(&abs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot read directory {}: {e}", abs.display()))),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(format!("cannot read directory {}: {e}", abs.display())))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child_abs = entry.path();
+            let lmeta = match fs::symlink_metadata(&child_abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot stat {}: {e}", child_abs.display()))),
+            };
+            if lmeta.file_type().is_symlink() && rel == "pg_tblspc" {
+                let target = fs::read_link(&child_abs)
+                    .map_err(|e| Error::io(format!("cannot read link {}: {e}", child_abs.display())))?;
+                let oid: u32 = name
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("unexpected entry {} in pg_tblspc", child_abs.display())))?;
+                spcs.push(Tablespace { oid, location: target.display().to_string() });
+                dirs.push(DirEntry { path: child_rel.clone(), mode: 0o700 });
+                stack.push((child_rel, target));
+                continue;
+            }
+            // Follow other symlinks (a pg_wal elsewhere, say) as what they point to.
+            let meta = match fs::metadata(&child_abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot stat {}: {e}", child_abs.display()))),
+            };
+            if meta.is_dir() {
+                if name.starts_with("pgsql_tmp") {
+                    continue;
+                }
+                dirs.push(DirEntry { path: child_rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+                if EMPTY_DIRS.contains(&child_rel.as_str()) {
+                    if child_rel == "pg_wal" {
+                        dirs.push(DirEntry { path: "pg_wal/archive_status".into(), mode: 0o700 });
+                    }
+                    continue;
+                }
+                stack.push((child_rel, child_abs));
+            } else if meta.is_file() && !excluded_file(&child_rel) {
+                jobs.push(Job { rel: child_rel, abs: child_abs, size: meta.len() });
+            }
+        }
+    }
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((dirs, jobs, spcs))
+}
+
+fn object_rel(rel: &str, settings: &CodecSettings, encrypted: bool) -> String {
+    format!("data/{rel}{}{}", settings.codec.suffix(), if encrypted { ".enc" } else { "" })
+}
+
+/// The name bound into an encrypted backup file.
+pub fn file_aad(id: &str, rel: &str) -> String {
+    format!("backup/{id}/{rel}")
+}
+
+/// Copies one file into the backup. `Ok(None)` when it vanished.
+fn copy_file(
+    repo: &Repository,
+    id: &str,
+    job: &Job,
+    settings: &CodecSettings,
+    progress: &Progress,
+) -> Result<Option<FileEntry>> {
+    let mut f = match File::open(&job.abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot read {}: {e}", job.abs.display()))),
+    };
+    let meta = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", job.abs.display())))?;
+    store_entry(repo, id, &job.rel, &mut f, meta.permissions().mode() & 0o7777, meta.mtime(), settings, progress)
+        .map(Some)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_entry(
+    repo: &Repository,
+    id: &str,
+    rel: &str,
+    reader: &mut dyn io::Read,
+    mode: u32,
+    mtime: i64,
+    settings: &CodecSettings,
+    progress: &Progress,
+) -> Result<FileEntry> {
+    let encrypted = repo.key().is_some();
+    let object = object_rel(rel, settings, encrypted);
+    let full = format!("{}/{object}", backup_dir(id));
+    let dir = full.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+    let mut w = repo.storage().create(&dir).map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+    let enc = encode(repo, w.as_mut(), &file_aad(id, rel), *settings, &[], reader, rel)?;
+    w.commit(&full, Commit::NoReplace).map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+    progress.done_bytes.fetch_add(enc.plain_size, Ordering::Relaxed);
+    let mtime = jiff::Timestamp::from_second(mtime).map(|t| t.to_string()).unwrap_or_default();
+    Ok(FileEntry {
+        path: rel.to_string(),
+        size: enc.plain_size,
+        mode,
+        mtime,
+        sha256: enc.sha256,
+        stored_size: enc.stored_size,
+        object,
+    })
+}
+
+/// Copies all jobs with `jobs` threads; stops at the first error.
+fn copy_parallel(
+    repo: &Repository,
+    id: &str,
+    work: &[Job],
+    jobs: usize,
+    settings: &CodecSettings,
+    progress: &Progress,
+) -> Result<Vec<FileEntry>> {
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let out = Mutex::new(Vec::with_capacity(work.len()));
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                while !abort.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = work.get(i) else { break };
+                    match copy_file(repo, id, job, settings, progress) {
+                        Ok(Some(e)) => out.lock().expect("not poisoned").push(e),
+                        Ok(None) => tracing::debug!("{} vanished during the backup; skipped", job.rel),
+                        Err(e) => {
+                            abort.store(true, Ordering::Relaxed);
+                            first_err.lock().expect("not poisoned").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("threads joined") {
+        return Err(e);
+    }
+    Ok(out.into_inner().expect("threads joined"))
+}
+
+/// Takes a base backup. The server connection must be a superuser's (or
+/// have the backup functions granted).
+pub fn take(
+    repo: &Repository,
+    client: &mut postgres::Client,
+    opts: &BaseOptions,
+    progress: &Progress,
+) -> Result<Manifest> {
+    let _lock = repo
+        .storage()
+        .try_lock(BACKUP_LOCK)
+        .map_err(|e| Error::io(format!("cannot lock repository {}: {e}", repo.location())))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "another `dbbackup backup base` is running on repository {}: wait for it to finish",
+                    repo.location()
+                ),
+            )
+        })?;
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot query the server"))?;
+    if in_recovery {
+        return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
+    }
+    let ident = crate::pg::server_identity(client)?;
+    repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
+    check_archiving(client, repo)?;
+    let data_dir: String = client
+        .query_one("SHOW data_directory", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot read data_directory"))?;
+    let pgdata = PathBuf::from(&data_dir);
+    if !pgdata.join("PG_VERSION").is_file() {
+        return Err(Error::invalid(format!(
+            "the server's data directory {data_dir} is not readable here: run `dbbackup backup base` on the database host as the PostgreSQL OS user"
+        )));
+    }
+    let version: String = client
+        .query_one("SHOW server_version", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot read server_version"))?;
+    let settings = opts.codec.unwrap_or_else(|| repo.codec_settings());
+    let size = SegmentSize::new(ident.wal_segment_size)
+        .ok_or_else(|| Error::server(format!("impossible wal_segment_size {}", ident.wal_segment_size)))?;
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+
+    let mut id = new_id();
+    while repo.storage().list(&backup_dir(&id)).map(|l| !l.is_empty()).unwrap_or(false) {
+        std::thread::sleep(Duration::from_millis(1100));
+        id = new_id();
+    }
+    let label = opts.label.clone().unwrap_or_else(|| format!("dbbackup {id}"));
+    let mut m = Manifest {
+        format_version: FORMAT_VERSION,
+        id: id.clone(),
+        label: label.clone(),
+        status: BackupStatus::Running,
+        error: None,
+        start_time: now_rfc3339(),
+        stop_time: None,
+        start_lsn: None,
+        start_wal: None,
+        stop_lsn: None,
+        stop_wal: None,
+        timeline: None,
+        system_identifier: ident.system_identifier,
+        pg_version_major: ident.major_version,
+        pg_version: version,
+        wal_segment_size: ident.wal_segment_size,
+        codec: settings.codec,
+        compress_level: settings.level,
+        encrypted: repo.key().is_some(),
+        host,
+        pid: std::process::id(),
+        dbbackup_version: env!("CARGO_PKG_VERSION").to_string(),
+        size_bytes: 0,
+        stored_bytes: 0,
+        tablespaces: Vec::new(),
+        directories: Vec::new(),
+        files: Vec::new(),
+    };
+    write_manifest(repo, &m)?;
+    let result = run(repo, client, opts, progress, &mut m, &pgdata, &settings, size, ident.major_version);
+    if let Err(e) = &result {
+        // Leave backup mode (a no-op if it already ended), then record the failure.
+        let stop = if ident.major_version >= 15 {
+            "SELECT pg_backup_stop(false)"
+        } else {
+            "SELECT pg_stop_backup(false, false)"
+        };
+        let _ = client.batch_execute(stop);
+        m.status = BackupStatus::Failed;
+        m.error = Some(e.to_string());
+        m.stop_time = Some(now_rfc3339());
+        let _ = write_manifest(repo, &m);
+    }
+    result.map(|()| m)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    repo: &Repository,
+    client: &mut postgres::Client,
+    opts: &BaseOptions,
+    progress: &Progress,
+    m: &mut Manifest,
+    pgdata: &Path,
+    settings: &CodecSettings,
+    size: SegmentSize,
+    major: u32,
+) -> Result<()> {
+    let start_sql = if major >= 15 {
+        "SELECT pg_backup_start($1, $2)::text"
+    } else {
+        "SELECT pg_start_backup($1, $2, false)::text"
+    };
+    let start: String = client
+        .query_one(start_sql, &[&m.label, &opts.fast])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot start the backup"))?;
+    let start_lsn: Lsn = start.parse().map_err(|e| Error::server(format!("{e}")))?;
+    let tli: i32 = client
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot read the timeline"))?;
+    let tli = TimelineId(tli as u32);
+    m.start_lsn = Some(start_lsn);
+    m.start_wal = Some(WalFileName::segment(tli, size.segment_of(start_lsn), size).to_string());
+    m.timeline = Some(tli.0);
+    write_manifest(repo, m)?;
+
+    let (dirs, mut work, spcs) = walk(pgdata)?;
+    // pg_control last, as pg_basebackup does.
+    let control_at = work.iter().position(|j| j.rel == "global/pg_control");
+    let control = control_at.map(|i| work.remove(i));
+    work.sort_by(|a, b| b.size.cmp(&a.size));
+    progress.total_bytes.store(work.iter().map(|j| j.size).sum::<u64>(), Ordering::Relaxed);
+    let mut files = copy_parallel(repo, &m.id, &work, opts.jobs, settings, progress)?;
+    if let Some(c) = control {
+        files.extend(copy_file(repo, &m.id, &c, settings, progress)?);
+    }
+
+    let stop_sql = if major >= 15 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let row = client.query_one(stop_sql, &[]).map_err(sql_err("cannot stop the backup"))?;
+    let stop_lsn: Lsn = row.get::<_, String>(0).parse().map_err(|e| Error::server(format!("{e}")))?;
+    let label: String = row.get(1);
+    let spcmap: Option<String> = row.get(2);
+    let now = jiff::Timestamp::now().as_second();
+    files.push(store_entry(
+        repo,
+        &m.id,
+        "backup_label",
+        &mut Cursor::new(label.into_bytes()),
+        0o600,
+        now,
+        settings,
+        progress,
+    )?);
+    if let Some(map) = spcmap.filter(|s| !s.is_empty()) {
+        files.push(store_entry(
+            repo,
+            &m.id,
+            "tablespace_map",
+            &mut Cursor::new(map.into_bytes()),
+            0o600,
+            now,
+            settings,
+            progress,
+        )?);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    // The last WAL byte the backup needs is just before stop_lsn.
+    let stop_seg = size.segment_of(Lsn(stop_lsn.0.saturating_sub(1)));
+    m.stop_lsn = Some(stop_lsn);
+    m.stop_wal = Some(WalFileName::segment(tli, stop_seg, size).to_string());
+    m.size_bytes = files.iter().map(|f| f.size).sum();
+    m.stored_bytes = files.iter().map(|f| f.stored_size).sum();
+    m.files = files;
+    m.directories = dirs;
+    m.tablespaces = spcs;
+    m.stop_time = Some(now_rfc3339());
+    write_manifest(repo, m)?;
+
+    let first = size.segment_of(start_lsn);
+    let missing = wait_for_wal(repo, client, tli, first, stop_seg, size, opts)?;
+    m.status = if missing.is_empty() { BackupStatus::Complete } else { BackupStatus::Pending };
+    if !missing.is_empty() {
+        m.error = Some(format!(
+            "WAL {} to {} not yet archived (--no-wait-archive): run `dbbackup backup verify {}` once it is",
+            missing[0],
+            missing[missing.len() - 1],
+            m.id
+        ));
+    }
+    write_manifest(repo, m)
+}
+
+/// Waits until segments `first..=last` of `tli` are in the repository (or
+/// only checks, without `wait_archive`). Returns the missing ones.
+fn wait_for_wal(
+    repo: &Repository,
+    client: &mut postgres::Client,
+    tli: TimelineId,
+    first: u64,
+    last: u64,
+    size: SegmentSize,
+    opts: &BaseOptions,
+) -> Result<Vec<String>> {
+    let before = pitr::archiver_stats(client)?;
+    let started = Instant::now();
+    let mut missing: Vec<WalFileName> = (first..=last).map(|n| WalFileName::segment(tli, n, size)).collect();
+    loop {
+        let mut still = Vec::new();
+        for w in missing {
+            if crate::wal::find(repo, &w)?.is_empty() {
+                still.push(w);
+            }
+        }
+        missing = still;
+        if missing.is_empty() || !opts.wait_archive {
+            return Ok(missing.iter().map(|w| w.to_string()).collect());
+        }
+        let s = pitr::archiver_stats(client)?;
+        if s.failing && s.failed_count > before.failed_count {
+            return Err(Error::server(format!(
+                "PostgreSQL fails to archive {} (failed {} times): the backup needs it; see the server log",
+                s.last_failed_wal.unwrap_or_default(),
+                s.failed_count
+            )));
+        }
+        if started.elapsed() > opts.archive_timeout {
+            return Err(Error::server(format!(
+                "{} was not archived within {}s: the backup needs WAL {} to {}",
+                missing[0],
+                opts.archive_timeout.as_secs(),
+                missing[0],
+                missing[missing.len() - 1]
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,99 @@
+//! Base backups in the repository: manifests, listing, taking (`base`),
+//! verifying (`verify`) and retention (`retention`).
+//!
+//! Layout: `backups/<id>/manifest.json` and `backups/<id>/data/<path>` plus
+//! the codec suffixes. A manifest is rewritten whole (temp + rename) as the
+//! backup moves from running to complete or failed.
+
+pub mod base;
+pub mod retention;
+pub mod verify;
+
+use std::io::Write;
+
+use dbbackup_format::manifest::{BackupStatus, Manifest};
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::storage::Commit;
+
+pub const BACKUPS_DIR: &str = "backups";
+pub const MANIFEST: &str = "manifest.json";
+/// Held by `backup base` for its whole run.
+pub const BACKUP_LOCK: &str = "locks/backup.lock";
+
+pub fn backup_dir(id: &str) -> String {
+    format!("{BACKUPS_DIR}/{id}")
+}
+
+/// Writes (replaces) a backup's manifest durably.
+pub fn write_manifest(repo: &Repository, m: &Manifest) -> Result<()> {
+    let dir = backup_dir(&m.id);
+    let mut w = repo.storage().create(&dir).map_err(|e| Error::from(e).context("cannot write backup manifest"))?;
+    w.write_all(m.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write manifest of {}: {e}", m.id)))?;
+    w.commit(&format!("{dir}/{MANIFEST}"), Commit::Replace)
+        .map_err(|e| Error::from(e).context(format!("cannot write manifest of backup {}", m.id)))
+}
+
+pub fn read_manifest(repo: &Repository, id: &str) -> Result<Manifest> {
+    let path = format!("{}/{MANIFEST}", backup_dir(id));
+    let bytes = repo.storage().read_all(&path).map_err(|e| {
+        if e.is_not_found() {
+            Error::not_found(format!("no backup {id} in repository {} (see `dbbackup backup list`)", repo.location()))
+        } else {
+            Error::io(format!("cannot read {path}: {e}"))
+        }
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::integrity(format!("{path} is not UTF-8")))?;
+    Manifest::parse(&text).map_err(|e| Error::integrity(format!("{path} is not a valid manifest: {e}")))
+}
+
+/// Every backup, oldest first. Directories without a readable manifest are
+/// reported as errors in the second list.
+pub fn list(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Error>)> {
+    let entries = repo
+        .storage()
+        .list(BACKUPS_DIR)
+        .map_err(|e| Error::io(format!("cannot list backups in {}: {e}", repo.location())))?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for e in entries.into_iter().filter(|e| e.is_dir) {
+        match read_manifest(repo, &e.name) {
+            Ok(m) => out.push(m),
+            Err(err) => errors.push(err),
+        }
+    }
+    out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+    Ok((out, errors))
+}
+
+/// Resolves `latest` (the newest complete backup) or an ID.
+pub fn resolve(repo: &Repository, which: &str) -> Result<Manifest> {
+    if which == "latest" {
+        let (all, _) = list(repo)?;
+        return all.into_iter().rev().find(|m| m.status == BackupStatus::Complete).ok_or_else(|| {
+            Error::not_found(format!(
+                "repository {} has no complete backup: take one with `dbbackup backup base`",
+                repo.location()
+            ))
+        });
+    }
+    read_manifest(repo, which)
+}
+
+/// Whether a `backup base` is running on this repository right now.
+pub fn backup_running(repo: &Repository) -> bool {
+    matches!(repo.storage().try_lock(BACKUP_LOCK), Ok(None))
+}
+
+/// A status as users see it: a `running` manifest with no running backup
+/// process was interrupted.
+pub fn shown_status(m: &Manifest, running_now: bool) -> &'static str {
+    match m.status {
+        BackupStatus::Running if running_now => "running",
+        BackupStatus::Running => "interrupted",
+        BackupStatus::Pending => "pending",
+        BackupStatus::Complete => "complete",
+        BackupStatus::Failed => "failed",
+    }
+}

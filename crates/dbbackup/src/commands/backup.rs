@@ -1,0 +1,259 @@
+//! `dbbackup backup base|list|show|verify|delete|expire`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use dbbackup_core::backup::base::{take, BaseOptions, Progress};
+use dbbackup_core::backup::retention::{self, Policy};
+use dbbackup_core::backup::{self, backup_running, shown_status};
+use dbbackup_core::codec::CodecSettings;
+use dbbackup_core::repo::{check_level, InitOptions, Repository};
+use dbbackup_core::wal::catalog::Catalog;
+use dbbackup_format::manifest::{BackupStatus, Manifest};
+use serde_json::json;
+
+use crate::cli::{BackupCommand, BaseArgs};
+use crate::context::Ctx;
+use crate::output::{human_bytes, print_json, Table};
+
+pub fn run(ctx: &Ctx, c: BackupCommand) -> Result<ExitCode> {
+    match c {
+        BackupCommand::Base(a) => base(ctx, a),
+        BackupCommand::List => list(ctx),
+        BackupCommand::Show { id } => show(ctx, &id),
+        BackupCommand::Verify { id, jobs } => verify(ctx, &id, jobs),
+        BackupCommand::Delete { id, force } => delete(ctx, &id, force),
+        BackupCommand::Expire { keep, keep_days, dry_run } => expire(ctx, Policy { keep, keep_days }, dry_run),
+    }
+}
+
+/// A one-screen summary of a manifest (no file list).
+pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "label": m.label,
+        "status": shown_status(m, running_now),
+        "error": m.error,
+        "start_time": m.start_time,
+        "stop_time": m.stop_time,
+        "start_lsn": m.start_lsn,
+        "stop_lsn": m.stop_lsn,
+        "start_wal": m.start_wal,
+        "stop_wal": m.stop_wal,
+        "timeline": m.timeline,
+        "system_identifier": m.system_identifier.to_string(),
+        "pg_version": m.pg_version,
+        "pg_version_major": m.pg_version_major,
+        "codec": m.codec,
+        "encrypted": m.encrypted,
+        "size_bytes": m.size_bytes,
+        "stored_bytes": m.stored_bytes,
+        "files": m.files.len(),
+        "tablespaces": m.tablespaces,
+    })
+}
+
+fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
+    let storage = ctx.storage()?;
+    if Repository::read_meta(storage.as_ref()).is_err() && !storage.root_exists().unwrap_or(true) {
+        let key = ctx.keys().load()?;
+        if a.encrypt && key.is_none() {
+            bail!("--encrypt needs a key: {}", ctx.keys().hint());
+        }
+        let codec = a.compress.unwrap_or_default();
+        check_level(codec, a.compress_level)?;
+        return Ok(Repository::init(
+            storage,
+            InitOptions { codec, level: a.compress_level, key: if a.encrypt { key } else { None }, identity: None },
+        )?);
+    }
+    let repo = ctx.open_repo()?;
+    if a.encrypt && repo.key().is_none() {
+        bail!("--encrypt was given but repository {} is not encrypted", repo.location());
+    }
+    Ok(repo)
+}
+
+fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
+    let mut client = ctx.conn_for_pgdata().connect()?;
+    let mut repo = open_or_create(ctx, &a)?;
+    if repo.identity().is_none() {
+        let ident = dbbackup_core::pg::server_identity(&mut client)?;
+        repo.bind(dbbackup_core::repo::identity_from_server(ident))?;
+    }
+    let codec = match (a.compress, a.compress_level) {
+        (None, None) => None,
+        (c, l) => {
+            let codec = c.unwrap_or(repo.meta().compression.algorithm);
+            check_level(codec, l)?;
+            Some(CodecSettings::new(codec, l))
+        }
+    };
+    let opts = BaseOptions {
+        label: a.label,
+        jobs: a.jobs.max(1),
+        codec,
+        fast: a.fast,
+        wait_archive: !a.no_wait_archive,
+        archive_timeout: Duration::from_secs(a.archive_wait_timeout),
+    };
+    let progress = Progress::default();
+    let m = take(&repo, &mut client, &opts, &progress)?;
+    if ctx.g.json {
+        print_json(&summary(&m, false));
+    } else {
+        eprintln!(
+            "backup {} {}: {} files, {} ({} stored), WAL {} to {}",
+            m.id,
+            shown_status(&m, false),
+            m.files.len(),
+            human_bytes(m.size_bytes),
+            human_bytes(m.stored_bytes),
+            m.start_wal.as_deref().unwrap_or("-"),
+            m.stop_wal.as_deref().unwrap_or("-")
+        );
+        if let Some(e) = &m.error {
+            eprintln!("{e}");
+        }
+        println!("{}", m.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(ctx: &Ctx) -> Result<ExitCode> {
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let (all, errors) = backup::list(&repo)?;
+    let running = backup_running(&repo);
+    for e in &errors {
+        eprintln!("dbbackup: warning: {e}");
+    }
+    if ctx.g.json {
+        print_json(&json!(all.iter().map(|m| summary(m, running)).collect::<Vec<_>>()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t =
+        Table::new(&["ID", "STATUS", "START", "STOP", "START LSN", "STOP LSN", "TL>", "SIZE>", "STORED>", "LABEL"]);
+    for m in &all {
+        t.row(vec![
+            m.id.clone(),
+            shown_status(m, running).to_string(),
+            m.start_time.clone(),
+            m.stop_time.clone().unwrap_or_else(|| "-".into()),
+            m.start_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            m.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            human_bytes(m.size_bytes),
+            human_bytes(m.stored_bytes),
+            m.label.clone(),
+        ]);
+    }
+    t.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(ctx: &Ctx, id: &str) -> Result<ExitCode> {
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let m = backup::resolve(&repo, id)?;
+    let v = summary(&m, backup_running(&repo));
+    if ctx.g.json {
+        print_json(&v);
+    } else if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let text = match val {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{:18} {text}", format!("{k}:"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(ctx: &Ctx, id: &str, jobs: usize) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let m = if id == "latest" { backup::resolve(&repo, id)? } else { backup::read_manifest(&repo, id)? };
+    if matches!(m.status, BackupStatus::Running | BackupStatus::Failed) {
+        bail!("backup {} is {}: there is nothing usable to verify", m.id, shown_status(&m, backup_running(&repo)));
+    }
+    let report = dbbackup_core::backup::verify::verify(&repo, &m, jobs)?;
+    if ctx.g.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["ok"] = json!(report.ok());
+        print_json(&v);
+    } else {
+        for p in &report.problems {
+            println!("BAD  {}: {}", p.object, p.error);
+        }
+        println!(
+            "backup {}: {} of {} files and {} of {} WAL segments verified: {}",
+            report.id,
+            report.files_ok,
+            report.files,
+            report.wal_ok,
+            report.wal_segments,
+            if report.ok() { "ok" } else { "FAILED" }
+        );
+        if report.completed {
+            println!("its WAL is now archived: backup {} is complete", report.id);
+        }
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let m = backup::read_manifest(&repo, id)?;
+    if m.status == BackupStatus::Running && backup_running(&repo) {
+        bail!("backup {id} is being taken right now: wait for it to finish");
+    }
+    let (all, _) = backup::list(&repo)?;
+    let complete = all.iter().filter(|b| b.status == BackupStatus::Complete).count();
+    if m.status == BackupStatus::Complete && complete == 1 && !force {
+        bail!("backup {id} is the only complete backup: without it nothing can be restored; use --force to delete it anyway");
+    }
+    retention::remove_backup(&repo, Some(&m))?;
+    println!("deleted backup {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints and (unless dry-run) carries out a retention plan.
+pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention::Plan, dry_run: bool) -> Result<()> {
+    if ctx.g.json {
+        let mut v = serde_json::to_value(plan)?;
+        v["dry_run"] = json!(dry_run);
+        print_json(&v);
+    } else {
+        let verb = if dry_run { "would remove" } else { "removing" };
+        if let Some(n) = &plan.note {
+            println!("{n}");
+        }
+        for r in &plan.remove_backups {
+            println!("{verb} backup {} ({})", r.id, r.reason);
+        }
+        for w in &plan.remove_wal {
+            println!("{verb} {w}");
+        }
+        if !plan.keep_backups.is_empty() {
+            println!("keeping backups {}", plan.keep_backups.join(", "));
+        }
+        if let Some(from) = &plan.wal_kept_from {
+            println!("keeping WAL from {from} onward and every history file");
+        }
+    }
+    if !dry_run {
+        retention::apply(repo, all, plan)?;
+    }
+    Ok(())
+}
+
+fn expire(ctx: &Ctx, policy: Policy, dry_run: bool) -> Result<ExitCode> {
+    let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let (all, _) = backup::list(&repo)?;
+    let cat = Catalog::scan(&repo)?;
+    let plan =
+        retention::plan(&all, &cat, repo.segment_size(), policy, jiff::Timestamp::now(), true, backup_running(&repo))?;
+    run_plan(ctx, &repo, &all, &plan, dry_run)?;
+    Ok(ExitCode::SUCCESS)
+}
