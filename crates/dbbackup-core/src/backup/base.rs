@@ -386,7 +386,7 @@ fn run(
     // pg_control last, as pg_basebackup does.
     let control_at = work.iter().position(|j| j.rel == "global/pg_control");
     let control = control_at.map(|i| work.remove(i));
-    work.sort_by(|a, b| b.size.cmp(&a.size));
+    work.sort_by_key(|j| std::cmp::Reverse(j.size));
     progress.total_bytes.store(work.iter().map(|j| j.size).sum::<u64>(), Ordering::Relaxed);
     let mut files = copy_parallel(repo, &m.id, &work, opts.jobs, settings, progress)?;
     if let Some(c) = control {
