@@ -15,6 +15,7 @@ pub mod object;
 pub mod pg;
 pub mod pitr;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 pub mod wal;
 

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod meta;
 pub mod object;
 pub mod pagehdr;
+pub mod recovery;
 pub mod wal;
 
 pub use codec::Codec;

@@ -71,6 +71,9 @@ pub struct Manifest {
     pub system_identifier: u64,
     pub pg_version_major: u32,
     pub pg_version: String,
+    /// The server's BINDIR (pg_ctl for `restore --auto-start`), when known.
+    #[serde(default)]
+    pub pg_bindir: Option<String>,
     pub wal_segment_size: u32,
     pub codec: Codec,
     pub compress_level: i32,

@@ -96,6 +96,109 @@ pub enum Command {
     /// Take, list, check and expire base backups
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Restore a copy of the cluster to a point in time
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Restore to a time, transaction, LSN, restore point, or the end of the archive
+    #[command(after_help = "Chooses the newest complete backup that can reach the target (or --base-backup), \
+        checks that the archive covers the way from it to the target before writing anything, unpacks it in \
+        parallel into --target-dir (absent or empty, mode 0700), and writes recovery.signal and the recovery \
+        settings (restore_command = this binary's `wal fetch`). --auto-start starts the restored server \
+        (--port P to choose its port) and --monitor follows recovery to its end and reports where it stopped.\n\n\
+        Target times: YYYY-MM-DD HH:MM:SS[.ffffff][+-HH[:MM]] (local time without an offset) or RFC 3339.\n\n\
+        Examples:\n  \
+        dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /var/lib/postgresql/15/restored --auto-start --port 5433 --monitor\n  \
+        dbbackup restore pitr --repo /backups/pg --target-name before_upgrade --target-dir /srv/pg/copy --archive-mode off\n  \
+        dbbackup restore pitr --repo /backups/pg --base-backup /backups/basebackup-2026-11-24 --target-dir /srv/pg/copy")]
+    Pitr(RestoreArgs),
+}
+
+fn parse_target_time(s: &str) -> Result<jiff::Zoned, String> {
+    dbbackup_format::recovery::parse_time(s, &jiff::tz::TimeZone::system())
+}
+
+fn parse_xid(s: &str) -> Result<u64, String> {
+    s.trim().parse::<u64>().ok().filter(|x| *x >= 3).ok_or_else(|| {
+        format!("invalid transaction ID {s:?}: expected a number such as 742 (normal transaction IDs start at 3)")
+    })
+}
+
+fn parse_lsn(s: &str) -> Result<dbbackup_format::Lsn, String> {
+    s.parse().map_err(|e: dbbackup_format::lsn::LsnParseError| e.to_string())
+}
+
+fn parse_timeline(s: &str) -> Result<dbbackup_core::restore::TimelineChoice, String> {
+    dbbackup_core::restore::TimelineChoice::parse(s)
+}
+
+fn parse_map(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(a, b)| a.starts_with('/') && b.starts_with('/'))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("invalid tablespace mapping {s:?}: expected OLDDIR=NEWDIR with absolute paths"))
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").multiple(false).args(["target_time", "target_xid", "target_lsn", "target_name", "target_immediate"])))]
+pub struct RestoreArgs {
+    /// Where to restore (absent or empty unless --force)
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// Backup ID, `latest`, or a pg_basebackup directory or .tar/.tar.gz [default: newest that can reach the target]
+    #[arg(long, value_name = "ID|latest|PATH")]
+    pub base_backup: Option<String>,
+    /// Recover to this time
+    #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+    pub target_time: Option<jiff::Zoned>,
+    /// Recover to this transaction
+    #[arg(long, value_name = "XID", value_parser = parse_xid)]
+    pub target_xid: Option<u64>,
+    /// Recover to this WAL location
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    pub target_lsn: Option<dbbackup_format::Lsn>,
+    /// Recover to this named restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// What the server does at the target
+    #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// Timeline to follow: latest, current (the backup's) or a number
+    #[arg(long, value_name = "TIMELINE", default_value = "latest", value_parser = parse_timeline)]
+    pub timeline: dbbackup_core::restore::TimelineChoice,
+    /// Stop just after the target (default) or, with =false, just before it
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", conflicts_with = "exclusive")]
+    pub inclusive: Option<bool>,
+    /// Stop just before the target
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Files restored in parallel
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+    pub jobs: usize,
+    /// Start the restored server (the global --port chooses its port)
+    #[arg(long)]
+    pub auto_start: bool,
+    /// With --auto-start: follow recovery to its end and report where it stopped
+    #[arg(long, requires = "auto_start")]
+    pub monitor: bool,
+    /// Only write the recovery settings into an existing data directory
+    #[arg(long)]
+    pub skip_extraction: bool,
+    /// Replace the contents of a non-empty target directory
+    #[arg(long)]
+    pub force: bool,
+    /// `off` stops the restored copy from archiving into the repository (an inspection copy)
+    #[arg(long, value_name = "MODE", default_value = "preserve", value_parser = ["preserve", "off"])]
+    pub archive_mode: String,
+    /// Restore a tablespace elsewhere
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
+    pub tablespace_map: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,11 +14,13 @@ use crate::cli::GlobalOpts;
 
 pub struct Ctx {
     pub g: GlobalOpts,
+    /// --port was given on the command line (not from PGPORT or a file).
+    pub port_on_cli: bool,
 }
 
 impl Ctx {
-    pub fn new(g: GlobalOpts) -> Ctx {
-        Ctx { g }
+    pub fn new(g: GlobalOpts, port_on_cli: bool) -> Ctx {
+        Ctx { g, port_on_cli }
     }
 
     /// The repository path, made absolute.

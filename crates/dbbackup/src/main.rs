@@ -44,7 +44,8 @@ fn main() -> ExitCode {
         }
     }
     init_logging(&cli.global, is_wal_hook);
-    let ctx = Ctx::new(cli.global);
+    let port_on_cli = matches!(matches.value_source("port"), Some(clap::parser::ValueSource::CommandLine));
+    let ctx = Ctx::new(cli.global, port_on_cli);
     match commands::run(&ctx, cli.command) {
         Ok(code) => code,
         Err(e) => {

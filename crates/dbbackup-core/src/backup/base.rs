@@ -319,6 +319,11 @@ pub fn take(
         system_identifier: ident.system_identifier,
         pg_version_major: ident.major_version,
         pg_version: version,
+        pg_bindir: client
+            .query_opt("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[])
+            .ok()
+            .flatten()
+            .map(|r| r.get(0)),
         wal_segment_size: ident.wal_segment_size,
         codec: settings.codec,
         compress_level: settings.level,

@@ -4,6 +4,7 @@ mod backup;
 mod key;
 mod pitr;
 mod repo;
+mod restore;
 mod wal;
 
 use std::process::ExitCode;
@@ -20,5 +21,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Wal(c) => wal::run(ctx, c),
         Command::Pitr(c) => pitr::run(ctx, c),
         Command::Backup(c) => backup::run(ctx, c),
+        Command::Restore(c) => restore::run(ctx, c),
     }
 }

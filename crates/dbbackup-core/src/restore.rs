@@ -1,0 +1,903 @@
+//! `restore pitr`: choose a backup that can reach the target, check that the
+//! archive covers the way there, unpack it in parallel, write the recovery
+//! settings, and optionally start the server and follow recovery.
+//!
+//! Nothing is written into the target directory before every check passed.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dbbackup_format::guc::{edit_auto_conf, read_conf_value};
+use dbbackup_format::history::History;
+use dbbackup_format::manifest::{BackupStatus, Manifest};
+use dbbackup_format::recovery::{format_time, RecoverySettings, Target, RECOVERY_PARAMS};
+use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName, WalKind};
+
+use crate::backup;
+use crate::backup::verify::verify_file;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::wal::catalog::{timelines, Catalog};
+
+/// Which timeline recovery follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineChoice {
+    Latest,
+    Current,
+    Id(u32),
+}
+
+impl TimelineChoice {
+    pub fn parse(s: &str) -> std::result::Result<TimelineChoice, String> {
+        match s {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(TimelineChoice::Id)
+                .ok_or_else(|| format!("invalid timeline {n:?}: expected latest, current or a timeline number")),
+        }
+    }
+
+    fn setting(self) -> String {
+        match self {
+            TimelineChoice::Latest => "latest".into(),
+            TimelineChoice::Current => "current".into(),
+            TimelineChoice::Id(n) => n.to_string(),
+        }
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub target_dir: PathBuf,
+    /// ID, `latest` or a path to a pg_basebackup directory or tar file.
+    pub base_backup: Option<String>,
+    pub target: Target,
+    pub inclusive: bool,
+    pub timeline: TimelineChoice,
+    pub action: String,
+    pub jobs: usize,
+    pub force: bool,
+    pub skip_extraction: bool,
+    pub archive_off: bool,
+    pub tablespace_map: Vec<(String, String)>,
+    /// `restore_command`, already quoted for the shell.
+    pub restore_command: String,
+    pub port: Option<u16>,
+}
+
+/// Where the restored files come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Repo(Box<Manifest>),
+    /// A pg_basebackup plain directory or tar file.
+    Path {
+        path: PathBuf,
+        start_lsn: Lsn,
+        timeline: TimelineId,
+        major: u32,
+        system_identifier: u64,
+    },
+}
+
+/// The checked plan.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub source: Source,
+    pub target_timeline: TimelineId,
+    pub first_segment: String,
+    pub last_segment: Option<String>,
+    pub segments_checked: u64,
+    pub major: u32,
+}
+
+impl RestorePlan {
+    pub fn source_name(&self) -> String {
+        match &self.source {
+            Source::Repo(m) => format!("backup {}", m.id),
+            Source::Path { path, .. } => path.display().to_string(),
+        }
+    }
+}
+
+/// A timeline on the way to the target: valid from `begin` to `end`.
+#[derive(Debug, Clone, Copy)]
+struct Leg {
+    tli: TimelineId,
+    begin: Lsn,
+    end: Option<Lsn>,
+}
+
+fn path_to(target: TimelineId, histories: &BTreeMap<TimelineId, History>) -> Result<Vec<Leg>> {
+    if target.0 == 1 {
+        return Ok(vec![Leg { tli: target, begin: Lsn(0), end: None }]);
+    }
+    let h = histories.get(&target).ok_or_else(|| {
+        Error::not_found(format!(
+            "timeline {target} has no history file ({}) in the archive: recovery cannot follow it",
+            WalFileName::history(target)
+        ))
+    })?;
+    let mut legs = Vec::new();
+    let mut begin = Lsn(0);
+    for e in &h.entries {
+        legs.push(Leg { tli: e.parent, begin, end: Some(e.switch_lsn) });
+        begin = e.switch_lsn;
+    }
+    legs.push(Leg { tli: target, begin, end: None });
+    Ok(legs)
+}
+
+fn ts(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+/// Why a backup cannot reach the target, or `None` when it can.
+fn unreachable_reason(m: &Manifest, legs: &[Leg], target: &Target) -> Option<String> {
+    let tli = TimelineId(m.timeline?);
+    let stop = m.stop_lsn?;
+    let Some(leg) = legs.iter().find(|l| l.tli == tli) else {
+        return Some(format!("it is on timeline {tli}, which is not on the way to the target timeline"));
+    };
+    if let Some(end) = leg.end {
+        if stop > end {
+            return Some(format!("it ends at {stop}, after timeline {tli} branched off at {end}"));
+        }
+    }
+    match target {
+        Target::Time(t) => {
+            let stop_time = m.stop_time.as_deref().and_then(ts)?;
+            (stop_time >= t.timestamp())
+                .then(|| format!("it ends at {stop_time}, not before the target time {}", format_time(t)))
+        }
+        Target::Lsn(l) => (stop > *l).then(|| format!("it ends at LSN {stop}, after the target LSN {l}")),
+        _ => None,
+    }
+}
+
+/// Reads `START WAL LOCATION` and `START TIMELINE` from a backup_label.
+fn parse_backup_label(text: &str) -> Option<(Lsn, TimelineId)> {
+    let mut lsn = None;
+    let mut tli = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("START WAL LOCATION: ") {
+            lsn = rest.split_whitespace().next().and_then(|s| s.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("START TIMELINE: ") {
+            tli = rest.trim().parse().ok().map(TimelineId);
+        }
+    }
+    Some((lsn?, tli.unwrap_or(TimelineId(1))))
+}
+
+/// Inspects a pg_basebackup directory or tar.
+fn inspect_path(path: &Path) -> Result<Source> {
+    let shown = path.display();
+    let (label, version, control) = if path.is_dir() {
+        let read = |f: &str| fs::read(path.join(f));
+        let base_tar = ["base.tar", "base.tar.gz"].iter().map(|f| path.join(f)).find(|p| p.exists());
+        if let Some(tar) = base_tar {
+            read_tar_members(&tar)?
+        } else {
+            (
+                read("backup_label")
+                    .map_err(|e| Error::invalid(format!("{shown}/backup_label: {e}: not a pg_basebackup directory")))?,
+                read("PG_VERSION").map_err(|e| Error::invalid(format!("{shown}/PG_VERSION: {e}")))?,
+                read("global/pg_control").map_err(|e| Error::invalid(format!("{shown}/global/pg_control: {e}")))?,
+            )
+        }
+    } else {
+        read_tar_members(path)?
+    };
+    let label = String::from_utf8_lossy(&label).to_string();
+    let (start_lsn, timeline) = parse_backup_label(&label)
+        .ok_or_else(|| Error::invalid(format!("{shown}: backup_label has no START WAL LOCATION")))?;
+    let major = dbbackup_format::control::parse_pg_version(&String::from_utf8_lossy(&version))
+        .ok_or_else(|| Error::invalid(format!("{shown}: unreadable PG_VERSION")))?;
+    let control = dbbackup_format::control::parse_control(&control)
+        .map_err(|e| Error::integrity(format!("{shown}: global/pg_control: {e}")))?;
+    Ok(Source::Path {
+        path: path.to_path_buf(),
+        start_lsn,
+        timeline,
+        major,
+        system_identifier: control.system_identifier,
+    })
+}
+
+fn open_tar(path: &Path) -> Result<tar::Archive<Box<dyn std::io::Read>>> {
+    let f = File::open(path).map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
+    let name = path.to_string_lossy();
+    let r: Box<dyn std::io::Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
+    } else {
+        Box::new(std::io::BufReader::new(f))
+    };
+    Ok(tar::Archive::new(r))
+}
+
+fn read_tar_members(path: &Path) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let mut ar = open_tar(path)?;
+    let (mut label, mut version, mut control) = (None, None, None);
+    let entries = ar.entries().map_err(|e| Error::invalid(format!("{}: not a tar file: {e}", path.display())))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        let p = entry.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
+        let slot = match p.as_str() {
+            "backup_label" => &mut label,
+            "PG_VERSION" => &mut version,
+            "global/pg_control" => &mut control,
+            _ => continue,
+        };
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut buf)
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        *slot = Some(buf);
+    }
+    let missing = |what: &str| Error::invalid(format!("{}: no {what} inside: not a pg_basebackup tar", path.display()));
+    Ok((
+        label.ok_or_else(|| missing("backup_label"))?,
+        version.ok_or_else(|| missing("PG_VERSION"))?,
+        control.ok_or_else(|| missing("global/pg_control"))?,
+    ))
+}
+
+/// Chooses the backup and checks that the archive covers the way from it to
+/// the target. Reads only; writes nothing.
+pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
+    let cat = Catalog::scan(repo)?;
+    let (tls, histories) = timelines(repo, &cat)?;
+    let size = repo.segment_size().ok_or_else(|| {
+        Error::invalid(format!("repository {} holds no WAL yet (not bound to a cluster)", repo.location()))
+    })?;
+    let (all, _) = backup::list(repo)?;
+
+    // The source, when named.
+    let named: Option<Source> = match opts.base_backup.as_deref() {
+        None => None,
+        Some("latest") => Some(Source::Repo(Box::new(backup::resolve(repo, "latest")?))),
+        Some(p) if p.contains('/') || Path::new(p).exists() => {
+            let src = inspect_path(Path::new(p))?;
+            if let (Source::Path { system_identifier, .. }, Some(own)) = (&src, repo.identity()) {
+                if *system_identifier != own.system_identifier {
+                    return Err(Error::identity(format!(
+                        "{p} is a backup of another cluster (system identifier {system_identifier}); repository {} belongs to {}",
+                        repo.location(),
+                        own.system_identifier
+                    )));
+                }
+            }
+            Some(src)
+        }
+        Some(id) => Some(Source::Repo(Box::new(backup::read_manifest(repo, id)?))),
+    };
+    if let Some(Source::Repo(m)) = &named {
+        if m.status != BackupStatus::Complete {
+            return Err(Error::invalid(format!(
+                "backup {} is {}, not complete: it cannot be restored{}",
+                m.id,
+                backup::shown_status(m, backup::backup_running(repo)),
+                m.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            )));
+        }
+    }
+
+    // The target timeline.
+    let newest_tl = tls.iter().map(|t| t.timeline).max().unwrap_or(TimelineId(1));
+    let source_tli = |s: &Source| match s {
+        Source::Repo(m) => TimelineId(m.timeline.unwrap_or(1)),
+        Source::Path { timeline, .. } => *timeline,
+    };
+    let target_tl = match opts.timeline {
+        TimelineChoice::Latest => newest_tl,
+        TimelineChoice::Id(n) => TimelineId(n),
+        TimelineChoice::Current => match &named {
+            Some(s) => source_tli(s),
+            None => all
+                .iter()
+                .rev()
+                .find(|m| m.status == BackupStatus::Complete)
+                .map(|m| TimelineId(m.timeline.unwrap_or(1)))
+                .unwrap_or(TimelineId(1)),
+        },
+    };
+    let legs = path_to(target_tl, &histories)?;
+
+    // Time targets must lie inside the archive.
+    if let Target::Time(t) = &opts.target {
+        let now = jiff::Timestamp::now();
+        if t.timestamp() > now && !opts.force {
+            return Err(Error::invalid(format!(
+                "target time {} is in the future: recovery would replay the whole archive and stop at its end; use --force to do that anyway",
+                format_time(t)
+            )));
+        }
+        let newest = cat
+            .objects
+            .iter()
+            .filter(|o| o.wal.kind() == WalKind::Segment && legs.iter().any(|l| l.tli == o.wal.timeline()))
+            .filter_map(|o| o.archived_at)
+            .max()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok());
+        if let Some(newest) = newest {
+            if t.timestamp() > newest && !opts.force {
+                return Err(Error::invalid(format!(
+                    "target time {} is past the end of the archive (its newest segment was archived at {newest}): recovery would stop short; use --force to recover to the end of the archive",
+                    format_time(t)
+                )));
+            }
+        }
+    }
+
+    // The backup: named, or the newest complete one that can reach the target.
+    let source = match named {
+        Some(Source::Repo(m)) => {
+            if let Some(why) = unreachable_reason(&m, &legs, &opts.target) {
+                let other = all
+                    .iter()
+                    .rev()
+                    .filter(|b| b.status == BackupStatus::Complete)
+                    .find(|b| unreachable_reason(b, &legs, &opts.target).is_none());
+                return Err(Error::invalid(format!(
+                    "backup {} cannot reach {}: {why}; {}",
+                    m.id,
+                    opts.target,
+                    match other {
+                        Some(b) => format!("backup {} can (use --base-backup {})", b.id, b.id),
+                        None => "no backup in the repository can".to_string(),
+                    }
+                )));
+            }
+            Source::Repo(m)
+        }
+        Some(p) => p,
+        None => {
+            let complete: Vec<&Manifest> = all.iter().filter(|m| m.status == BackupStatus::Complete).collect();
+            if complete.is_empty() {
+                return Err(Error::not_found(format!(
+                    "repository {} has no complete backup: take one with `dbbackup backup base`, or give --base-backup PATH",
+                    repo.location()
+                )));
+            }
+            let pick = complete.iter().rev().find(|m| unreachable_reason(m, &legs, &opts.target).is_none());
+            match pick {
+                Some(m) => Source::Repo(Box::new((*m).clone())),
+                None => {
+                    let oldest = complete[0];
+                    return Err(Error::invalid(format!(
+                        "no complete backup can reach {} on timeline {target_tl}: the oldest, {}, {}",
+                        opts.target,
+                        oldest.id,
+                        unreachable_reason(oldest, &legs, &opts.target).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    };
+    let (start_lsn, src_tli, major) = match &source {
+        Source::Repo(m) => (m.start_lsn.unwrap_or(Lsn(0)), TimelineId(m.timeline.unwrap_or(1)), m.pg_version_major),
+        Source::Path { start_lsn, timeline, major, .. } => (*start_lsn, *timeline, *major),
+    };
+    if !legs.iter().any(|l| l.tli == src_tli) {
+        return Err(Error::invalid(format!(
+            "the backup is on timeline {src_tli}, which is not an ancestor of timeline {target_tl}: choose --timeline {src_tli} or a later backup"
+        )));
+    }
+
+    // Coverage: every segment from the backup's start to the target (or the
+    // end of the archive) on the timeline that owns that position.
+    let present: std::collections::HashSet<(u32, u64)> = cat
+        .objects
+        .iter()
+        .filter(|o| o.wal.kind() == WalKind::Segment)
+        .filter_map(|o| Some((o.wal.timeline().0, o.wal.segment_no(size)?)))
+        .collect();
+    let owner = |p: u64| -> TimelineId {
+        legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli).unwrap_or(legs[0].tli)
+    };
+    let first = size.segment_of(start_lsn);
+    // The end of the archive: the last position held by the timeline that
+    // owns it on the way to the target.
+    let end_of_archive = present.iter().filter(|(t, q)| *q >= first && owner(*q).0 == *t).map(|(_, q)| *q).max();
+    let last = match &opts.target {
+        Target::Lsn(l) => Some(size.segment_of(*l)),
+        Target::Immediate => match &source {
+            Source::Repo(m) => m.stop_lsn.map(|s| size.segment_of(Lsn(s.0.saturating_sub(1)))),
+            Source::Path { .. } => Some(first),
+        },
+        _ => end_of_archive,
+    };
+    let last = last.unwrap_or(first);
+    for p in first..=last {
+        let t = owner(p);
+        if !present.contains(&(t.0, p)) {
+            return Err(Error::not_found(format!(
+                "the archive does not cover the way from {} to {}: {} is missing (see `dbbackup wal verify`)",
+                match &source {
+                    Source::Repo(m) => format!("backup {}", m.id),
+                    Source::Path { path, .. } => path.display().to_string(),
+                },
+                opts.target,
+                WalFileName::segment(t, p, size)
+            )));
+        }
+    }
+    Ok(RestorePlan {
+        source,
+        target_timeline: target_tl,
+        first_segment: WalFileName::segment(owner(first), first, size).to_string(),
+        last_segment: Some(WalFileName::segment(owner(last), last, size).to_string()),
+        segments_checked: last - first + 1,
+        major,
+    })
+}
+
+/// Prepares the target directory: absent or empty, unless `force`.
+fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            let names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+            if !names.is_empty() {
+                if !force {
+                    return Err(Error::invalid(format!(
+                        "target directory {} is not empty (it holds {}): choose an empty or new directory, or use --force to replace its contents",
+                        dir.display(),
+                        names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if crate::pitr::read_postmaster_pid(dir).is_some() {
+                    return Err(Error::invalid(format!("a server is running in {}: stop it first", dir.display())));
+                }
+                for n in names {
+                    let p = dir.join(n);
+                    let r = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                    r.map_err(|e| Error::io(format!("cannot clear {}: {e}", p.display())))?;
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        Err(e) => return Err(Error::io(format!("cannot read {}: {e}", dir.display()))),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("cannot set mode 0700 on {}: {e}", dir.display())))
+}
+
+/// Unpacks the chosen source into the target directory.
+pub fn extract(repo: &Repository, plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
+    let dir = &opts.target_dir;
+    prepare_dir(dir, opts.force)?;
+    match &plan.source {
+        Source::Repo(m) => extract_repo(repo, m, opts),
+        Source::Path { path, .. } => extract_path(path, dir),
+    }
+}
+
+fn map_location(loc: &str, map: &[(String, String)]) -> String {
+    map.iter().find(|(old, _)| old == loc).map(|(_, new)| new.clone()).unwrap_or_else(|| loc.to_string())
+}
+
+fn extract_repo(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let dir = &opts.target_dir;
+    let mut spc_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for t in &m.tablespaces {
+        let loc = PathBuf::from(map_location(&t.location, &opts.tablespace_map));
+        if loc.exists() && fs::read_dir(&loc).map(|mut r| r.next().is_some()).unwrap_or(false) && !opts.force {
+            return Err(Error::invalid(format!(
+                "tablespace {} location {} is not empty: relocate it with --tablespace-map {}=NEWDIR",
+                t.oid,
+                loc.display(),
+                t.location
+            )));
+        }
+        fs::create_dir_all(&loc).map_err(|e| Error::io(format!("cannot create {}: {e}", loc.display())))?;
+        let _ = fs::set_permissions(&loc, fs::Permissions::from_mode(0o700));
+        spc_dirs.insert(format!("pg_tblspc/{}", t.oid), loc);
+    }
+    let resolve = |rel: &str| -> PathBuf {
+        for (prefix, loc) in &spc_dirs {
+            if let Some(rest) = rel.strip_prefix(prefix.as_str()) {
+                return loc.join(rest.trim_start_matches('/'));
+            }
+        }
+        dir.join(rel)
+    };
+    for d in &m.directories {
+        if let Some(loc) = spc_dirs.get(&d.path) {
+            fs::create_dir_all(dir.join("pg_tblspc"))
+                .map_err(|e| Error::io(format!("cannot create pg_tblspc: {e}")))?;
+            std::os::unix::fs::symlink(loc, dir.join(&d.path))
+                .map_err(|e| Error::io(format!("cannot link {} to {}: {e}", d.path, loc.display())))?;
+            continue;
+        }
+        let p = resolve(&d.path);
+        fs::create_dir_all(&p).map_err(|e| Error::io(format!("cannot create {}: {e}", p.display())))?;
+        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(d.mode & 0o7777));
+    }
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1) {
+            s.spawn(|| {
+                while !abort.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = m.files.get(i) else { break };
+                    let path = resolve(&f.path);
+                    let r = (|| -> Result<()> {
+                        if let Some(parent) = path.parent() {
+                            fs::create_dir_all(parent)
+                                .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
+                        }
+                        let out = File::create(&path)
+                            .map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
+                        let mut out = BufWriter::with_capacity(1 << 20, out);
+                        verify_file(repo, m, f, &mut out)?;
+                        out.flush().map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
+                        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))
+                            .map_err(|e| Error::io(format!("cannot set mode of {}: {e}", path.display())))
+                    })();
+                    if let Err(e) = r {
+                        abort.store(true, Ordering::Relaxed);
+                        first_err.lock().expect("not poisoned").get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("threads joined") {
+        return Err(e.context(format!("restore into {} failed; the directory is incomplete, remove it", dir.display())));
+    }
+    // tablespace_map names the new locations, so PostgreSQL links them there.
+    let map_path = dir.join("tablespace_map");
+    if let Ok(text) = fs::read_to_string(&map_path) {
+        let mapped: String = text
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some((oid, loc)) => format!("{oid} {}\n", map_location(loc, &opts.tablespace_map)),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        fs::write(&map_path, mapped).map_err(|e| Error::io(format!("cannot write {}: {e}", map_path.display())))?;
+        // PostgreSQL recreates the links from tablespace_map.
+        for oid in m.tablespaces.iter().map(|t| t.oid) {
+            let _ = fs::remove_file(dir.join(format!("pg_tblspc/{oid}")));
+        }
+    }
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let _ = fs::create_dir_all(dir.join(sub));
+    }
+    Ok(())
+}
+
+fn extract_path(src: &Path, dir: &Path) -> Result<()> {
+    let unpack = |tar_path: &Path, into: &Path| -> Result<()> {
+        fs::create_dir_all(into).map_err(|e| Error::io(format!("cannot create {}: {e}", into.display())))?;
+        open_tar(tar_path)?
+            .unpack(into)
+            .map_err(|e| Error::io(format!("cannot unpack {} into {}: {e}", tar_path.display(), into.display())))
+    };
+    if src.is_file() {
+        unpack(src, dir)?;
+    } else if let Some(base) = ["base.tar", "base.tar.gz"].iter().map(|f| src.join(f)).find(|p| p.exists()) {
+        unpack(&base, dir)?;
+        if let Some(wal) = ["pg_wal.tar", "pg_wal.tar.gz"].iter().map(|f| src.join(f)).find(|p| p.exists()) {
+            unpack(&wal, &dir.join("pg_wal"))?;
+        }
+    } else {
+        copy_tree(src, dir)?;
+    }
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let _ = fs::create_dir_all(dir.join(sub));
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    for entry in fs::read_dir(src).map_err(|e| Error::io(format!("cannot read {}: {e}", src.display())))? {
+        let entry = entry.map_err(|e| Error::io(format!("cannot read {}: {e}", src.display())))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type().map_err(|e| Error::io(format!("cannot stat {}: {e}", from.display())))?;
+        if ft.is_symlink() {
+            let target =
+                fs::read_link(&from).map_err(|e| Error::io(format!("cannot read link {}: {e}", from.display())))?;
+            std::os::unix::fs::symlink(&target, &to)
+                .map_err(|e| Error::io(format!("cannot link {}: {e}", to.display())))?;
+        } else if ft.is_dir() {
+            fs::create_dir_all(&to).map_err(|e| Error::io(format!("cannot create {}: {e}", to.display())))?;
+            copy_tree(&from, &to)?;
+        } else {
+            fs::copy(&from, &to).map_err(|e| Error::io(format!("cannot copy {}: {e}", from.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the recovery settings (and `archive_mode = off` when asked).
+pub fn write_recovery(dir: &Path, major: u32, opts: &RestoreOptions) -> Result<()> {
+    let settings = RecoverySettings {
+        restore_command: opts.restore_command.clone(),
+        target: opts.target.clone(),
+        inclusive: opts.inclusive,
+        timeline: opts.timeline.setting(),
+        action: opts.action.clone(),
+    };
+    let auto = dir.join("postgresql.auto.conf");
+    let old = fs::read_to_string(&auto).unwrap_or_default();
+    let mut changes: Vec<(&str, Option<String>)> = Vec::new();
+    if major >= 12 {
+        changes.extend(RECOVERY_PARAMS.iter().map(|p| (*p, None)));
+        changes.extend(settings.pairs().into_iter().map(|(k, v)| (k, Some(v))));
+    }
+    if opts.archive_off {
+        changes.push(("archive_mode", Some("off".into())));
+    }
+    if let Some(p) = opts.port {
+        changes.push(("port", Some(p.to_string())));
+    }
+    let new = edit_auto_conf(&old, &changes);
+    let write = |p: &Path, text: &str| -> Result<()> {
+        let tmp = p.with_extension("dbbackup.tmp");
+        let mut f = File::create(&tmp).map_err(|e| Error::io(format!("cannot write {}: {e}", tmp.display())))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(format!("cannot write {}: {e}", tmp.display())))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("{}: {e}", tmp.display())))?;
+        fs::rename(&tmp, p).map_err(|e| Error::io(format!("cannot write {}: {e}", p.display())))
+    };
+    write(&auto, &new)?;
+    let _ = fs::remove_file(dir.join("standby.signal"));
+    if major >= 12 {
+        write(&dir.join("recovery.signal"), "")?;
+    } else {
+        write(&dir.join("recovery.conf"), &settings.render())?;
+    }
+    Ok(())
+}
+
+/// Where pg_ctl of `major` is.
+pub fn find_pg_ctl(major: u32, hint: Option<&str>) -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(d) = std::env::var("DBBACKUP_PG_BIN") {
+        candidates.push(PathBuf::from(d).join("pg_ctl"));
+    }
+    if let Some(h) = hint {
+        candidates.push(PathBuf::from(h).join("pg_ctl"));
+    }
+    candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_ctl")));
+    candidates.push(PathBuf::from(format!("/usr/pgsql-{major}/bin/pg_ctl")));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("pg_ctl")));
+    }
+    for c in &candidates {
+        if !c.is_file() {
+            continue;
+        }
+        let out = std::process::Command::new(c).arg("--version").output();
+        let ok = out.is_ok_and(|o| {
+            let v = String::from_utf8_lossy(&o.stdout).to_string();
+            v.split_whitespace().last().and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok())
+                == Some(major)
+        });
+        if ok {
+            return Ok(c.clone());
+        }
+    }
+    Err(Error::not_found(format!(
+        "cannot find pg_ctl of PostgreSQL {major}: set DBBACKUP_PG_BIN to its bin directory (the restored files are in place; start the server yourself with pg_ctl -D <dir> start)"
+    )))
+}
+
+/// Whether a server already listens on `port` (TCP, or a socket lock in one
+/// of `socket_dirs`).
+pub fn port_in_use(port: u16, socket_dirs: &[String]) -> bool {
+    socket_dirs.iter().any(|d| Path::new(d).join(format!(".s.PGSQL.{port}.lock")).exists())
+        || std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+/// The socket directories and port a data directory's configuration uses.
+pub fn configured_socket(dir: &Path) -> (Vec<String>, u16) {
+    let mut dirs = vec!["/var/run/postgresql".to_string(), "/tmp".to_string()];
+    let mut port = 5432;
+    for f in ["postgresql.conf", "postgresql.auto.conf"] {
+        if let Ok(text) = fs::read_to_string(dir.join(f)) {
+            if let Some(v) = read_conf_value(&text, "unix_socket_directories") {
+                dirs = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            }
+            if let Some(p) = read_conf_value(&text, "port").and_then(|p| p.parse().ok()) {
+                port = p;
+            }
+        }
+    }
+    (dirs, port)
+}
+
+/// Starts the restored server without waiting (recovery may take long).
+pub fn start(pg_ctl: &Path, dir: &Path) -> Result<PathBuf> {
+    let log = dir.join("restore.log");
+    let out = std::process::Command::new(pg_ctl)
+        .arg("start")
+        .arg("-D")
+        .arg(dir)
+        .arg("-W")
+        .arg("-l")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::server(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(Error::server(format!(
+            "{} start failed: {} {}",
+            pg_ctl.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(log)
+}
+
+/// Where recovery ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoveryOutcome {
+    /// `promoted`, `paused`, `shut down`, `failed` or `running`.
+    pub state: String,
+    pub target_reached: bool,
+    pub timeline: Option<u32>,
+    pub lsn: Option<String>,
+    pub time: Option<String>,
+    /// PostgreSQL's own words: the "recovery stopping" line or the error.
+    pub detail: Option<String>,
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn find_line<'a>(lines: &'a [String], needles: &[&str]) -> Option<&'a String> {
+    lines.iter().rev().find(|l| needles.iter().any(|n| l.contains(n)))
+}
+
+/// Errors that mean recovery failed, not the refusals our own probing
+/// connections get while the server starts or stops.
+fn fatal_line(lines: &[String]) -> Option<String> {
+    const NOISE: &[&str] = &[
+        "the database system is starting up",
+        "the database system is not yet accepting connections",
+        "the database system is shutting down",
+        "terminating connection",
+        "the database system is in recovery mode",
+    ];
+    lines
+        .iter()
+        .rev()
+        .find(|l| (l.contains("FATAL:") || l.contains("PANIC:")) && !NOISE.iter().any(|n| l.contains(n)))
+        .cloned()
+}
+
+/// Follows recovery until it ends (promoted, paused at the target, shut
+/// down) or fails. `wait_startup` bounds the wait for the server to accept
+/// connections or exit.
+pub fn monitor(dir: &Path, log: &Path, target: &Target, timeout: Option<Duration>) -> Result<RecoveryOutcome> {
+    let started = Instant::now();
+    let stop_line = |lines: &[String]| find_line(lines, &["recovery stopping", "recovery has paused"]).cloned();
+    loop {
+        let lines = log_lines(log);
+        let pm = crate::pitr::read_postmaster_pid(dir);
+        if pm.is_none() && started.elapsed() > Duration::from_secs(2) {
+            // The server is gone: shut down at the target, or failed.
+            let fatal = fatal_line(&lines);
+            let stopped = stop_line(&lines);
+            let shut = find_line(&lines, &["database system is shut down"]).is_some();
+            let reached = stopped.is_some() && fatal.is_none();
+            return Ok(RecoveryOutcome {
+                state: if reached && shut { "shut down".into() } else { "failed".into() },
+                target_reached: reached,
+                timeline: None,
+                lsn: None,
+                time: None,
+                detail: fatal.or(stopped),
+            });
+        }
+        if let Some(pm) = &pm {
+            if let Some(out) = probe(pm, &lines, target)? {
+                return Ok(out);
+            }
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            return Ok(RecoveryOutcome {
+                state: "running".into(),
+                target_reached: false,
+                timeline: None,
+                lsn: None,
+                time: None,
+                detail: Some("still recovering when the wait ended".into()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One look at the running server: `Some` when recovery is over.
+fn probe(pm: &crate::pitr::Postmaster, lines: &[String], target: &Target) -> Result<Option<RecoveryOutcome>> {
+    let conn = crate::pg::ConnOptions {
+        host: pm.socket_dir.clone(),
+        port: pm.port,
+        user: None,
+        dbname: Some("postgres".into()),
+        password: None,
+        passfile: None,
+        connect_timeout: Some(Duration::from_secs(2)),
+    };
+    // Connect as the bootstrap superuser the data directory was created with.
+    let Ok(mut client) =
+        conn.connect().or_else(|_| crate::pg::ConnOptions { user: Some("postgres".into()), ..conn.clone() }.connect())
+    else {
+        return Ok(None);
+    };
+    let row = match client.query_one(
+        "SELECT pg_is_in_recovery(), \
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END, \
+                to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00'), \
+                CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+        &[],
+    ) {
+        Ok(r) => r,
+        Err(_) => return Ok(None),
+    };
+    let in_recovery: bool = row.get(0);
+    let lsn: Option<String> = row.get(1);
+    let time: Option<String> = row.get(2);
+    let tl_hex: Option<String> = row.get(3);
+    let stopped = find_line(lines, &["recovery stopping"]).cloned();
+    let no_target = matches!(target, Target::End);
+    if !in_recovery {
+        return Ok(Some(RecoveryOutcome {
+            state: "promoted".into(),
+            target_reached: no_target || stopped.is_some(),
+            timeline: tl_hex.and_then(|h| u32::from_str_radix(&h, 16).ok()),
+            lsn,
+            time,
+            detail: stopped
+                .or_else(|| find_line(lines, &["archive recovery complete", "selected new timeline ID"]).cloned()),
+        }));
+    }
+    let paused: bool = client
+        .query_one(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000 \
+                    THEN pg_get_wal_replay_pause_state() = 'paused' ELSE pg_is_wal_replay_paused() END",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    if paused && stopped.is_some() {
+        let tl: Option<i32> =
+            client.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).ok().map(|r| r.get(0));
+        return Ok(Some(RecoveryOutcome {
+            state: "paused".into(),
+            target_reached: true,
+            timeline: tl.map(|t| t as u32),
+            lsn,
+            time,
+            detail: stopped,
+        }));
+    }
+    Ok(None)
+}
+
+/// The segment size of a repository, for callers that print plans.
+pub fn segment_size(repo: &Repository) -> Option<SegmentSize> {
+    repo.segment_size()
+}

@@ -1,0 +1,168 @@
+//! `dbbackup restore pitr`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use dbbackup_core::restore::{self, RestoreOptions};
+use dbbackup_format::guc::shell_join;
+use dbbackup_format::recovery::Target;
+use serde_json::json;
+
+use crate::cli::{RestoreArgs, RestoreCommand};
+use crate::context::Ctx;
+use crate::output::print_json;
+
+pub fn run(ctx: &Ctx, c: RestoreCommand) -> Result<ExitCode> {
+    match c {
+        RestoreCommand::Pitr(a) => pitr(ctx, a),
+    }
+}
+
+fn restore_command(ctx: &Ctx, encrypted: bool) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let mut w = vec![
+        exe.display().to_string(),
+        "wal".into(),
+        "fetch".into(),
+        "%f".into(),
+        "%p".into(),
+        "--repo".into(),
+        ctx.repo_path()?.display().to_string(),
+    ];
+    match (&ctx.g.encryption_key_file, encrypted) {
+        (Some(f), true) => {
+            w.push("--encryption-key-file".into());
+            w.push(std::path::absolute(f)?.display().to_string());
+        }
+        (None, true) => bail!(
+            "the repository is encrypted: give the key with --encryption-key-file so the restored server's restore_command can read WAL (it does not see your environment variables)"
+        ),
+        _ => {}
+    }
+    if let Some(c) = &ctx.g.config {
+        w.push("--config".into());
+        w.push(std::path::absolute(c)?.display().to_string());
+    }
+    // %f and %p must reach the shell unquoted: shell_join leaves them alone.
+    Ok(shell_join(&w))
+}
+
+fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let target = if let Some(t) = a.target_time {
+        Target::Time(t)
+    } else if let Some(x) = a.target_xid {
+        Target::Xid(x)
+    } else if let Some(l) = a.target_lsn {
+        Target::Lsn(l)
+    } else if let Some(n) = a.target_name {
+        Target::Name(n)
+    } else if a.target_immediate {
+        Target::Immediate
+    } else {
+        Target::End
+    };
+    let target_dir = std::path::absolute(&a.target_dir)?;
+    let opts = RestoreOptions {
+        target_dir: target_dir.clone(),
+        base_backup: a.base_backup,
+        target,
+        inclusive: !a.exclusive && a.inclusive.unwrap_or(true),
+        timeline: a.timeline,
+        action: a.target_action,
+        jobs: a.jobs.max(1),
+        force: a.force,
+        skip_extraction: a.skip_extraction,
+        archive_off: a.archive_mode == "off",
+        tablespace_map: a.tablespace_map,
+        restore_command: restore_command(ctx, repo.key().is_some())?,
+        port: if ctx.port_on_cli { ctx.g.port } else { None },
+    };
+
+    let (major, bindir_hint, plan_json) = if opts.skip_extraction {
+        let v = std::fs::read_to_string(target_dir.join("PG_VERSION"))
+            .with_context(|| format!("{} is not a data directory (no PG_VERSION)", target_dir.display()))?;
+        let major = dbbackup_format::control::parse_pg_version(&v).context("unreadable PG_VERSION")?;
+        (major, None, json!(null))
+    } else {
+        let plan = restore::plan(&repo, &opts)?;
+        eprintln!(
+            "restoring {} to {} on timeline {}: the archive covers {} to {} ({} segments)",
+            plan.source_name(),
+            opts.target,
+            plan.target_timeline,
+            plan.first_segment,
+            plan.last_segment.as_deref().unwrap_or("-"),
+            plan.segments_checked
+        );
+        let hint = match &plan.source {
+            restore::Source::Repo(m) => m.pg_bindir.clone(),
+            restore::Source::Path { .. } => None,
+        };
+        restore::extract(&repo, &plan, &opts)?;
+        let pj = json!({
+            "source": plan.source_name(),
+            "target_timeline": plan.target_timeline.0,
+            "first_segment": plan.first_segment,
+            "last_segment": plan.last_segment,
+        });
+        (plan.major, hint, pj)
+    };
+    restore::write_recovery(&target_dir, major, &opts)?;
+    eprintln!("restored into {}; recovery configured ({})", target_dir.display(), opts.target);
+
+    let mut outcome = None;
+    let mut log = None;
+    if a.auto_start {
+        let (sockets, conf_port) = restore::configured_socket(&target_dir);
+        let port = opts.port.unwrap_or(conf_port);
+        if restore::port_in_use(port, &sockets) {
+            bail!(
+                "port {port} is in use (by the server this backup came from?): give --port P to start the restored server on another port (the files are restored in {})",
+                target_dir.display()
+            );
+        }
+        let pg_ctl = restore::find_pg_ctl(major, bindir_hint.as_deref())?;
+        let l = restore::start(&pg_ctl, &target_dir)?;
+        eprintln!("started PostgreSQL {major} in {} on port {port}; server log {}", target_dir.display(), l.display());
+        if a.monitor {
+            let o = restore::monitor(&target_dir, &l, &opts.target, None)?;
+            eprintln!(
+                "recovery {}: timeline {}, LSN {}, last replayed transaction at {}; target {}",
+                o.state,
+                o.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                o.lsn.as_deref().unwrap_or("-"),
+                o.time.as_deref().unwrap_or("-"),
+                if o.target_reached { "reached" } else { "NOT reached" }
+            );
+            if let Some(d) = &o.detail {
+                eprintln!("  {d}");
+            }
+            outcome = Some(o);
+        }
+        log = Some(l);
+    }
+    if ctx.g.json {
+        print_json(&json!({
+            "target_dir": target_dir,
+            "target": opts.target.to_string(),
+            "plan": plan_json,
+            "server_log": log,
+            "recovery": outcome,
+        }));
+    } else {
+        println!("{}", target_dir.display());
+    }
+    match outcome {
+        Some(o) if o.state == "failed" || !o.target_reached => {
+            eprintln!(
+                "dbbackup: error: recovery did not reach {}: see {}",
+                opts.target,
+                log.map(|l| l.display().to_string()).unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
