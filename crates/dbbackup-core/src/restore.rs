@@ -331,7 +331,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         if let Some(newest) = newest {
             if t.timestamp() > newest && !opts.force {
                 return Err(Error::invalid(format!(
-                    "target time {} is past the end of the archive (its newest segment was archived at {newest}): recovery would stop short; use --force to recover to the end of the archive",
+                    "target time {} is past the end of the archive (its newest segment was archived at {newest}): recovery would stop short; if the source server still runs, archive its current WAL first (SELECT pg_switch_wal(), then wait until `dbbackup pitr status` shows it archived), or use --force to recover to the end of the archive",
                     format_time(t)
                 )));
             }
