@@ -1,0 +1,391 @@
+//! `restore pitr` on real servers: every target kind, target actions,
+//! timelines, pg_basebackup sources, encrypted repositories and the
+//! refusals that come before anything is written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
+
+/// `backup base --fast`; returns the backup ID (the last stdout line).
+fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
+    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).args(extra).assert_success();
+    out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
+}
+
+/// Finishes the current segment and waits until it is archived.
+fn finish_wal(c: &Cluster) -> String {
+    let name = c.switch_wal();
+    c.wait_archived(&name, ARCHIVE_WAIT);
+    name
+}
+
+/// The rows of `t`, ordered, comma-separated.
+const ROWS: &str = "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM t";
+
+/// A restore run with `--auto-start --monitor`; the restored server is
+/// stopped (immediate) on drop, panics included.
+struct Restored {
+    out: Output,
+    dir: PathBuf,
+    sock: PathBuf,
+    port: u16,
+    bindir: PathBuf,
+}
+
+impl Restored {
+    fn describe(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("restore.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- restore.log (tail)\n{}",
+            self.out.status,
+            self.out.stdout,
+            self.out.stderr,
+            tail.join("\n")
+        )
+    }
+
+    /// Asserts exit 0 and returns the `--json` report.
+    fn ok(&self) -> Value {
+        assert_eq!(self.out.status, 0, "restore failed:\n{}", self.describe());
+        serde_json::from_str(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.describe()))
+    }
+
+    /// Asserts exit 0, a promoted server with the target reached; returns the report.
+    fn promoted(&self) -> Value {
+        let v = self.ok();
+        assert_eq!(v["recovery"]["state"], "promoted", "{}", self.describe());
+        assert_eq!(v["recovery"]["target_reached"], true, "{}", self.describe());
+        assert!(self.out.stderr.contains("recovery promoted: timeline"), "{}", self.describe());
+        assert!(self.out.stderr.contains("target reached"), "{}", self.describe());
+        v
+    }
+
+    fn sql_ok(&self, q: &str) -> Result<String, String> {
+        let out = Cmd::new(self.bindir.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.sock)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", q])
+            .output();
+        if out.status == 0 {
+            Ok(out.stdout.trim().to_string())
+        } else {
+            Err(out.stderr)
+        }
+    }
+
+    fn sql(&self, q: &str) -> String {
+        self.sql_ok(q).unwrap_or_else(|e| panic!("SQL failed on the restored server: {q}\n{e}\n{}", self.describe()))
+    }
+
+    fn rows(&self) -> String {
+        self.sql(ROWS)
+    }
+
+    fn wait_for(&self, q: &str, want: &str) {
+        let start = std::time::Instant::now();
+        let mut last = Err(String::new());
+        while start.elapsed() < ARCHIVE_WAIT {
+            last = self.sql_ok(q);
+            if last.as_deref() == Ok(want) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{q} did not return {want:?} (last {last:?})\n{}", self.describe());
+    }
+
+    fn stop(&self) {
+        if self.dir.join("postmaster.pid").exists() {
+            let _ = Cmd::new(self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.dir)
+                .args(["-w", "-t", "60", "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `restore pitr --json --auto-start --monitor --port <free> --repo R
+/// --target-dir D <args>` for the source cluster `c` (whose socket
+/// directory the restored server inherits).
+fn restore(c: &Cluster, repo: &Path, dir: &Path, args: &[&str]) -> Restored {
+    restore_env(c, repo, dir, args, &[])
+}
+
+fn restore_env(c: &Cluster, repo: &Path, dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Restored {
+    let port = free_port();
+    let mut cmd = dbb(["restore", "pitr", "--json", "--auto-start", "--monitor", "--repo"]);
+    cmd.arg(repo).arg("--target-dir").arg(dir).args(["--port", &port.to_string()]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.timeout(Duration::from_secs(300)).output();
+    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
+}
+
+/// A plain `restore pitr` (no auto-start) that is expected to fail.
+fn refused(repo: &Path, dir: &Path, args: &[&str], code: i32) -> Output {
+    dbb(["restore", "pitr", "--repo"]).arg(repo).arg("--target-dir").arg(dir).args(args).assert_code(code)
+}
+
+fn is_empty_or_absent(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut rd| rd.next().is_none()).unwrap_or(true)
+}
+
+// ---------------------------------------------------------------------------
+// 1 + 2: every target kind, and --target-action pause.
+
+fn every_target_kind(version: PgVersion) {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(version, None, &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let id = backup(&c, &repo, &[]);
+    // The manifest's stop_time is rounded to the nearest second (see
+    // time_target_right_after_the_backup_end): keep clear of it here.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    c.sql("INSERT INTO t VALUES (1)");
+    let t1 = c.sql("SELECT now()");
+    std::thread::sleep(Duration::from_millis(50));
+    let x2 = c.sql("INSERT INTO t VALUES (2) RETURNING txid_current()");
+    c.sql("SELECT pg_create_restore_point('rp1')");
+    c.sql("INSERT INTO t VALUES (3)");
+    let l3 = c.sql("SELECT pg_current_wal_insert_lsn()");
+    c.sql("INSERT INTO t VALUES (4)");
+    finish_wal(&c);
+    assert_eq!(c.sql(ROWS), "1,2,3,4");
+
+    let off = ["--archive-mode", "off"];
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("time", vec!["--target-time", &t1], "1"),
+        ("xid inclusive", vec!["--target-xid", &x2], "1,2"),
+        ("xid --inclusive=true", vec!["--target-xid", &x2, "--inclusive=true"], "1,2"),
+        ("xid exclusive", vec!["--target-xid", &x2, "--exclusive"], "1"),
+        ("xid --inclusive=false", vec!["--target-xid", &x2, "--inclusive=false"], "1"),
+        ("lsn", vec!["--target-lsn", &l3], "1,2,3"),
+        ("name", vec!["--target-name", "rp1"], "1,2"),
+        ("immediate", vec!["--target-immediate"], ""),
+        ("end of archive", vec![], "1,2,3,4"),
+    ];
+    for (what, args, want) in cases {
+        let dir = d.join(format!("restored-{}", what.replace([' ', '=', '-'], "_")));
+        let mut all = args.clone();
+        all.extend_from_slice(&off);
+        let r = restore(&c, &repo, &dir, &all);
+        let v = r.promoted();
+        assert_eq!(r.rows(), want, "PostgreSQL {version}, target {what}:\n{}", r.describe());
+        assert_eq!(v["plan"]["source"], format!("backup {id}"), "{what}");
+        assert_eq!(v["target_dir"], dir.display().to_string());
+        assert_eq!(v["recovery"]["timeline"], 2, "{what}: {}", r.describe());
+        assert_eq!(r.sql("SELECT pg_is_in_recovery()"), "f");
+        assert_eq!(r.sql("SHOW archive_mode"), "off", "{what}");
+        // The restored copy is writable.
+        r.sql("INSERT INTO t VALUES (99)");
+        let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(
+            auto.contains(&format!("{} wal fetch %f %p --repo {}", bin().display(), repo.display())),
+            "{what}: {auto}"
+        );
+        assert!(auto.contains("archive_mode = 'off'"), "{auto}");
+        r.stop();
+    }
+
+    // --target-action pause: stops at the target, still in recovery, readable.
+    let dir = d.join("restored-pause");
+    let r = restore(&c, &repo, &dir, &["--target-name", "rp1", "--target-action", "pause", "--archive-mode", "off"]);
+    let v = r.ok();
+    assert_eq!(v["recovery"]["state"], "paused", "{}", r.describe());
+    assert_eq!(v["recovery"]["target_reached"], true, "{}", r.describe());
+    assert_eq!(v["recovery"]["timeline"], 1, "{}", r.describe());
+    assert!(r.out.stderr.contains("recovery paused: timeline 1"), "{}", r.describe());
+    assert_eq!(r.sql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(r.rows(), "1,2");
+    // Resuming promotes at the target.
+    r.sql("SELECT pg_wal_replay_resume()");
+    r.wait_for("SELECT pg_is_in_recovery()", "f");
+    assert_eq!(r.rows(), "1,2");
+}
+
+#[test]
+fn pg15_every_target_kind_and_pause() {
+    every_target_kind(PgVersion::V15);
+}
+
+#[test]
+fn pg18_every_target_kind_and_pause() {
+    every_target_kind(PgVersion::V18);
+}
+
+// ---------------------------------------------------------------------------
+// 7: refusals, all before anything is written.
+
+/// Two backups with rows in between, on PostgreSQL 15:
+/// rows 1 (before backup 2), 2 (after it).
+#[test]
+fn refusals_before_anything_is_written() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let b1 = backup(&c, &repo, &[]);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO t VALUES (1)");
+    let between = c.sql("SELECT now()");
+    let gap = finish_wal(&c);
+    std::thread::sleep(Duration::from_millis(1100));
+    let b2 = backup(&c, &repo, &[]);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO t VALUES (2)");
+    finish_wal(&c);
+    let nowhere = d.join("nowhere");
+
+    // Usage errors: exit 2, the accepted forms shown.
+    let out = refused(&repo, &nowhere, &["--target-xid", "742", "--target-name", "rp"], 2);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+    let out = refused(&repo, &nowhere, &["--target-time", "2026-11-25 10:00:00", "--target-immediate"], 2);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+    for bad in ["yesterday", "2026-13-45 10:00:00", "25/11/2026 10:00"] {
+        let out = refused(&repo, &nowhere, &["--target-time", bad], 2);
+        assert!(out.stderr.contains("invalid target time"), "{bad}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("YYYY-MM-DD HH:MM:SS[.ffffff][+-HH[:MM]]") && out.stderr.contains("RFC 3339"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+    for bad in ["0/XYZ", "3000028", "0/3000028/1"] {
+        let out = refused(&repo, &nowhere, &["--target-lsn", bad], 2);
+        assert!(out.stderr.contains("invalid LSN") && out.stderr.contains("0/3000028"), "{bad}: {}", out.stderr);
+    }
+    for bad in ["abc", "-5", "1"] {
+        let out = refused(&repo, &nowhere, &[&format!("--target-xid={bad}")], 2);
+        assert!(out.stderr.contains("invalid transaction ID") && out.stderr.contains("742"), "{bad}: {}", out.stderr);
+    }
+    let out = refused(&repo, &nowhere, &["--target-name", "rp", "--inclusive", "--exclusive"], 2);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+    assert!(!nowhere.exists(), "usage errors must not create the target directory");
+
+    // A non-empty target directory.
+    let keep = d.write("full/keep.txt", "mine");
+    let full = d.join("full");
+    let out = refused(&repo, &full, &[], 1);
+    assert!(out.stderr.starts_with("dbbackup: error:") || out.stderr.contains("\ndbbackup: error:"), "{}", out.stderr);
+    assert!(out.stderr.contains("is not empty") && out.stderr.contains("keep.txt"), "{}", out.stderr);
+    let names: Vec<_> = std::fs::read_dir(&full).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("keep.txt")]);
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "mine");
+
+    // A target time in the future: refused, unless --force.
+    let future = c.sql("SELECT now() + interval '1 day'");
+    let out = refused(&repo, &nowhere, &["--target-time", &future], 1);
+    assert!(out.stderr.contains("in the future") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(!nowhere.exists());
+    let forced = d.join("forced");
+    dbb(["restore", "pitr", "--force", "--target-time", &future, "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&forced)
+        .assert_success();
+    assert!(forced.join("recovery.signal").exists() && forced.join("PG_VERSION").exists());
+
+    // A target before the chosen backup's end names the backup that can reach it.
+    let out = refused(&repo, &nowhere, &["--base-backup", &b2, "--target-time", &between], 1);
+    assert!(out.stderr.contains(&format!("backup {b2} cannot reach")), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("backup {b1} can (use --base-backup {b1})")), "{}", out.stderr);
+    assert!(!nowhere.exists());
+
+    // Without --base-backup the first backup is chosen for that time.
+    let auto = d.join("auto");
+    let r = restore(&c, &repo, &auto, &["--target-time", &between, "--archive-mode", "off"]);
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], format!("backup {b1}"));
+    assert_eq!(r.rows(), "1");
+    r.stop();
+    drop(r);
+
+    // A backup that is not complete.
+    let manifest = repo.join("backups").join(&b2).join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let failed = text
+        .replace("\"status\":\"complete\"", "\"status\":\"failed\"")
+        .replace("\"status\": \"complete\"", "\"status\": \"failed\"");
+    assert_ne!(text, failed, "no complete status in {}", manifest.display());
+    std::fs::write(&manifest, &failed).unwrap();
+    let out = refused(&repo, &nowhere, &["--base-backup", &b2], 1);
+    assert!(out.stderr.contains(&b2) && out.stderr.contains("not complete"), "{}", out.stderr);
+    assert!(!nowhere.exists());
+    std::fs::write(&manifest, &text).unwrap();
+
+    // A segment missing between the backup and the target.
+    std::fs::remove_file(object_for(&repo, &gap)).unwrap();
+    let out = refused(&repo, &nowhere, &["--base-backup", &b1], 1);
+    assert!(out.stderr.contains("is missing") && out.stderr.contains(&gap), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("backup {b1}")), "{}", out.stderr);
+    assert!(is_empty_or_absent(&nowhere));
+    let empty = d.mkdir("empty");
+    let out = refused(&repo, &empty, &["--base-backup", &b1, "--target-time", &between], 1);
+    assert!(out.stderr.contains(&gap), "{}", out.stderr);
+    assert!(is_empty_or_absent(&empty));
+    // The second backup does not need it.
+    let after = d.join("after");
+    let r = restore(&c, &repo, &after, &["--archive-mode", "off"]);
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], format!("backup {b2}"));
+    assert_eq!(r.rows(), "1,2");
+}
+
+// ---------------------------------------------------------------------------
+// Bug reproduction: backup stop_time is rounded to the nearest second.
+
+/// A time target taken after `backup base` returned must be reachable from
+/// that backup. The manifest's stop_time is `now().round(Second)`, so it can
+/// lie up to half a second after the backup really ended, and a target in
+/// that half second is refused ("no complete backup can reach ...").
+#[test]
+#[ignore = "bug: backup stop_time rounded up to the next second makes restore refuse targets just after the backup"]
+fn time_target_right_after_the_backup_end() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    for attempt in 0..8 {
+        let id = backup(&c, &repo, &[]);
+        c.sql(&format!("INSERT INTO t VALUES ({attempt})"));
+        let t = c.sql(r#"SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+        finish_wal(&c);
+        let list = json(&dbb(["backup", "list", "--json", "--repo"]).arg(&repo).assert_success());
+        let m = list.as_array().unwrap().iter().find(|m| m["id"] == id.as_str()).unwrap().clone();
+        let stop: jiff::Timestamp = m["stop_time"].as_str().unwrap().parse().unwrap();
+        let target: jiff::Timestamp = t.parse().unwrap();
+        if stop <= target {
+            continue;
+        }
+        // stop_time says the backup ended after `t`, though it had returned before.
+        let out = dbb(["restore", "pitr", "--base-backup", &id, "--target-time", &t, "--repo"])
+            .arg(&repo)
+            .arg("--target-dir")
+            .arg(d.join(format!("r{attempt}")))
+            .output();
+        assert_eq!(out.status, 0, "backup {id} (stop_time {stop}) returned before {t}:\n{}", out.stderr);
+        return;
+    }
+}
