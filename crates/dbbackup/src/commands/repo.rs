@@ -76,13 +76,42 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 fn info(ctx: &Ctx) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
     let wal = WalSummary::of(&repo)?;
+    let (backups, _) = dbbackup_core::backup::list(&repo)?;
+    let complete: Vec<_> =
+        backups.iter().filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete).collect();
+    let oldest = complete
+        .first()
+        .map(|m| json!({"backup": m.id, "time": m.stop_time, "lsn": m.stop_lsn, "timeline": m.timeline}));
+    let backups_json = json!({
+        "total": backups.len(),
+        "complete": complete.len(),
+        "newest": complete.last().map(|m| m.id.clone()),
+        "oldest": complete.first().map(|m| m.id.clone()),
+        "stored_bytes": backups.iter().map(|m| m.stored_bytes).sum::<u64>(),
+        "oldest_recoverable_point": oldest,
+    });
     if ctx.g.json {
         let mut v = info_json(&repo.location(), repo.meta());
         v["wal"] = serde_json::to_value(&wal)?;
+        v["backups"] = backups_json;
         print_json(&v);
     } else {
         print_info(&repo.location(), repo.meta());
         wal.print();
+        println!(
+            "backups:      {} complete of {}, {} stored",
+            complete.len(),
+            backups.len(),
+            human_bytes(backups.iter().map(|m| m.stored_bytes).sum())
+        );
+        if let (Some(first), Some(last)) = (complete.first(), complete.last()) {
+            println!("              oldest {}, newest {}", first.id, last.id);
+            println!(
+                "recoverable:  from {} (end of backup {}) to the newest archived WAL",
+                first.stop_time.as_deref().unwrap_or("-"),
+                first.id
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
