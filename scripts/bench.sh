@@ -122,6 +122,29 @@ for v in zstd lz4 enc; do
   M_F[$v]=$(rss "$DBB" wal fetch "$SEG" "$WORK/out" --repo "$WORK/repo-$v" "${extra[@]}")
 done
 
+echo "==> base backup and restore of a pgbench cluster (scale ${BENCH_SCALE:=100}), 2 jobs each"
+as "$PGBIN/pgbench" -q -i -s "$BENCH_SCALE" -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+DBSIZE=$("${PSQL[@]}" -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
+echo "    cluster size $DBSIZE"
+# Both tools need archiving into their repository for their backups to complete.
+"${PSQL[@]}" -c "ALTER SYSTEM SET archive_mode = on" -c "ALTER SYSTEM SET archive_command = '$DBB wal archive %p %f --repo $WORK/repo-zstd && pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench archive-push %p'"
+as "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w restart >/dev/null
+timed() { # prints "seconds peak_kib" of one run
+  local t0 t1 rssf
+  rssf=$(mktemp); chmod 666 "$rssf"
+  t0=$(date +%s.%N)
+  "${RUN[@]}" /usr/bin/time -o "$rssf" -f '%M' "$@" >/dev/null 2>&1
+  t1=$(date +%s.%N)
+  echo "$(echo "$t1 - $t0" | bc -l) $(tail -n1 "$rssf")"; rm -f "$rssf"
+}
+read -r B_PGBR BM_PGBR < <(timed "${PGBR[@]}" --type=full --process-max=2 --start-fast backup)
+read -r B_DBB BM_DBB < <(timed "$DBB" backup base --fast --jobs 2 --repo "$WORK/repo-zstd" --host "$WORK" --port "$PORT" --user postgres)
+BS_PGBR=$(du -sb "$WORK/pgbr/backup" | cut -f1)
+BS_DBB=$(du -sb "$WORK/repo-zstd/backups" | cut -f1)
+mkdir -p "$WORK/r1" "$WORK/r2"; chown postgres "$WORK/r1" "$WORK/r2" 2>/dev/null || true; chmod 700 "$WORK/r1" "$WORK/r2"
+read -r R_PGBR RM_PGBR < <(timed "${PGBR[@]}" --process-max=2 --pg1-path="$WORK/r1" --type=immediate restore)
+read -r R_DBB RM_DBB < <(timed "$DBB" restore pitr --repo "$WORK/repo-zstd" --target-immediate --jobs 2 --target-dir "$WORK/r2" --force)
+
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
 printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool" "archive ms" "fetch ms" "ratio" "repo bytes" "peak KiB"
@@ -130,15 +153,21 @@ for v in zstd lz4 enc; do
   case $v in zstd) label="dbbackup zstd (default)"; sz=$SZ_ZSTD;; lz4) label="dbbackup lz4"; sz=$SZ_LZ4;; enc) label="dbbackup zstd+aes-256-gcm"; sz=$SZ_ENC;; esac
   printf '%-28s %10s %10s %8s %12s %10s\n' "$label" "$(ms "${A[$v]}")" "$(ms "${F[$v]}")" "$(ratio "${A[$v]}" "$A_PGBR")/$(ratio "${F[$v]}" "$F_PGBR")" "$sz" "${M_A[$v]}/${M_F[$v]}"
 done
+printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool (cluster $DBSIZE)" "backup s" "restore s" "ratio" "backup bytes" "peak KiB"
+printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "pgBackRest lz4, 2 processes" "$B_PGBR" "$R_PGBR" "1.00" "$BS_PGBR" "$BM_PGBR/$RM_PGBR"
+printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "dbbackup zstd, 2 jobs" "$B_DBB" "$R_DBB" "$(ratio "$B_DBB" "$B_PGBR")/$(ratio "$R_DBB" "$R_PGBR")" "$BS_DBB" "$BM_DBB/$RM_DBB"
 echo
-echo "ratio = dbbackup time / pgBackRest time (archive/fetch); goals: archive <= 0.4, fetch <= 0.4,"
-echo "repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB"
+echo "ratio = dbbackup time / pgBackRest time (archive/fetch, backup/restore); goals: archive <= 0.4, fetch <= 0.4,"
+echo "backup and restore <= 0.6, repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB (archive/fetch)"
+echo "and <= 262144 KiB (backup/restore). pgBackRest's RSS is its main process (it forks workers)."
 mkdir -p target/bench
 cat > target/bench/results.json <<JSON
 {"segments": ${#SEGS[@]}, "runs": $RUNS,
  "pgbackrest": {"archive_s": $A_PGBR, "fetch_s": $F_PGBR, "repo_bytes": $SZ_PGBR, "archive_rss_kib": $M_A_PGBR, "fetch_rss_kib": $M_F_PGBR},
  "dbbackup_zstd": {"archive_s": ${A[zstd]}, "fetch_s": ${F[zstd]}, "repo_bytes": $SZ_ZSTD, "archive_rss_kib": ${M_A[zstd]}, "fetch_rss_kib": ${M_F[zstd]}},
  "dbbackup_lz4": {"archive_s": ${A[lz4]}, "fetch_s": ${F[lz4]}, "repo_bytes": $SZ_LZ4, "archive_rss_kib": ${M_A[lz4]}, "fetch_rss_kib": ${M_F[lz4]}},
- "dbbackup_encrypted": {"archive_s": ${A[enc]}, "fetch_s": ${F[enc]}, "repo_bytes": $SZ_ENC, "archive_rss_kib": ${M_A[enc]}, "fetch_rss_kib": ${M_F[enc]}}}
+ "dbbackup_encrypted": {"archive_s": ${A[enc]}, "fetch_s": ${F[enc]}, "repo_bytes": $SZ_ENC, "archive_rss_kib": ${M_A[enc]}, "fetch_rss_kib": ${M_F[enc]}},
+ "base_backup": {"cluster": "$DBSIZE", "pgbackrest_s": $B_PGBR, "dbbackup_s": $B_DBB, "pgbackrest_bytes": $BS_PGBR, "dbbackup_bytes": $BS_DBB, "pgbackrest_rss_kib": $BM_PGBR, "dbbackup_rss_kib": $BM_DBB},
+ "restore": {"pgbackrest_s": $R_PGBR, "dbbackup_s": $R_DBB, "pgbackrest_rss_kib": $RM_PGBR, "dbbackup_rss_kib": $RM_DBB}}
 JSON
 echo "results: target/bench/results.json"
