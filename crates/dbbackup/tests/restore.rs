@@ -389,3 +389,233 @@ fn time_target_right_after_the_backup_end() {
         return;
     }
 }
+
+// ---------------------------------------------------------------------------
+// 3: 1 MB WAL segments.
+
+#[test]
+fn pg15_one_megabyte_segments_restore_to_a_time() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, Some(1), &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let id = backup(&c, &repo, &[]);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO t VALUES (1)");
+    // More than a few 1 MB segments between the target and the end.
+    make_archived_segment(&c);
+    c.sql("INSERT INTO t VALUES (2)");
+    let t2 = c.sql("SELECT now()");
+    make_archived_segment(&c);
+    c.sql("INSERT INTO t VALUES (3)");
+    finish_wal(&c);
+    let dir = d.join("restored");
+    let r = restore(&c, &repo, &dir, &["--target-time", &t2, "--archive-mode", "off", "--jobs", "4"]);
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], format!("backup {id}"));
+    assert!(v["plan"]["segments_checked"].is_null() || v["plan"]["segments_checked"].as_u64() > Some(1));
+    assert_eq!(r.rows(), "1,2");
+    assert_eq!(r.sql("SHOW wal_segment_size"), "1MB");
+    assert_eq!(r.sql("SELECT count(*) FROM filler"), "4000");
+}
+
+// ---------------------------------------------------------------------------
+// 4: timelines.
+
+/// Waits until the restored server has archived `name` (or later).
+fn wait_archived_on(r: &Restored, name: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let last = r.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if last.len() >= 24 && last.as_str() >= name {
+            return;
+        }
+        assert!(start.elapsed() < ARCHIVE_WAIT, "{name} not archived by the restored server:\n{}", r.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn timelines(version: PgVersion) {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(version, None, &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    backup(&c, &repo, &[]);
+    c.sql("INSERT INTO t VALUES (1)");
+    c.sql("SELECT pg_create_restore_point('branch')");
+    c.sql("INSERT INTO t VALUES (2)");
+    finish_wal(&c);
+
+    // The first restore promotes to timeline 2 and keeps archiving (preserve).
+    let r1 = restore(&c, &repo, &d.join("r1"), &["--target-name", "branch"]);
+    let v = r1.promoted();
+    assert_eq!(v["recovery"]["timeline"], 2, "{}", r1.describe());
+    assert_eq!(v["plan"]["target_timeline"], 1);
+    assert_eq!(r1.rows(), "1");
+    assert_eq!(r1.sql("SHOW archive_mode"), "on");
+    r1.sql("INSERT INTO t VALUES (100)");
+    r1.sql("INSERT INTO t VALUES (101)");
+    r1.sql("SELECT txid_current()");
+    let seg = r1.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    wait_archived_on(&r1, &seg);
+    r1.stop();
+    drop(r1);
+
+    // Timeline 1 goes on on the source.
+    c.sql("INSERT INTO t VALUES (3)");
+    finish_wal(&c);
+
+    let tl = json(&dbb(["wal", "timeline", "--json", "--repo"]).arg(&repo).assert_success());
+    let tls = tl["timelines"].as_array().unwrap();
+    assert_eq!(tls.len(), 2, "{tl}");
+    assert_eq!(tls[0]["timeline"], 1);
+    assert!(tls[0]["parent"].is_null(), "{tl}");
+    assert_eq!(tls[1]["timeline"], 2);
+    assert_eq!(tls[1]["parent"], 1);
+    assert_eq!(tls[1]["last_segment"], seg.as_str());
+
+    // (a) The default --timeline latest follows timeline 2 to its end.
+    let r2 = restore(&c, &repo, &d.join("r2"), &["--archive-mode", "off"]);
+    let v = r2.promoted();
+    assert_eq!(v["plan"]["target_timeline"], 2, "{}", r2.describe());
+    assert_eq!(v["plan"]["last_segment"], seg.as_str());
+    assert_eq!(r2.rows(), "1,100,101");
+    // Promoted past the end of timeline 2: PostgreSQL picks the next free ID.
+    assert_eq!(v["recovery"]["timeline"], 3, "{}", r2.describe());
+    r2.stop();
+    drop(r2);
+
+    // (b) --timeline 1 stays on the source's history.
+    let r3 = restore(&c, &repo, &d.join("r3"), &["--timeline", "1", "--archive-mode", "off"]);
+    let v = r3.promoted();
+    assert_eq!(v["plan"]["target_timeline"], 1, "{}", r3.describe());
+    assert_eq!(r3.rows(), "1,2,3");
+    r3.stop();
+    drop(r3);
+
+    // (c) --timeline 2 with a target on it.
+    let r4 = restore(&c, &repo, &d.join("r4"), &["--timeline", "2", "--target-immediate", "--archive-mode", "off"]);
+    let v = r4.promoted();
+    assert_eq!(v["plan"]["target_timeline"], 2, "{}", r4.describe());
+    assert_eq!(r4.rows(), "");
+}
+
+#[test]
+fn pg15_timelines_latest_and_numbered() {
+    timelines(PgVersion::V15);
+}
+
+#[test]
+fn pg18_timelines_latest_and_numbered() {
+    timelines(PgVersion::V18);
+}
+
+// ---------------------------------------------------------------------------
+// 5: pg_basebackup directories and tars as the source.
+
+#[test]
+fn pg15_base_backup_path_plain_and_tar() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let plain = TestDir::new();
+    c.base_backup_into(&plain);
+    c.sql("INSERT INTO t VALUES (1)");
+    let tar = TestDir::new();
+    c.bin_cmd("pg_basebackup")
+        .arg("-h")
+        .arg(c.socket_dir())
+        .args(["-p", &c.port().to_string(), "-U", "postgres", "-Ft", "-X", "none", "-c", "fast", "-D"])
+        .arg(tar.join("bb"))
+        .assert_success();
+    assert!(tar.join("bb/base.tar").is_file());
+    c.sql("INSERT INTO t VALUES (2)");
+    c.sql("SELECT pg_create_restore_point('after2')");
+    c.sql("INSERT INTO t VALUES (3)");
+    finish_wal(&c);
+
+    // No backup taken by dbbackup at all: the repository holds only WAL.
+    let list = json(&dbb(["backup", "list", "--json", "--repo"]).arg(&repo).assert_success());
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    let plain_src = plain.join("data");
+    let r = restore(
+        &c,
+        &repo,
+        &d.join("from-plain"),
+        &["--base-backup", plain_src.to_str().unwrap(), "--archive-mode", "off"],
+    );
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], plain_src.display().to_string());
+    assert_eq!(r.rows(), "1,2,3");
+    r.stop();
+    drop(r);
+    // The source is left as it was.
+    assert!(plain_src.join("backup_label").exists() && !plain_src.join("recovery.signal").exists());
+
+    let tar_src = tar.join("bb");
+    let r = restore(
+        &c,
+        &repo,
+        &d.join("from-tar"),
+        &["--base-backup", tar_src.to_str().unwrap(), "--target-name", "after2", "--archive-mode", "off"],
+    );
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], tar_src.display().to_string());
+    assert_eq!(r.rows(), "1,2");
+    r.stop();
+    drop(r);
+
+    // The tar file itself is accepted too.
+    let r = restore(
+        &c,
+        &repo,
+        &d.join("from-tar-file"),
+        &["--base-backup", tar_src.join("base.tar").to_str().unwrap(), "--target-immediate", "--archive-mode", "off"],
+    );
+    r.promoted();
+    assert_eq!(r.rows(), "1");
+}
+
+// ---------------------------------------------------------------------------
+// 6: encrypted repositories.
+
+#[test]
+fn pg18_encrypted_repository_needs_the_right_key() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let key = key_file(&d, "key", 0x11);
+    let wrong = key_file(&d, "wrong", 0x22);
+    let c =
+        archiving_cluster(PgVersion::V18, None, &repo, &format!("--encrypt --encryption-key-file {}", key.display()));
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let id = backup(&c, &repo, &["--encryption-key-file", key.to_str().unwrap()]);
+    c.sql("INSERT INTO t VALUES (1)");
+    finish_wal(&c);
+
+    let nokey = d.join("nokey");
+    let out = refused(&repo, &nokey, &[], 1);
+    assert!(out.stderr.contains("dbbackup: error:") && out.stderr.contains("key"), "{}", out.stderr);
+    assert!(is_empty_or_absent(&nokey), "nothing may be written without the key");
+
+    let wrongdir = d.join("wrongkey");
+    let out = refused(&repo, &wrongdir, &["--encryption-key-file", wrong.to_str().unwrap()], 1);
+    assert!(out.stderr.contains("dbbackup: error:") && out.stderr.contains("fingerprint"), "{}", out.stderr);
+    assert!(is_empty_or_absent(&wrongdir), "nothing may be written with a wrong key");
+
+    let dir = d.join("restored");
+    let r = restore(&c, &repo, &dir, &["--encryption-key-file", key.to_str().unwrap(), "--archive-mode", "off"]);
+    let v = r.promoted();
+    assert_eq!(v["plan"]["source"], format!("backup {id}"));
+    assert_eq!(r.rows(), "1");
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(&format!("--encryption-key-file {}", key.display())), "{auto}");
+    // The restored files are not the stored (encrypted) objects.
+    assert_eq!(r.sql("SELECT count(*) FROM filler"), "2000");
+}
