@@ -157,8 +157,8 @@ fn unreachable_reason(m: &Manifest, legs: &[Leg], target: &Target) -> Option<Str
     match target {
         Target::Time(t) => {
             let stop_time = m.stop_time.as_deref().and_then(ts)?;
-            (stop_time >= t.timestamp())
-                .then(|| format!("it ends at {stop_time}, not before the target time {}", format_time(t)))
+            (stop_time > t.timestamp())
+                .then(|| format!("it ends at {stop_time}, after the target time {}", format_time(t)))
         }
         Target::Lsn(l) => (stop > *l).then(|| format!("it ends at LSN {stop}, after the target LSN {l}")),
         _ => None,

@@ -61,6 +61,14 @@ fn new_id() -> String {
     jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string()
 }
 
+/// The server's current time as RFC 3339 UTC with microseconds.
+fn server_now(client: &mut postgres::Client) -> Result<String> {
+    client
+        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot read the server's clock"))
+}
+
 fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     move |e| Error::server(format!("{what}: {}", error_text(&e)))
 }
@@ -309,7 +317,7 @@ pub fn take(
         label: label.clone(),
         status: BackupStatus::Running,
         error: None,
-        start_time: now_rfc3339(),
+        start_time: server_now(client)?,
         stop_time: None,
         start_lsn: None,
         start_wal: None,
@@ -440,7 +448,11 @@ fn run(
     m.files = files;
     m.directories = dirs;
     m.tablespaces = spcs;
-    m.stop_time = Some(now_rfc3339());
+    // The server's clock, to the microsecond, read after pg_backup_stop
+    // returned: every commit the backup needs for consistency is older, so
+    // a target time at or after it is reachable (recovery_target_time is
+    // compared with commit timestamps from the same clock).
+    m.stop_time = Some(server_now(client)?);
     write_manifest(repo, m)?;
 
     let first = size.segment_of(start_lsn);
