@@ -58,6 +58,8 @@ pub enum HeaderError {
     TimelineMismatch { found: u32, expected: u32, name: String },
     #[error("system identifier {found} in the segment header differs from the repository's {expected}: this segment comes from another cluster")]
     SystemIdMismatch { found: u64, expected: u64 },
+    #[error("file name {name} cannot name a segment of {size} bytes (its segment part is too large for that size)")]
+    ImpossibleName { name: String, size: u32 },
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
