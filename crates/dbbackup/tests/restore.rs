@@ -172,9 +172,20 @@ fn every_target_kind(version: PgVersion) {
     finish_wal(&c);
     assert_eq!(c.sql(ROWS), "1,2,3,4");
 
+    // The same moment as RFC 3339 (UTC) and as local time without an offset
+    // (dbbackup's own time zone).
+    let t1_rfc =
+        c.sql(&format!(r#"SELECT to_char(timestamptz '{t1}' AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#));
+    let tz = jiff::tz::TimeZone::system();
+    let tz_name = tz.iana_name().unwrap_or("UTC").to_string();
+    let t1_local =
+        c.sql(&format!("SELECT to_char(timestamptz '{t1}' AT TIME ZONE '{tz_name}', 'YYYY-MM-DD HH24:MI:SS.US')"));
+
     let off = ["--archive-mode", "off"];
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         ("time", vec!["--target-time", &t1], "1"),
+        ("time rfc3339", vec!["--target-time", &t1_rfc], "1"),
+        ("time local", vec!["--target-time", &t1_local], "1"),
         ("xid inclusive", vec!["--target-xid", &x2], "1,2"),
         ("xid --inclusive=true", vec!["--target-xid", &x2, "--inclusive=true"], "1,2"),
         ("xid exclusive", vec!["--target-xid", &x2, "--exclusive"], "1"),
@@ -294,6 +305,13 @@ fn refusals_before_anything_is_written() {
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "mine");
 
     // A target time in the future: refused, unless --force.
+    // Past the end of the archive (but not in the future): refused, unless --force.
+    std::thread::sleep(Duration::from_millis(1500));
+    let past_end = c.sql("SELECT now()");
+    let out = refused(&repo, &nowhere, &["--target-time", &past_end], 1);
+    assert!(out.stderr.contains("past the end of the archive") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(!nowhere.exists());
+
     let future = c.sql("SELECT now() + interval '1 day'");
     let out = refused(&repo, &nowhere, &["--target-time", &future], 1);
     assert!(out.stderr.contains("in the future") && out.stderr.contains("--force"), "{}", out.stderr);
@@ -419,6 +437,17 @@ fn pg15_one_megabyte_segments_restore_to_a_time() {
     assert_eq!(r.rows(), "1,2");
     assert_eq!(r.sql("SHOW wal_segment_size"), "1MB");
     assert_eq!(r.sql("SELECT count(*) FROM filler"), "4000");
+    r.stop();
+    drop(r);
+
+    // --target-action shutdown: the server stops at the target.
+    let dir = d.join("shutdown");
+    let r = restore(&c, &repo, &dir, &["--target-time", &t2, "--target-action", "shutdown", "--archive-mode", "off"]);
+    let v = r.ok();
+    assert_eq!(v["recovery"]["state"], "shut down", "{}", r.describe());
+    assert_eq!(v["recovery"]["target_reached"], true, "{}", r.describe());
+    assert!(r.out.stderr.contains("recovery shut down:"), "{}", r.describe());
+    assert!(!dir.join("postmaster.pid").exists(), "{}", r.describe());
 }
 
 // ---------------------------------------------------------------------------
