@@ -116,3 +116,92 @@ pub fn open_decoded(
     };
     decoder(codec, inner).map_err(|e| pipeline_error(path, e))
 }
+
+/// Why `pump` stopped.
+#[derive(Debug)]
+pub enum PumpError {
+    /// Reading (decoding, decrypting) failed.
+    Read(io::Error),
+    /// The consumer refused a chunk.
+    Sink(Error),
+}
+
+/// Reads `reader` on a second thread while `sink` consumes on this one, so
+/// decoding and checksumming run in parallel. Memory: a few 1 MiB buffers.
+pub fn pump(
+    mut reader: Box<dyn Read + Send + '_>,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> std::result::Result<u64, PumpError> {
+    use std::sync::mpsc::sync_channel;
+    std::thread::scope(move |s| {
+        // The channels live in this closure: when it returns (also early,
+        // on an error) they are dropped before the scope joins the reader,
+        // so a reader blocked on either channel wakes up and ends.
+        let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(4);
+        for _ in 0..3 {
+            empty_tx.send(vec![0u8; BUF]).expect("room for three buffers");
+        }
+        s.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                match read_full(&mut reader, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if full_tx.send(Ok((buf, n))).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = full_tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut total = 0u64;
+        for msg in full_rx.iter() {
+            let (buf, n) = msg.map_err(PumpError::Read)?;
+            sink(&buf[..n]).map_err(PumpError::Sink)?;
+            total += n as u64;
+            // The reader may have finished: a closed return channel is fine.
+            let _ = empty_tx.send(buf);
+        }
+        Ok(total)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that yields `ok` chunks of 1 MiB, then fails.
+    struct Failing {
+        ok: usize,
+    }
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt"));
+            }
+            self.ok -= 1;
+            buf.fill(1);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn pump_ends_on_read_errors_and_sink_errors_without_hanging() {
+        let r = pump(Box::new(Failing { ok: 5 }), |_| Ok(()));
+        assert!(matches!(r, Err(PumpError::Read(_))));
+        // The sink refuses the first chunk while the reader still has more.
+        let r = pump(Box::new(io::Cursor::new(vec![0u8; 10 << 20])), |_| Err(Error::integrity("bad header")));
+        assert!(matches!(r, Err(PumpError::Sink(_))));
+        let mut seen = 0usize;
+        let r = pump(Box::new(io::Cursor::new(vec![7u8; (5 << 20) + 3])), |c| {
+            seen += c.len();
+            Ok(())
+        });
+        assert_eq!(r.unwrap(), (5 << 20) + 3);
+        assert_eq!(seen, (5 << 20) + 3);
+    }
+}

@@ -6,7 +6,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod verify;
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 
 use dbbackup_format::object::{wal_dir_for, ObjectName};
 use dbbackup_format::pagehdr::{self, Expected, LONG_HEADER_LEN};
@@ -63,33 +63,28 @@ pub fn open_plain(repo: &Repository, stored: &StoredWal) -> Result<Box<dyn Read 
 pub fn decode_verified(repo: &Repository, stored: &StoredWal, out: &mut dyn Write) -> Result<u64> {
     let wal =
         WalFileName::parse(&stored.object.original).map_err(|e| Error::integrity(format!("{}: {e}", stored.path)))?;
-    let mut reader = open_plain(repo, stored)?;
+    let reader = open_plain(repo, stored)?;
     let mut h = Sha256::new();
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
     let is_segment = matches!(wal.kind(), WalKind::Segment | WalKind::Partial);
     let mut head = Vec::with_capacity(LONG_HEADER_LEN);
     let mut header_checked = !is_segment;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(pipeline_error(&stored.path, e)),
-        };
-        let chunk = &buf[..n];
+    let pumped = crate::object::pump(reader, |chunk| {
         if !header_checked {
             let need = LONG_HEADER_LEN - head.len();
-            head.extend_from_slice(&chunk[..need.min(n)]);
+            head.extend_from_slice(&chunk[..need.min(chunk.len())]);
             if head.len() == LONG_HEADER_LEN {
                 check_header(repo, &wal, &stored.path, &head)?;
                 header_checked = true;
             }
         }
         h.update(chunk);
-        total += n as u64;
-        out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", stored.object.original)))?;
-    }
+        out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", stored.object.original)))
+    });
+    let total = match pumped {
+        Ok(t) => t,
+        Err(crate::object::PumpError::Read(e)) => return Err(pipeline_error(&stored.path, e)),
+        Err(crate::object::PumpError::Sink(e)) => return Err(e),
+    };
     let sum = hex::encode(h.finalize());
     if sum != stored.object.checksum {
         return Err(Error::integrity(format!(
