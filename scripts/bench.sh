@@ -171,3 +171,35 @@ cat > target/bench/results.json <<JSON
  "restore": {"pgbackrest_s": $R_PGBR, "dbbackup_s": $R_DBB, "pgbackrest_rss_kib": $RM_PGBR, "dbbackup_rss_kib": $RM_DBB}}
 JSON
 echo "results: target/bench/results.json"
+
+# The same figures as a Markdown page, with the machine they came from.
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`./scripts/bench.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores ($CPU), $(free -g | awk '/Mem:/ {print $2}') GiB RAM,"
+  echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), $(pgbackrest version). Ratios are dbbackup's time over pgBackRest's"
+  echo "in the same run on the same data (lower is better); absolute times on shared machines vary."
+  echo
+  echo "## WAL: one 16 MiB segment (median of $RUNS runs; ${#SEGS[@]} pgbench segments for sizes)"
+  echo
+  echo "| tool | archive ms | fetch ms | archive ratio | fetch ratio | repository bytes | peak RSS archive/fetch KiB |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| pgBackRest archive-push/get (lz4) | $(ms "$A_PGBR") | $(ms "$F_PGBR") | 1.00 | 1.00 | $SZ_PGBR | $M_A_PGBR / $M_F_PGBR |"
+  for v in zstd lz4 enc; do
+    case $v in zstd) label="dbbackup (zstd, default)"; sz=$SZ_ZSTD;; lz4) label="dbbackup lz4"; sz=$SZ_LZ4;; enc) label="dbbackup zstd + AES-256-GCM"; sz=$SZ_ENC;; esac
+    echo "| $label | $(ms "${A[$v]}") | $(ms "${F[$v]}") | $(ratio "${A[$v]}" "$A_PGBR") | $(ratio "${F[$v]}" "$F_PGBR") | $sz | ${M_A[$v]} / ${M_F[$v]} |"
+  done
+  echo
+  echo "## Base backup and restore: pgbench scale $BENCH_SCALE ($DBSIZE), 2 jobs / 2 processes"
+  echo
+  echo "| tool | backup s | restore s | backup ratio | restore ratio | backup bytes | peak RSS backup/restore KiB |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| pgBackRest (lz4, --process-max=2) | $B_PGBR | $R_PGBR | 1.00 | 1.00 | $BS_PGBR | $BM_PGBR / $RM_PGBR |"
+  echo "| dbbackup (zstd, --jobs 2) | $B_DBB | $R_DBB | $(ratio "$B_DBB" "$B_PGBR") | $(ratio "$R_DBB" "$R_PGBR") | $BS_DBB | $BM_DBB / $RM_DBB |"
+  echo
+  echo "Goals: archive and fetch <= 0.4, backup and restore <= 0.6, repository no larger than pgBackRest's,"
+  echo "peak RSS <= 32 MiB for archive/fetch and <= 256 MiB for backup/restore. pgBackRest's RSS is its main"
+  echo "process only (it forks workers); each invocation here includes \`runuser\` start-up for both tools."
+} > docs/benchmarks.md
+echo "report: docs/benchmarks.md"
