@@ -13,11 +13,14 @@ use dbbackup_format::Codec;
     long_about = "Continuous WAL archiving and point-in-time recovery for PostgreSQL.\n\n\
         dbbackup keeps every WAL segment of a cluster in a repository (compressed, optionally \
         encrypted, checksummed) so the cluster can be restored to any moment.",
-    after_help = "Examples:\n  \
-        dbbackup repo init --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  \
-        dbbackup key generate --output /etc/dbbackup/key\n  \
-        archive_command = 'dbbackup wal archive %p %f --repo /backups/pg'\n  \
-        restore_command = 'dbbackup wal fetch %f %p --repo /backups/pg'\n\n\
+    after_help = "The main job:\n  \
+        dbbackup pitr enable --repo /backups/pg --restart          # archiving on (ALTER SYSTEM, restart)\n  \
+        dbbackup backup base --repo /backups/pg                    # nightly, from cron\n  \
+        dbbackup backup expire --repo /backups/pg --keep-days 14   # retention\n  \
+        dbbackup pitr status --repo /backups/pg                    # ok, warning or error\n  \
+        dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' \\\n      \
+        --target-dir /var/lib/postgresql/15/restored --auto-start --port 5433 --monitor\n\n\
+        PostgreSQL calls `dbbackup wal archive %p %f` and `dbbackup wal fetch %f %p`.\n\
         -h is --host, as in psql; use --help for help.",
     disable_help_flag = true
 )]
@@ -211,13 +214,18 @@ pub enum BackupCommand {
         0 1 * * *  postgres  dbbackup backup base --config /etc/dbbackup/dbbackup.toml --quiet")]
     Base(BaseArgs),
     /// List backups: ID, status, times, LSNs, timeline, sizes
+    #[command(after_help = "Status: complete (restorable), pending (WAL not yet confirmed), running, \
+        interrupted (killed while running), failed.\n\nExample:\n  dbbackup backup list --repo /backups/pg --json")]
     List,
     /// Show one backup's manifest summary
+    #[command(after_help = "Example:\n  dbbackup backup show latest --repo /backups/pg")]
     Show {
         /// Backup ID, or `latest` (the newest complete backup)
         id: String,
     },
     /// Check that every file of a backup decodes and matches its checksum, and its WAL is archived and intact
+    #[command(after_help = "Exit status 0 when everything verifies, 1 naming each bad file or segment. A pending \
+        backup whose WAL has arrived is marked complete.\n\nExample:\n  dbbackup backup verify latest --repo /backups/pg --jobs 4")]
     Verify {
         /// Backup ID or `latest`
         id: String,
@@ -226,6 +234,8 @@ pub enum BackupCommand {
         jobs: usize,
     },
     /// Delete one backup (not the only complete one, unless --force)
+    #[command(after_help = "The WAL it needed stays until `backup expire` or `wal cleanup` finds it unneeded.\n\n\
+        Example:\n  dbbackup backup delete 20261124T013000Z --repo /backups/pg")]
     Delete {
         /// Backup ID
         id: String,
@@ -291,6 +301,8 @@ pub enum PitrCommand {
         dbbackup pitr enable --repo /backups/pg --pgdata /var/lib/postgresql/15/main   # server stopped")]
     Enable(EnableArgs),
     /// Turn WAL archiving off (archive_mode = off, archive_command reset)
+    #[command(after_help = "archive_command is reset at once (nothing more is archived); archive_mode = off takes \
+        effect at the next restart (--restart does it).\n\nExample:\n  dbbackup pitr disable --restart")]
     Disable {
         /// Restart the server with pg_ctl so the change takes effect
         #[arg(long)]
@@ -299,7 +311,8 @@ pub enum PitrCommand {
     /// Is PITR healthy? Settings in effect, archiver, lag, repository; verdict ok, warning or error
     #[command(after_help = "Everything comes from the live server (pg_settings, pg_stat_archiver) and the \
         repository, never from configuration file text. The repository is --repo, else the one archive_command \
-        names.\n\nExit status: 0 for ok and warning, 1 for error.")]
+        names.\n\nExit status: 0 for ok and warning, 1 for error.\n\nExamples:\n  dbbackup pitr status\n  \
+        dbbackup pitr status --json\n  dbbackup pitr status --watch 10")]
     Status {
         /// Repeat every SECONDS until interrupted
         #[arg(long, value_name = "SECONDS")]
@@ -341,7 +354,9 @@ pub enum RepoCommand {
         dbbackup repo init --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  \
         dbbackup repo init --repo /backups/pg --encrypt --encryption-key-file /etc/dbbackup/key")]
     Init(InitArgs),
-    /// Show the repository's format, cluster identity, codec and encryption
+    /// Show the repository's format, cluster identity, codec, encryption, WAL and backups
+    #[command(after_help = "Reads names and metadata only: no key is needed.\n\nExamples:\n  \
+        dbbackup repo info --repo /backups/pg\n  dbbackup repo info --repo /backups/pg --json")]
     Info,
 }
 
@@ -395,13 +410,13 @@ pub enum WalCommand {
     },
     /// Show the timeline tree from the archived history files
     #[command(after_help = "For each timeline: its parent, the LSN where it branched off, PostgreSQL's reason, \
-        and the first and last archived segment.")]
+        and the first and last archived segment.\n\nExample:\n  dbbackup wal timeline --repo /backups/pg --json")]
     Timeline,
     /// Decode and check every archived object and report gaps; non-zero exit on any problem
     #[command(after_help = "Every object is decrypted, decompressed and compared with the SHA-256 recorded at \
         archive time; segment headers are checked. Gaps are missing segments between archived ones on a \
         timeline (from its switch point, for a child timeline). Files that are not WAL objects are reported as \
-        unknown.\n\nExit status: 0 all good, 1 any problem.")]
+        unknown.\n\nExit status: 0 all good, 1 any problem.\n\nExample:\n  dbbackup wal verify --repo /backups/pg --jobs 4")]
     Verify {
         /// Parallel workers
         #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
@@ -410,7 +425,8 @@ pub enum WalCommand {
     /// Remove WAL older than N days, except what any kept base backup needs
     #[command(after_help = "Uses the same rule as `backup expire --keep-days N`: every point of the last N days \
         stays recoverable, so WAL from the start of the newest backup older than the window onward is kept, \
-        on every timeline, and every history file. With no complete backup nothing is removed.")]
+        on every timeline, and every history file. With no complete backup nothing is removed.\n\n\
+        Example:\n  dbbackup wal cleanup --repo /backups/pg --retention-days 14 --dry-run")]
     Cleanup {
         /// Keep every point of the last N days recoverable
         #[arg(long, value_name = "N")]

@@ -257,9 +257,26 @@ fn every_command_has_help() {
         vec!["key", "generate", "--help"],
         vec!["wal", "archive", "--help"],
         vec!["wal", "fetch", "--help"],
+        vec!["wal", "list", "--help"],
+        vec!["wal", "timeline", "--help"],
+        vec!["wal", "verify", "--help"],
+        vec!["wal", "cleanup", "--help"],
+        vec!["pitr", "enable", "--help"],
+        vec!["pitr", "disable", "--help"],
+        vec!["pitr", "status", "--help"],
+        vec!["backup", "base", "--help"],
+        vec!["backup", "list", "--help"],
+        vec!["backup", "show", "--help"],
+        vec!["backup", "verify", "--help"],
+        vec!["backup", "delete", "--help"],
+        vec!["backup", "expire", "--help"],
+        vec!["restore", "pitr", "--help"],
     ] {
         let out = dbb(&args).assert_success();
         assert!(out.stdout.contains("Usage:"), "{args:?}: {}", out.stdout);
+        if args.len() == 3 && !matches!(args[1], "archive" | "fetch" | "generate" | "init") {
+            assert!(out.stdout.contains("Example"), "{args:?} has no example: {}", out.stdout);
+        }
     }
     let out = dbb(["wal", "fetch", "--help"]).assert_success();
     assert!(out.stdout.contains("128"), "{}", out.stdout);
