@@ -121,7 +121,7 @@ pub fn decoder<'a>(codec: Codec, inner: Box<dyn Read + Send + 'a>) -> io::Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 

@@ -18,6 +18,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 use crate::codec::Sink;
+use crate::object::read_full;
 
 pub const MAGIC: &[u8; 8] = b"DBBKENC1";
 pub const VERSION: u8 = 1;
@@ -160,19 +161,6 @@ pub struct DecryptReader<R: Read> {
     done: bool,
 }
 
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 impl<R: Read> DecryptReader<R> {
     pub fn new(key: &Key, name: &str, mut inner: R) -> io::Result<DecryptReader<R>> {
         let mut header = [0u8; HEADER_LEN];
@@ -252,21 +240,9 @@ impl<R: Read> Read for DecryptReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::tests::Shared;
     use crate::codec::Plain;
     use proptest::prelude::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn seal(key: &Key, name: &str, data: &[u8]) -> Vec<u8> {
         let out = Shared::default();

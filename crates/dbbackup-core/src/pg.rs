@@ -154,3 +154,27 @@ pub fn server_identity(client: &mut postgres::Client) -> Result<ServerIdentity> 
         wal_segment_size: seg as u32,
     })
 }
+
+/// Runs `pg_ctl <action> -D <data_dir> ... -l <log>` and turns a failure into
+/// an error that carries pg_ctl's own words.
+pub fn run_pg_ctl(pg_ctl: &Path, action: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Result<()> {
+    let out = std::process::Command::new(pg_ctl)
+        .arg(action)
+        .arg("-D")
+        .arg(data_dir)
+        .args(extra)
+        .arg("-l")
+        .arg(log)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::server(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(Error::server(format!(
+            "{} {action} failed: {} {}",
+            pg_ctl.display(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -400,23 +400,7 @@ pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<PathBuf
     let pg_ctl =
         bindir.map(|b| Path::new(&b).join("pg_ctl")).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("pg_ctl"));
     let log = data_dir.join("postmaster.log");
-    let out = std::process::Command::new(&pg_ctl)
-        .arg("restart")
-        .arg("-D")
-        .arg(data_dir)
-        .args(["-m", "fast", "-w", "-t", "120", "-l"])
-        .arg(&log)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| Error::server(format!("cannot run {}: {e}", pg_ctl.display())))?;
-    if !out.status.success() {
-        return Err(Error::server(format!(
-            "{} restart failed: {}{}",
-            pg_ctl.display(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &log)?;
     Ok(log)
 }
 

@@ -728,24 +728,7 @@ pub fn configured_socket(dir: &Path) -> (Vec<String>, u16) {
 /// Starts the restored server without waiting (recovery may take long).
 pub fn start(pg_ctl: &Path, dir: &Path) -> Result<PathBuf> {
     let log = dir.join("restore.log");
-    let out = std::process::Command::new(pg_ctl)
-        .arg("start")
-        .arg("-D")
-        .arg(dir)
-        .arg("-W")
-        .arg("-l")
-        .arg(&log)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| Error::server(format!("cannot run {}: {e}", pg_ctl.display())))?;
-    if !out.status.success() {
-        return Err(Error::server(format!(
-            "{} start failed: {} {}",
-            pg_ctl.display(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    crate::pg::run_pg_ctl(pg_ctl, "start", dir, &["-W"], &log)?;
     Ok(log)
 }
 
