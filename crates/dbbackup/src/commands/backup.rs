@@ -99,7 +99,16 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         archive_timeout: Duration::from_secs(a.archive_wait_timeout),
     };
     let progress = Progress::default();
-    let m = take(&repo, &mut client, &opts, &progress)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ctx.g.quiet;
+    let m = std::thread::scope(|s| {
+        if show {
+            s.spawn(|| progress_line(&progress, &done));
+        }
+        let r = take(&repo, &mut client, &opts, &progress);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })?;
     if ctx.g.json {
         print_json(&summary(&m, false));
     } else {
@@ -119,6 +128,29 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         println!("{}", m.id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress line on a terminal's stderr, redrawn twice a second.
+fn progress_line(p: &Progress, done: &std::sync::atomic::AtomicBool) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        let (d, t) = (p.done_bytes.load(Ordering::Relaxed), p.total_bytes.load(Ordering::Relaxed));
+        if t > 0 {
+            let pct = (d as f64 / t as f64 * 100.0).min(100.0);
+            let rate = d as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r\x1b[Kcopying {} of {} ({pct:.0}%), {}/s",
+                human_bytes(d),
+                human_bytes(t),
+                human_bytes(rate as u64)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprint!("\r\x1b[K");
 }
 
 fn list(ctx: &Ctx) -> Result<ExitCode> {
