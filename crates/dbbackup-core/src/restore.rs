@@ -524,6 +524,9 @@ fn extract_repo(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Resul
         fs::create_dir_all(&p).map_err(|e| Error::io(format!("cannot create {}: {e}", p.display())))?;
         let _ = fs::set_permissions(&p, fs::Permissions::from_mode(d.mode & 0o7777));
     }
+    // Largest first, so a big relation file does not finish last alone.
+    let mut order: Vec<&dbbackup_format::manifest::FileEntry> = m.files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
@@ -532,7 +535,7 @@ fn extract_repo(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Resul
             s.spawn(|| {
                 while !abort.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(f) = m.files.get(i) else { break };
+                    let Some(f) = order.get(i).copied() else { break };
                     let path = resolve(&f.path);
                     let r = (|| -> Result<()> {
                         if let Some(parent) = path.parent() {

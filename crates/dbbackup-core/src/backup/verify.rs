@@ -43,21 +43,37 @@ impl BackupVerifyReport {
 /// Decodes one backup file and checks size and checksum.
 pub fn verify_file(repo: &Repository, m: &Manifest, f: &FileEntry, out: &mut dyn std::io::Write) -> Result<()> {
     let path = format!("{}/{}", backup_dir(&m.id), f.object);
-    let mut r = open_decoded(repo, &path, m.codec, m.encrypted, &file_aad(&m.id, &f.path))?;
+    let r = open_decoded(repo, &path, m.codec, m.encrypted, &file_aad(&m.id, &f.path))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(pipeline_error(&path, e)),
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(format!("cannot write {}: {e}", f.path)))?;
-        total += n as u64;
-    }
+    // Small files: one thread. Large ones: decode on a second thread while
+    // this one hashes and writes.
+    let total = if f.stored_size < (4 << 20) {
+        let mut r = r;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(pipeline_error(&path, e)),
+            };
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| Error::io(format!("cannot write {}: {e}", f.path)))?;
+            total += n as u64;
+        }
+        total
+    } else {
+        let pumped = crate::object::pump(r, |chunk| {
+            h.update(chunk);
+            out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", f.path)))
+        });
+        match pumped {
+            Ok(t) => t,
+            Err(crate::object::PumpError::Read(e)) => return Err(pipeline_error(&path, e)),
+            Err(crate::object::PumpError::Sink(e)) => return Err(e),
+        }
+    };
     let sum = hex::encode(h.finalize());
     if sum != f.sha256 || total != f.size {
         return Err(Error::integrity(format!(
