@@ -7,6 +7,7 @@
 //! errors for the binary to render.
 
 pub mod backup;
+pub mod checksum;
 pub mod codec;
 pub mod crypto;
 pub mod error;

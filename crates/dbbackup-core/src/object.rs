@@ -1,12 +1,12 @@
 //! The codec pipeline every stored object goes through, WAL and backup
-//! files alike: plaintext → SHA-256 → compress → encrypt → storage, and
+//! files alike: plaintext → checksum → compress → encrypt → storage, and
 //! back.
 
 use std::io::{self, Read, Write};
 
 use dbbackup_format::Codec;
-use sha2::{Digest, Sha256};
 
+use crate::checksum::Checksum;
 use crate::codec::{decoder, encoder, CodecSettings, Plain, Sink};
 use crate::crypto::{DecryptReader, EncryptSink};
 use crate::error::{pipeline_error, Error, Result};
@@ -18,8 +18,8 @@ const BUF: usize = 1 << 20;
 /// What `encode` wrote.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    /// SHA-256 of the plaintext, lower-case hex.
-    pub sha256: String,
+    /// Checksum (BLAKE3) of the plaintext, lower-case hex.
+    pub checksum: String,
     pub plain_size: u64,
     pub stored_size: u64,
 }
@@ -68,7 +68,7 @@ pub fn encode(
 ) -> Result<Encoded> {
     let write_err = |e: io::Error| Error::io(format!("cannot write {aad} to repository {}: {e}", repo.location()));
     let mut counting = Counting { inner: writer, n: 0 };
-    let mut h = Sha256::new();
+    let mut h = Checksum::new();
     let mut total = 0u64;
     {
         let bottom: Box<dyn Sink + '_> = Box::new(Plain(&mut counting));
@@ -92,7 +92,7 @@ pub fn encode(
         }
         sink.finish().map_err(write_err)?;
     }
-    Ok(Encoded { sha256: hex::encode(h.finalize()), plain_size: total, stored_size: counting.n })
+    Ok(Encoded { checksum: h.hex(), plain_size: total, stored_size: counting.n })
 }
 
 /// Opens a stored object as a stream of its plaintext. The caller hashes
@@ -122,25 +122,31 @@ pub fn open_decoded(
 pub enum PumpError {
     /// Reading (decoding, decrypting) failed.
     Read(io::Error),
-    /// The consumer refused a chunk.
+    /// The checker or the writer refused a chunk.
     Sink(Error),
 }
 
-/// Reads `reader` on a second thread while `sink` consumes on this one, so
-/// decoding and checksumming run in parallel. Memory: a few 1 MiB buffers.
+/// Decodes, checks and writes in three stages on three threads: `reader`
+/// (decryption, decompression) on one, `check` (checksum, header) on the
+/// calling thread, `write` on a third, so a restored file costs about as
+/// long as its slowest stage. Chunks go through each stage in order.
+/// Memory: four 1 MiB buffers, whatever the object's size.
 pub fn pump(
     mut reader: Box<dyn Read + Send + '_>,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
+    mut check: impl FnMut(&[u8]) -> Result<()>,
+    mut write: impl FnMut(&[u8]) -> Result<()> + Send,
 ) -> std::result::Result<u64, PumpError> {
     use std::sync::mpsc::sync_channel;
+    const BUFFERS: usize = 4;
     std::thread::scope(move |s| {
-        // The channels live in this closure: when it returns (also early,
-        // on an error) they are dropped before the scope joins the reader,
-        // so a reader blocked on either channel wakes up and ends.
-        let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(4);
-        for _ in 0..3 {
-            empty_tx.send(vec![0u8; BUF]).expect("room for three buffers");
+        // Every channel end lives in exactly one stage: when a stage stops
+        // (done, or failed) its ends drop, and the stages next to it wake
+        // from their blocking send or receive and stop too. Nothing hangs.
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+        let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(BUFFERS);
+        let (checked_tx, checked_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        for _ in 0..BUFFERS {
+            empty_tx.send(vec![0u8; BUF]).expect("room for every buffer");
         }
         s.spawn(move || {
             while let Ok(mut buf) = empty_rx.recv() {
@@ -158,14 +164,31 @@ pub fn pump(
                 }
             }
         });
+        let writer = s.spawn(move || -> Result<()> {
+            for (buf, n) in checked_rx.iter() {
+                write(&buf[..n])?;
+                // The reader may have finished: a closed channel is fine.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        });
         let mut total = 0u64;
-        for msg in full_rx.iter() {
-            let (buf, n) = msg.map_err(PumpError::Read)?;
-            sink(&buf[..n]).map_err(PumpError::Sink)?;
-            total += n as u64;
-            // The reader may have finished: a closed return channel is fine.
-            let _ = empty_tx.send(buf);
-        }
+        let checked = (|| {
+            for msg in full_rx.iter() {
+                let (buf, n) = msg.map_err(PumpError::Read)?;
+                check(&buf[..n]).map_err(PumpError::Sink)?;
+                total += n as u64;
+                if checked_tx.send((buf, n)).is_err() {
+                    break; // the writer failed: its error is reported below
+                }
+            }
+            Ok(())
+        })();
+        drop(checked_tx);
+        drop(full_rx);
+        let written = writer.join().expect("the writer does not panic");
+        checked?;
+        written.map_err(PumpError::Sink)?;
         Ok(total)
     })
 }
@@ -190,18 +213,45 @@ mod tests {
     }
 
     #[test]
-    fn pump_ends_on_read_errors_and_sink_errors_without_hanging() {
-        let r = pump(Box::new(Failing { ok: 5 }), |_| Ok(()));
+    fn pump_ends_on_read_check_and_write_errors_without_hanging() {
+        let r = pump(Box::new(Failing { ok: 5 }), |_| Ok(()), |_| Ok(()));
         assert!(matches!(r, Err(PumpError::Read(_))));
-        // The sink refuses the first chunk while the reader still has more.
-        let r = pump(Box::new(io::Cursor::new(vec![0u8; 10 << 20])), |_| Err(Error::integrity("bad header")));
-        assert!(matches!(r, Err(PumpError::Sink(_))));
-        let mut seen = 0usize;
-        let r = pump(Box::new(io::Cursor::new(vec![7u8; (5 << 20) + 3])), |c| {
-            seen += c.len();
-            Ok(())
-        });
-        assert_eq!(r.unwrap(), (5 << 20) + 3);
-        assert_eq!(seen, (5 << 20) + 3);
+        // The checker refuses the first chunk while the reader still has more.
+        let r =
+            pump(Box::new(io::Cursor::new(vec![0u8; 10 << 20])), |_| Err(Error::integrity("bad header")), |_| Ok(()));
+        assert!(matches!(r, Err(PumpError::Sink(e)) if e.to_string().contains("bad header")));
+        // The writer fails on its second chunk.
+        let mut calls = 0;
+        let r = pump(
+            Box::new(io::Cursor::new(vec![0u8; 10 << 20])),
+            |_| Ok(()),
+            move |_| {
+                calls += 1;
+                if calls == 2 {
+                    Err(Error::io("disk full"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(matches!(r, Err(PumpError::Sink(e)) if e.to_string().contains("disk full")));
+        // Everything arrives, in order, at both stages.
+        let data: Vec<u8> = (0..(5u32 << 20) + 3).map(|i| (i % 251) as u8).collect();
+        let mut checked = Vec::new();
+        let mut written = Vec::new();
+        let r = pump(
+            Box::new(io::Cursor::new(data.clone())),
+            |c| {
+                checked.extend_from_slice(c);
+                Ok(())
+            },
+            |c| {
+                written.extend_from_slice(c);
+                Ok(())
+            },
+        );
+        assert_eq!(r.unwrap(), data.len() as u64);
+        assert_eq!(checked, data);
+        assert_eq!(written, data);
     }
 }

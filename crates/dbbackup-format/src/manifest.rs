@@ -19,6 +19,9 @@ pub enum BackupStatus {
     Complete,
     /// Stopped by an error; never used by restore.
     Failed,
+    /// Outside the retention window of a `wal cleanup`, which removed WAL it
+    /// needs: never used by restore; the next `backup expire` removes it.
+    Expired,
 }
 
 /// One copied file.
@@ -32,7 +35,8 @@ pub struct FileEntry {
     pub mode: u32,
     /// Modification time, RFC 3339.
     pub mtime: String,
-    pub sha256: String,
+    /// BLAKE3 of the plaintext, 64 lower-case hex digits.
+    pub checksum: String,
     pub stored_size: u64,
     /// Object path relative to the backup directory.
     pub object: String,

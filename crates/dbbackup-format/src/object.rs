@@ -1,7 +1,7 @@
 //! Names and places of stored objects.
 //!
-//! A stored WAL object is named `<original>.<sha256>{codec suffix}[.enc]`:
-//! the WAL file name, the SHA-256 of its plaintext as 64 hex digits, then
+//! A stored WAL object is named `<original>.<checksum>{codec suffix}[.enc]`:
+//! the WAL file name, the BLAKE3 checksum of its plaintext as 64 hex digits, then
 //! `.zst`/`.lz4`/`.gz` (nothing for no compression) and `.enc` when
 //! encrypted. The checksum in the name makes duplicate detection and listing
 //! free (no object is opened), and the suffixes tell standard tools what the
@@ -21,7 +21,7 @@ pub const ENC_SUFFIX: &str = ".enc";
 pub struct ObjectName {
     /// The name PostgreSQL knows the file by.
     pub original: String,
-    /// SHA-256 of the plaintext, lower-case hex.
+    /// BLAKE3 of the plaintext, lower-case hex.
     pub checksum: String,
     pub codec: Codec,
     pub encrypted: bool,

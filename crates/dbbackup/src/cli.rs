@@ -215,7 +215,7 @@ pub enum BackupCommand {
     Base(BaseArgs),
     /// List backups: ID, status, times, LSNs, timeline, sizes
     #[command(after_help = "Status: complete (restorable), pending (WAL not yet confirmed), running, \
-        interrupted (killed while running), failed.\n\nExample:\n  dbbackup backup list --repo /backups/pg --json")]
+        interrupted (killed while running), failed, expired (outside a `wal cleanup` window, its WAL removed).\n\nExample:\n  dbbackup backup list --repo /backups/pg --json")]
     List,
     /// Show one backup's manifest summary
     #[command(after_help = "Example:\n  dbbackup backup show latest --repo /backups/pg")]
@@ -246,8 +246,8 @@ pub enum BackupCommand {
     /// Remove backups beyond the retention policy and the WAL only they needed
     #[command(after_help = "Keeps the newest N complete backups (--keep) and/or every point of the last D days \
         recoverable (--keep-days: the backups inside the window plus the newest one before it). WAL from the \
-        oldest kept backup's start onward stays, on every timeline, and every history file. Failed and \
-        interrupted backups are removed.\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
+        oldest kept backup's start onward stays, on every timeline, and every history file. Failed, \
+        interrupted and expired backups are removed.\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
     Expire {
         /// Keep this many newest complete backups
         #[arg(long, value_name = "N")]
@@ -413,10 +413,12 @@ pub enum WalCommand {
         and the first and last archived segment.\n\nExample:\n  dbbackup wal timeline --repo /backups/pg --json")]
     Timeline,
     /// Decode and check every archived object and report gaps; non-zero exit on any problem
-    #[command(after_help = "Every object is decrypted, decompressed and compared with the SHA-256 recorded at \
+    #[command(
+        after_help = "Every object is decrypted, decompressed and compared with the checksum (BLAKE3) recorded at \
         archive time; segment headers are checked. Gaps are missing segments between archived ones on a \
         timeline (from its switch point, for a child timeline). Files that are not WAL objects are reported as \
-        unknown.\n\nExit status: 0 all good, 1 any problem.\n\nExample:\n  dbbackup wal verify --repo /backups/pg --jobs 4")]
+        unknown.\n\nExit status: 0 all good, 1 any problem.\n\nExample:\n  dbbackup wal verify --repo /backups/pg --jobs 4"
+    )]
     Verify {
         /// Parallel workers
         #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
@@ -425,7 +427,9 @@ pub enum WalCommand {
     /// Remove WAL older than N days, except what any kept base backup needs
     #[command(after_help = "Uses the same rule as `backup expire --keep-days N`: every point of the last N days \
         stays recoverable, so WAL from the start of the newest backup older than the window onward is kept, \
-        on every timeline, and every history file. With no complete backup nothing is removed.\n\n\
+        on every timeline, and every history file. Backups older than that stay listed but are marked expired (their \
+        WAL is gone, restore never uses them) until `backup expire` removes them. With no complete backup nothing \
+        is removed.\n\n\
         Example:\n  dbbackup wal cleanup --repo /backups/pg --retention-days 14 --dry-run")]
     Cleanup {
         /// Keep every point of the last N days recoverable

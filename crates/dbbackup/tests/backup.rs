@@ -288,12 +288,21 @@ fn delete_expire_and_cleanup_keep_every_retained_backup_restorable() {
     let out =
         dbb(["wal", "cleanup", "--retention-days", "1", "--dry-run", "--json", "--repo"]).arg(&repo).assert_success();
     assert_eq!(json(&out)["remove_wal"], serde_json::json!([]));
+    // Cleanup to the newest backup: the older one stays listed, but as
+    // expired (its WAL goes), so nothing unrestorable is listed complete.
     let out = dbb(["wal", "cleanup", "--retention-days", "0", "--repo"]).arg(&repo).assert_success();
     assert!(out.stdout.contains(&format!("keeping WAL from {}", start_of(&ids[2]))), "{}", out.stdout);
-    assert_eq!(list(&repo).len(), 2, "wal cleanup never removes backups");
+    assert!(out.stdout.contains(&format!("marking backup {} expired", ids[1])), "{}", out.stdout);
+    let after = list(&repo);
+    assert_eq!(after.len(), 2, "wal cleanup never removes backups");
+    let status_of = |id: &str| after.iter().find(|m| m["id"] == id).unwrap()["status"].as_str().unwrap().to_string();
+    assert_eq!(status_of(&ids[1]), "expired");
+    assert_eq!(status_of(&ids[2]), "complete");
     dbb(["backup", "verify", &ids[2], "--repo"]).arg(&repo).assert_success();
+    let out = dbb(["backup", "expire", "--keep", "1", "--dry-run", "--repo"]).arg(&repo).assert_success();
+    assert!(out.stdout.contains(&format!("would remove backup {} (expired by wal cleanup)", ids[1])), "{}", out.stdout);
 
-    // delete: not the only complete backup, unless --force.
+    // delete: not the only complete backup, unless --force (an expired one goes freely).
     dbb(["backup", "delete", &ids[1], "--repo"]).arg(&repo).assert_success();
     let out = dbb(["backup", "delete", &ids[2], "--repo"]).arg(&repo).assert_code(1);
     assert!(out.stderr.contains("only complete backup") && out.stderr.contains("--force"), "{}", out.stderr);

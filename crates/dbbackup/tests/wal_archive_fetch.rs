@@ -45,7 +45,7 @@ fn round_trip_on(version: PgVersion) {
             assert_eq!(sha256_file(&dest), sha256_file(&original), "{version} {label} {name}");
             let obj = object_for(&repo, name);
             let file = obj.file_name().unwrap().to_string_lossy().to_string();
-            assert!(file.contains(&sha256_file(&original)), "checksum in object name: {file}");
+            assert!(file.contains(&b3_file(&original)), "checksum in object name: {file}");
             // Standard tools open unencrypted objects in an emergency.
             let tool = match *label {
                 "zstd" => Some("zstd -dc"),
@@ -239,7 +239,7 @@ fn duplicates_identical_succeed_and_differing_fail_naming_both_checksums() {
     std::fs::write(&changed_path, &changed).unwrap();
     chown_to_run_user(&other);
     let out = archive_cmd(&changed_path, None, &repo).assert_code(1);
-    let (old, new) = (sha256_file(&seg), sha256_file(&changed_path));
+    let (old, new) = (b3_file(&seg), b3_file(&changed_path));
     assert!(
         out.stderr.contains(&old) && out.stderr.contains(&new) && out.stderr.contains("different content"),
         "{}",

@@ -212,7 +212,7 @@ fn store_entry(
         size: enc.plain_size,
         mode,
         mtime,
-        sha256: enc.sha256,
+        checksum: enc.checksum,
         stored_size: enc.stored_size,
         object,
     })

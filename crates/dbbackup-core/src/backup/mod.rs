@@ -95,5 +95,6 @@ pub fn shown_status(m: &Manifest, running_now: bool) -> &'static str {
         BackupStatus::Pending => "pending",
         BackupStatus::Complete => "complete",
         BackupStatus::Failed => "failed",
+        BackupStatus::Expired => "expired",
     }
 }

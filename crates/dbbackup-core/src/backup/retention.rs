@@ -27,6 +27,9 @@ pub struct Policy {
 pub struct Plan {
     pub keep_backups: Vec<String>,
     pub remove_backups: Vec<Removal>,
+    /// Backups `wal cleanup` leaves in place but marks `expired`: they are
+    /// outside the window and the WAL they need is removed.
+    pub expire_backups: Vec<Removal>,
     /// WAL objects (repository paths) to remove.
     pub remove_wal: Vec<String>,
     /// WAL before this segment position is no longer needed.
@@ -45,8 +48,9 @@ fn parse_time(s: &str) -> Option<jiff::Timestamp> {
     s.parse().ok()
 }
 
-/// Plans retention. `remove_backups_too` is false for `wal cleanup`.
-/// `running_now` says whether a backup process holds the lock (its
+/// Plans retention. `remove_backups_too` is false for `wal cleanup`, which
+/// marks the backups it makes unrestorable `expired` instead of removing
+/// them. `running_now` says whether a backup process holds the lock (its
 /// `running` manifest is not stale).
 pub fn plan(
     backups: &[Manifest],
@@ -93,36 +97,64 @@ pub fn plan(
     }
     let oldest_kept = keep.iter().position(|k| *k).expect("at least one backup is kept");
     let oldest = complete[oldest_kept];
+    let outside = |m: &Manifest, reason: &str| Removal { id: m.id.clone(), reason: reason.to_string() };
+    // The backups that stay usable: their WAL stays.
+    let mut holders: Vec<&Manifest> = Vec::new();
     for (i, m) in complete.iter().enumerate() {
         if keep[i] {
             plan.keep_backups.push(m.id.clone());
+            holders.push(m);
         } else if remove_backups_too {
-            plan.remove_backups.push(Removal { id: m.id.clone(), reason: "outside the retention policy".into() });
+            plan.remove_backups.push(outside(m, "outside the retention policy"));
+        } else {
+            plan.expire_backups.push(outside(m, "outside the retention window: the WAL it needs is removed"));
         }
     }
-    if remove_backups_too {
-        for m in backups.iter().filter(|m| m.status != BackupStatus::Complete) {
-            let reason = match m.status {
-                BackupStatus::Failed => Some("failed".to_string()),
-                BackupStatus::Running if !running_now => Some("interrupted".to_string()),
-                BackupStatus::Pending if m.start_time < oldest.start_time => {
-                    Some("pending and older than every kept backup".to_string())
-                }
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                plan.remove_backups.push(Removal { id: m.id.clone(), reason });
+    for m in backups.iter().filter(|m| m.status != BackupStatus::Complete) {
+        let stale = match m.status {
+            BackupStatus::Failed => Some("failed"),
+            BackupStatus::Expired => Some("expired by wal cleanup"),
+            BackupStatus::Running if !running_now => Some("interrupted"),
+            BackupStatus::Pending if m.start_time < oldest.start_time => {
+                Some("pending and older than every kept backup")
             }
+            // A backup being taken, or pending newer ones: their WAL stays.
+            _ => None,
+        };
+        match stale {
+            Some(reason) if remove_backups_too => plan.remove_backups.push(outside(m, reason)),
+            Some(_) if m.status == BackupStatus::Pending => plan
+                .expire_backups
+                .push(outside(m, "pending and older than every kept backup: the WAL it needs is removed")),
+            Some(_) => {}
+            None => holders.push(m),
         }
     }
-    let (Some(size), Some(start_wal)) = (size, oldest.start_wal.as_deref()) else {
+    let Some(size) = size else {
         plan.note = Some("the repository is not bound to a cluster: no WAL is removed".into());
         return Ok(plan);
     };
-    let start = WalFileName::parse(start_wal)
-        .ok()
-        .and_then(|w| w.segment_no(size))
-        .ok_or_else(|| Error::integrity(format!("backup {}: bad start WAL {start_wal}", oldest.id)))?;
+    // WAL stays from the lowest start position of any backup that stays
+    // usable, not the oldest one's: after a restore to an earlier point, a
+    // newer backup on the new timeline can start before an older one on the
+    // old timeline.
+    let mut start: Option<(u64, &str)> = None;
+    for m in holders {
+        let Some(start_wal) = m.start_wal.as_deref() else {
+            if m.status == BackupStatus::Complete {
+                return Err(Error::integrity(format!("backup {} has no start WAL: no WAL is removed", m.id)));
+            }
+            continue; // a backup still starting
+        };
+        let n = WalFileName::parse(start_wal)
+            .ok()
+            .and_then(|w| w.segment_no(size))
+            .ok_or_else(|| Error::integrity(format!("backup {}: bad start WAL {start_wal}", m.id)))?;
+        if start.is_none_or(|(s, _)| n < s) {
+            start = Some((n, start_wal));
+        }
+    }
+    let (start, start_wal) = start.expect("the oldest kept backup is complete and has a start WAL");
     plan.wal_kept_from = Some(start_wal.to_string());
     for o in &cat.objects {
         if o.wal.kind() == WalKind::History {
@@ -132,13 +164,26 @@ pub fn plan(
             plan.remove_wal.push(o.stored.path.clone());
         }
     }
+    if plan.remove_wal.is_empty() {
+        plan.expire_backups.clear();
+    }
     Ok(plan)
 }
 
-/// Carries out a plan: backups first (their manifest is marked failed
-/// before any file goes, so a half-removed backup is never usable), then
-/// WAL.
+/// Carries out a plan: backups first (a removed backup's manifest is marked
+/// failed before any file goes, an expired one's marked expired, so neither
+/// is ever listed as usable without its files or WAL), then WAL.
 pub fn apply(repo: &crate::repo::Repository, backups: &[Manifest], plan: &Plan) -> Result<()> {
+    // Marked before their WAL goes, so they are never listed as usable
+    // without it.
+    for r in &plan.expire_backups {
+        if let Some(m) = backups.iter().find(|m| m.id == r.id) {
+            let mut expired = m.clone();
+            expired.status = BackupStatus::Expired;
+            expired.error = Some(format!("expired by wal cleanup: {}", r.reason));
+            crate::backup::write_manifest(repo, &expired)?;
+        }
+    }
     for r in &plan.remove_backups {
         remove_backup(repo, backups.iter().find(|m| m.id == r.id))?;
         if backups.iter().all(|m| m.id != r.id) {
@@ -161,4 +206,109 @@ pub fn remove_backup(repo: &crate::repo::Repository, m: Option<&Manifest>) -> Re
     repo.storage()
         .remove_tree(&crate::backup::backup_dir(&m.id))
         .map_err(|e| Error::from(e).context(format!("cannot remove backup {}", m.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::catalog::WalObject;
+    use crate::wal::StoredWal;
+    use dbbackup_format::object::ObjectName;
+    use dbbackup_format::{Codec, TimelineId};
+
+    const SEG: u32 = 16 << 20;
+
+    fn backup(id: &str, tli: u32, start_seg: u64, time: &str) -> Manifest {
+        let size = SegmentSize::new(SEG).unwrap();
+        let start = WalFileName::segment(TimelineId(tli), start_seg, size).to_string();
+        let json = serde_json::json!({
+            "format_version": 1, "id": id, "label": id, "status": "complete", "error": null,
+            "start_time": time, "stop_time": time, "start_lsn": null, "start_wal": start,
+            "stop_lsn": null, "stop_wal": start, "timeline": tli, "system_identifier": "1",
+            "pg_version_major": 15, "pg_version": "15.0", "wal_segment_size": SEG, "codec": "zstd",
+            "compress_level": 1, "encrypted": false, "host": "h", "pid": 1, "dbbackup_version": "0",
+            "size_bytes": 0, "stored_bytes": 0, "tablespaces": [], "directories": [], "files": []
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn catalog(segments: &[(u32, u64)]) -> Catalog {
+        let size = SegmentSize::new(SEG).unwrap();
+        let objects = segments
+            .iter()
+            .map(|&(tli, n)| {
+                let wal = WalFileName::segment(TimelineId(tli), n, size);
+                let object = ObjectName {
+                    original: wal.to_string(),
+                    checksum: "0".repeat(64),
+                    codec: Codec::Zstd,
+                    encrypted: false,
+                };
+                WalObject {
+                    stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
+                    wal,
+                    archived_at: None,
+                }
+            })
+            .collect();
+        Catalog { objects, strays: Vec::new() }
+    }
+
+    fn removed(plan: &Plan) -> Vec<String> {
+        plan.remove_wal.iter().map(|p| p["wal/".len()..][..24].to_string()).collect()
+    }
+
+    #[test]
+    fn wal_stays_from_the_lowest_start_of_any_kept_backup() {
+        // A (tl 1, seg 10), B (tl 1, seg 50); a restore to seg 20 made
+        // timeline 2, where C (seg 25) was taken after B.
+        let backups = vec![
+            backup("A", 1, 10, "2026-11-01T00:00:00Z"),
+            backup("B", 1, 50, "2026-11-02T00:00:00Z"),
+            backup("C", 2, 25, "2026-11-03T00:00:00Z"),
+        ];
+        let cat = catalog(&[(1, 9), (1, 10), (1, 30), (1, 50), (2, 20), (2, 25), (2, 26)]);
+        let size = SegmentSize::new(SEG);
+        let now: jiff::Timestamp = "2026-11-04T00:00:00Z".parse().unwrap();
+        let policy = Policy { keep: Some(2), keep_days: None };
+        let p = plan(&backups, &cat, size, policy, now, true, false).unwrap();
+        assert_eq!(p.keep_backups, ["B", "C"]);
+        assert_eq!(p.remove_backups.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["A"]);
+        assert_eq!(p.wal_kept_from.as_deref(), Some("000000020000000000000019"));
+        assert_eq!(removed(&p), ["000000010000000000000009", "00000001000000000000000A", "000000020000000000000014"]);
+    }
+
+    #[test]
+    fn wal_cleanup_marks_the_backups_it_makes_unrestorable_expired() {
+        // C is inside the one-day window, B the newest before it (it reaches
+        // the window's start), A older still.
+        let backups = vec![
+            backup("A", 1, 10, "2026-11-01T00:00:00Z"),
+            backup("B", 1, 50, "2026-11-02T00:00:00Z"),
+            backup("C", 1, 60, "2026-11-03T12:00:00Z"),
+        ];
+        let cat = catalog(&[(1, 10), (1, 30), (1, 50), (1, 60)]);
+        let now: jiff::Timestamp = "2026-11-04T00:00:00Z".parse().unwrap();
+        let policy = Policy { keep: None, keep_days: Some(1) };
+        let p = plan(&backups, &cat, SegmentSize::new(SEG), policy, now, false, false).unwrap();
+        assert_eq!(p.keep_backups, ["B", "C"]);
+        assert!(p.remove_backups.is_empty());
+        assert_eq!(p.expire_backups.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["A"]);
+        assert_eq!(removed(&p).len(), 2);
+        // A window that removes no WAL expires nothing.
+        let policy = Policy { keep: None, keep_days: Some(7) };
+        assert_eq!(
+            plan(&backups, &cat, SegmentSize::new(SEG), policy, now, false, false).unwrap().keep_backups.len(),
+            3
+        );
+        let p = plan(&backups, &cat, SegmentSize::new(SEG), policy, now, false, false).unwrap();
+        assert!(p.expire_backups.is_empty() && p.remove_wal.is_empty());
+        // An expired backup is removed by the next expire.
+        let mut backups = backups;
+        backups[0].status = BackupStatus::Expired;
+        let policy = Policy { keep: Some(1), keep_days: None };
+        let p = plan(&backups, &cat, SegmentSize::new(SEG), policy, now, true, false).unwrap();
+        let a = p.remove_backups.iter().find(|r| r.id == "A").unwrap();
+        assert_eq!(a.reason, "expired by wal cleanup");
+    }
 }

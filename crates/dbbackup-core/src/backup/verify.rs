@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::checksum::Checksum;
 use dbbackup_format::manifest::{BackupStatus, FileEntry, Manifest};
 use dbbackup_format::{SegmentSize, TimelineId, WalFileName};
-use sha2::{Digest, Sha256};
 
 use crate::backup::base::file_aad;
 use crate::backup::{backup_dir, write_manifest};
@@ -41,10 +41,15 @@ impl BackupVerifyReport {
 }
 
 /// Decodes one backup file and checks size and checksum.
-pub fn verify_file(repo: &Repository, m: &Manifest, f: &FileEntry, out: &mut dyn std::io::Write) -> Result<()> {
+pub fn verify_file(
+    repo: &Repository,
+    m: &Manifest,
+    f: &FileEntry,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<()> {
     let path = format!("{}/{}", backup_dir(&m.id), f.object);
     let r = open_decoded(repo, &path, m.codec, m.encrypted, &file_aad(&m.id, &f.path))?;
-    let mut h = Sha256::new();
+    let mut h = Checksum::new();
     // Small files: one thread. Large ones: decode on a second thread while
     // this one hashes and writes.
     let total = if f.stored_size < (4 << 20) {
@@ -64,21 +69,25 @@ pub fn verify_file(repo: &Repository, m: &Manifest, f: &FileEntry, out: &mut dyn
         }
         total
     } else {
-        let pumped = crate::object::pump(r, |chunk| {
-            h.update(chunk);
-            out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", f.path)))
-        });
+        let pumped = crate::object::pump(
+            r,
+            |chunk| {
+                h.update(chunk);
+                Ok(())
+            },
+            |chunk| out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", f.path))),
+        );
         match pumped {
             Ok(t) => t,
             Err(crate::object::PumpError::Read(e)) => return Err(pipeline_error(&path, e)),
             Err(crate::object::PumpError::Sink(e)) => return Err(e),
         }
     };
-    let sum = hex::encode(h.finalize());
-    if sum != f.sha256 || total != f.size {
+    let sum = h.hex();
+    if sum != f.checksum || total != f.size {
         return Err(Error::integrity(format!(
-            "{path}: decoded {total} bytes with SHA-256 {sum}, the manifest records {} bytes with SHA-256 {}",
-            f.size, f.sha256
+            "{path}: decoded {total} bytes with checksum {sum}, the manifest records {} bytes with checksum {} (BLAKE3)",
+            f.size, f.checksum
         )));
     }
     Ok(())

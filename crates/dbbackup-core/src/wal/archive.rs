@@ -15,8 +15,8 @@ use dbbackup_format::meta::ClusterIdentity;
 use dbbackup_format::object::{wal_dir_for, ObjectName};
 use dbbackup_format::pagehdr::{self, Expected};
 use dbbackup_format::{SegmentSize, WalFileName, WalKind};
-use sha2::{Digest, Sha256};
 
+use crate::checksum::Checksum;
 use crate::codec::CodecSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::encode;
@@ -67,20 +67,20 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
     // compressing anything.
     let existing = find(repo, &wal)?;
     if !existing.is_empty() {
-        let mut h = Sha256::new();
+        let mut h = Checksum::new();
         h.update(&first);
         hash_rest(&mut file, &mut h).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
-        let checksum = hex::encode(h.finalize());
+        let checksum = h.hex();
         return settle_duplicate(repo, &wal, &existing, &checksum, source, codec);
     }
 
     let mut settings = codec.unwrap_or_else(|| repo.codec_settings());
-    // One zstd worker compresses while this thread reads and hashes.
-    settings.threads = 1;
+    // Two zstd workers compress while this thread reads and hashes.
+    settings.threads = 2;
     store(repo, &wal, source, &first, &mut file, size, settings)
 }
 
-fn hash_rest(r: &mut impl Read, h: &mut Sha256) -> io::Result<u64> {
+fn hash_rest(r: &mut impl Read, h: &mut Checksum) -> io::Result<u64> {
     let mut buf = vec![0u8; BUF];
     let mut total = 0;
     loop {
@@ -169,7 +169,7 @@ fn settle_duplicate(
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "{wal} is already archived with different content: the repository's copy {} has SHA-256 {}, the file {} has SHA-256 {checksum}; refusing to overwrite archived WAL (is another cluster archiving into repository {}?)",
+                "{wal} is already archived with different content: the repository's copy {} has checksum {}, the file {} has checksum {checksum} (BLAKE3); refusing to overwrite archived WAL (is another cluster archiving into repository {}?)",
                 theirs.path,
                 theirs.object.checksum,
                 source.display(),
@@ -245,11 +245,11 @@ fn write_object(
     }
     let object = ObjectName {
         original: name,
-        checksum: enc.sha256.clone(),
+        checksum: enc.checksum.clone(),
         codec: settings.codec,
         encrypted: repo.key().is_some(),
     };
-    Ok((Pending { writer, object, dir, original_size: enc.plain_size, stored_size: enc.stored_size }, enc.sha256))
+    Ok((Pending { writer, object, dir, original_size: enc.plain_size, stored_size: enc.stored_size }, enc.checksum))
 }
 
 fn store(

@@ -11,8 +11,8 @@ use std::io::{Read, Write};
 use dbbackup_format::object::{wal_dir_for, ObjectName};
 use dbbackup_format::pagehdr::{self, Expected, LONG_HEADER_LEN};
 use dbbackup_format::{WalFileName, WalKind};
-use sha2::{Digest, Sha256};
 
+use crate::checksum::Checksum;
 use crate::error::{pipeline_error, Error, Result};
 use crate::repo::Repository;
 
@@ -57,38 +57,43 @@ pub fn open_plain(repo: &Repository, stored: &StoredWal) -> Result<Box<dyn Read 
 
 /// Decodes a stored object completely into `out`, checking everything that
 /// can be checked: authentication (encrypted), the codec's own framing, the
-/// plaintext SHA-256 recorded in the name and, for segments, the page header
+/// plaintext checksum recorded in the name and, for segments, the page header
 /// and the size. Returns the plaintext size. `out` may have received bytes
 /// when this fails: write to a temporary place.
-pub fn decode_verified(repo: &Repository, stored: &StoredWal, out: &mut dyn Write) -> Result<u64> {
+pub fn decode_verified(repo: &Repository, stored: &StoredWal, out: &mut (dyn Write + Send)) -> Result<u64> {
     let wal =
         WalFileName::parse(&stored.object.original).map_err(|e| Error::integrity(format!("{}: {e}", stored.path)))?;
     let reader = open_plain(repo, stored)?;
-    let mut h = Sha256::new();
+    let mut h = Checksum::new();
     let is_segment = matches!(wal.kind(), WalKind::Segment | WalKind::Partial);
     let mut head = Vec::with_capacity(LONG_HEADER_LEN);
     let mut header_checked = !is_segment;
-    let pumped = crate::object::pump(reader, |chunk| {
-        if !header_checked {
-            let need = LONG_HEADER_LEN - head.len();
-            head.extend_from_slice(&chunk[..need.min(chunk.len())]);
-            if head.len() == LONG_HEADER_LEN {
-                check_header(repo, &wal, &stored.path, &head)?;
-                header_checked = true;
+    let name = &stored.object.original;
+    let pumped = crate::object::pump(
+        reader,
+        |chunk| {
+            if !header_checked {
+                let need = LONG_HEADER_LEN - head.len();
+                head.extend_from_slice(&chunk[..need.min(chunk.len())]);
+                if head.len() == LONG_HEADER_LEN {
+                    check_header(repo, &wal, &stored.path, &head)?;
+                    header_checked = true;
+                }
             }
-        }
-        h.update(chunk);
-        out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {}: {e}", stored.object.original)))
-    });
+            h.update(chunk);
+            Ok(())
+        },
+        |chunk| out.write_all(chunk).map_err(|e| Error::io(format!("cannot write {name}: {e}"))),
+    );
     let total = match pumped {
         Ok(t) => t,
         Err(crate::object::PumpError::Read(e)) => return Err(pipeline_error(&stored.path, e)),
         Err(crate::object::PumpError::Sink(e)) => return Err(e),
     };
-    let sum = hex::encode(h.finalize());
+    let sum = h.hex();
     if sum != stored.object.checksum {
         return Err(Error::integrity(format!(
-            "{}: decoded content has SHA-256 {sum}, but it was archived with SHA-256 {}: the object is corrupt",
+            "{}: decoded content has checksum {sum}, but it was archived with checksum {} (BLAKE3): the object is corrupt",
             stored.path, stored.object.checksum
         )));
     }

@@ -206,7 +206,7 @@ fn show(ctx: &Ctx, id: &str) -> Result<ExitCode> {
 fn verify(ctx: &Ctx, id: &str, jobs: usize) -> Result<ExitCode> {
     let repo = ctx.open_repo()?;
     let m = if id == "latest" { backup::resolve(&repo, id)? } else { backup::read_manifest(&repo, id)? };
-    if matches!(m.status, BackupStatus::Running | BackupStatus::Failed) {
+    if matches!(m.status, BackupStatus::Running | BackupStatus::Failed | BackupStatus::Expired) {
         bail!("backup {} is {}: there is nothing usable to verify", m.id, shown_status(&m, backup_running(&repo)));
     }
     let report = dbbackup_core::backup::verify::verify(&repo, &m, jobs)?;
@@ -263,6 +263,10 @@ pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention
         }
         for r in &plan.remove_backups {
             println!("{verb} backup {} ({})", r.id, r.reason);
+        }
+        for r in &plan.expire_backups {
+            let verb = if dry_run { "would mark" } else { "marking" };
+            println!("{verb} backup {} expired ({}); `dbbackup backup expire` removes it", r.id, r.reason);
         }
         for w in &plan.remove_wal {
             println!("{verb} {w}");

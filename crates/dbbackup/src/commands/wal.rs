@@ -57,7 +57,7 @@ fn list(ctx: &Ctx, only: Option<u32>) -> Result<ExitCode> {
                     "stored_size": o.stored.stored_size,
                     "codec": o.stored.object.codec,
                     "encrypted": o.stored.object.encrypted,
-                    "checksum_sha256": o.stored.object.checksum,
+                    "checksum_blake3": o.stored.object.checksum,
                     "archived_at": time_text(o.archived_at),
                     "path": o.stored.path,
                 })

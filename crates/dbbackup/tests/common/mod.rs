@@ -48,7 +48,12 @@ pub fn make_archived_segment(c: &Cluster) -> String {
     name
 }
 
-/// SHA-256 of a file, as sha256sum prints it.
+/// BLAKE3 of a file, as b3sum prints it: the checksum dbbackup records.
+pub fn b3_file(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string()
+}
+
+/// SHA-256 of a file, as sha256sum prints it (to compare contents).
 pub fn sha256_file(p: &Path) -> String {
     let out = Cmd::new("sha256sum").arg(p).as_root().assert_success();
     out.stdout.split_whitespace().next().unwrap().to_string()
