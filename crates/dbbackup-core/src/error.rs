@@ -111,5 +111,12 @@ pub fn pipeline_error(object: &str, e: std::io::Error) -> Error {
         .and_then(|i| i.downcast_ref::<crate::crypto::CryptoError>())
         .is_some_and(|c| matches!(c, crate::crypto::CryptoError::WrongKey { .. }));
     let kind = if wrong_key { ErrorKind::Key } else { kind };
-    Error::new(kind, format!("{object}: {e}"))
+    // The codec libraries' own words ("Data corruption detected", "failed
+    // to fill whole buffer") say little to a DBA on their own.
+    let what = if kind == ErrorKind::Integrity && !wrong_key && !e.to_string().contains("corrupt") {
+        "the stored object is corrupt or truncated: "
+    } else {
+        ""
+    };
+    Error::new(kind, format!("{object}: {what}{e}"))
 }

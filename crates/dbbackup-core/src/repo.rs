@@ -71,6 +71,8 @@ impl Repository {
                     format!("repository {loc} already exists: nothing was changed (see it with `dbbackup repo info --repo {loc}`)"),
                 ));
             }
+            // A mount point's lost+found does not make a directory used.
+            let entries: Vec<_> = entries.into_iter().filter(|e| e.name != "lost+found").collect();
             if !entries.is_empty() {
                 return Err(Error::invalid(format!(
                     "{loc} is not empty and is not a dbbackup repository (found {}): choose a new or empty directory",
@@ -99,6 +101,17 @@ impl Repository {
             e => Error::io(format!("cannot create repository {loc}: {e}")),
         })?;
         Ok(Repository { storage, meta, key: opts.key })
+    }
+
+    /// Whether `init` may create a repository here: the path is absent, or
+    /// an empty directory (temporary files of another process creating one
+    /// at this moment, and a mount point's lost+found, do not count).
+    pub fn can_init(storage: &dyn Storage) -> bool {
+        match storage.root_exists() {
+            Ok(false) => true,
+            Ok(true) => storage.list("").is_ok_and(|l| l.iter().all(|e| e.name == "lost+found")),
+            Err(_) => false,
+        }
     }
 
     /// Reads the metadata without asking for a key (for `repo info`).
@@ -226,7 +239,7 @@ impl Repository {
 fn check_same_cluster(loc: &str, own: &ClusterIdentity, found: &ClusterIdentity, what: &str) -> Result<()> {
     if own.system_identifier != found.system_identifier {
         return Err(Error::identity(format!(
-            "{what} belongs to another cluster: system identifier {}, but repository {loc} belongs to system identifier {}",
+            "repository {loc} belongs to another cluster: {what} has system identifier {}, the repository's cluster has system identifier {}",
             found.system_identifier, own.system_identifier
         )));
     }

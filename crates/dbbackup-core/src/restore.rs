@@ -94,6 +94,12 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
     pub source: Source,
+    /// What recovery is configured to reach: the requested target, or the
+    /// end of the archive when `--force` overrode a time past it.
+    pub target: Target,
+    /// Where the last archived segment on the way starts: an end-of-archive
+    /// recovery that stops before it stopped early.
+    pub archive_end: Option<Lsn>,
     pub target_timeline: TimelineId,
     pub first_segment: String,
     pub last_segment: Option<String>,
@@ -122,12 +128,11 @@ fn path_to(target: TimelineId, histories: &BTreeMap<TimelineId, History>) -> Res
     if target.0 == 1 {
         return Ok(vec![Leg { tli: target, begin: Lsn(0), end: None }]);
     }
-    let h = histories.get(&target).ok_or_else(|| {
-        Error::not_found(format!(
-            "timeline {target} has no history file ({}) in the archive: recovery cannot follow it",
-            WalFileName::history(target)
-        ))
-    })?;
+    // No history file: the timeline is followed alone (a repository whose
+    // archiving began on it); a backup on another timeline is refused later.
+    let Some(h) = histories.get(&target) else {
+        return Ok(vec![Leg { tli: target, begin: Lsn(0), end: None }]);
+    };
     let mut legs = Vec::new();
     let mut begin = Lsn(0);
     for e in &h.entries {
@@ -311,46 +316,76 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         },
     };
     let legs = path_to(target_tl, &histories)?;
-
-    // Time targets must lie inside the archive.
-    if let Target::Time(t) = &opts.target {
-        let now = jiff::Timestamp::now();
-        if t.timestamp() > now && !opts.force {
-            return Err(Error::invalid(format!(
-                "target time {} is in the future: recovery would replay the whole archive and stop at its end; use --force to do that anyway",
-                format_time(t)
+    let backup_on_target = match &named {
+        Some(src) => source_tli(src) == target_tl,
+        None => all.iter().any(|m| m.status == BackupStatus::Complete && m.timeline == Some(target_tl.0)),
+    };
+    if target_tl.0 > 1 && !histories.contains_key(&target_tl) && !backup_on_target {
+        // Without its history file, recovery cannot switch to this timeline
+        // from an older one's WAL (a backup taken on it needs none).
+        let older = cat.objects.iter().map(|o| o.wal.timeline()).filter(|t| *t < target_tl).max();
+        if let Some(older) = older {
+            return Err(Error::not_found(format!(
+                "timeline {target_tl} has no history file ({}) in the archive, so recovery cannot follow it from timeline {older}: archive it from the server's pg_wal with `dbbackup wal archive`, or choose --timeline {older}",
+                WalFileName::history(target_tl)
             )));
         }
+    }
+    // The timeline whose segment holds position `p` on the way to the
+    // target: the newest leg that began at or before it, as PostgreSQL
+    // reads segments (a parent's segments past a branch point are not on
+    // the way).
+    let owner = |p: u64| -> TimelineId {
+        legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli).unwrap_or(legs[0].tli)
+    };
+    let on_the_way = |w: &WalFileName| w.segment_no(size).is_some_and(|q| owner(q) == w.timeline());
+
+    // Time targets must lie inside the archive.
+    let mut target = opts.target.clone();
+    if let Target::Time(t) = &opts.target {
+        let now = jiff::Timestamp::now();
         let newest = cat
             .objects
             .iter()
-            .filter(|o| o.wal.kind() == WalKind::Segment && legs.iter().any(|l| l.tli == o.wal.timeline()))
+            .filter(|o| o.wal.kind() == WalKind::Segment && on_the_way(&o.wal))
             .filter_map(|o| o.archived_at)
             .max()
             .and_then(|t| jiff::Timestamp::try_from(t).ok());
-        if let Some(newest) = newest {
-            if t.timestamp() > newest && !opts.force {
-                return Err(Error::invalid(format!(
-                    "target time {} is past the end of the archive (its newest segment was archived at {newest}): recovery would stop short; if the source server still runs, archive its current WAL first (SELECT pg_switch_wal(), then wait until `dbbackup pitr status` shows it archived), or use --force to recover to the end of the archive",
-                    format_time(t)
-                )));
+        let past = if t.timestamp() > now {
+            Some(format!(
+                "target time {} is in the future: recovery would replay the whole archive and stop at its end",
+                format_time(t)
+            ))
+        } else {
+            newest.filter(|n| t.timestamp() > *n).map(|n| format!(
+                "target time {} is past the end of the archive on timeline {target_tl} (its newest segment was archived at {n}): recovery would stop short; if the source server still runs, archive its current WAL first (SELECT pg_switch_wal(), then wait until `dbbackup pitr status` shows it archived)",
+                format_time(t)
+            ))
+        };
+        if let Some(why) = past {
+            if !opts.force {
+                return Err(Error::invalid(format!("{why}; or use --force to recover to the end of the archive")));
             }
+            // PostgreSQL refuses to end recovery before a time target: what
+            // --force promises is the end of the archive.
+            tracing::warn!("{why}; --force: recovering to the end of the archive instead");
+            target = Target::End;
         }
     }
 
     // The backup: named, or the newest complete one that can reach the target.
     let source = match named {
         Some(Source::Repo(m)) => {
-            if let Some(why) = unreachable_reason(&m, &legs, &opts.target) {
+            if let Some(why) = unreachable_reason(&m, &legs, &target) {
                 let other = all
                     .iter()
                     .rev()
                     .filter(|b| b.status == BackupStatus::Complete)
-                    .find(|b| unreachable_reason(b, &legs, &opts.target).is_none());
+                    .find(|b| unreachable_reason(b, &legs, &target).is_none());
                 return Err(Error::invalid(format!(
                     "backup {} cannot reach {}: {why}; {}",
                     m.id,
-                    opts.target,
+                    target,
                     match other {
                         Some(b) => format!("backup {} can (use --base-backup {})", b.id, b.id),
                         None => "no backup in the repository can".to_string(),
@@ -368,16 +403,16 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
                     repo.location()
                 )));
             }
-            let pick = complete.iter().rev().find(|m| unreachable_reason(m, &legs, &opts.target).is_none());
+            let pick = complete.iter().rev().find(|m| unreachable_reason(m, &legs, &target).is_none());
             match pick {
                 Some(m) => Source::Repo(Box::new((*m).clone())),
                 None => {
                     let oldest = complete[0];
                     return Err(Error::invalid(format!(
-                        "no complete backup can reach {} on timeline {target_tl}: the oldest, {}, {}",
-                        opts.target,
+                        "no complete backup can reach {} on timeline {target_tl}: not even the oldest, {}: {}",
+                        target,
                         oldest.id,
-                        unreachable_reason(oldest, &legs, &opts.target).unwrap_or_default()
+                        unreachable_reason(oldest, &legs, &target).unwrap_or_default()
                     )));
                 }
             }
@@ -401,38 +436,56 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         .filter(|o| o.wal.kind() == WalKind::Segment)
         .filter_map(|o| Some((o.wal.timeline().0, o.wal.segment_no(size)?)))
         .collect();
-    let owner = |p: u64| -> TimelineId {
-        legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli).unwrap_or(legs[0].tli)
-    };
     let first = size.segment_of(start_lsn);
     // The end of the archive: the last position held by the timeline that
     // owns it on the way to the target.
     let end_of_archive = present.iter().filter(|(t, q)| *q >= first && owner(*q).0 == *t).map(|(_, q)| *q).max();
-    let last = match &opts.target {
+    let last = match &target {
         Target::Lsn(l) => Some(size.segment_of(*l)),
         Target::Immediate => match &source {
             Source::Repo(m) => m.stop_lsn.map(|s| size.segment_of(Lsn(s.0.saturating_sub(1)))),
             Source::Path { .. } => Some(first),
         },
-        _ => end_of_archive,
+        // Recovery that runs to the end of the archive (or to a time,
+        // transaction or name somewhere in it) reaches every branch point
+        // on the way: the child's segment holding it must be there, or
+        // PostgreSQL would read on down the parent timeline past the fork.
+        _ => {
+            let branch = legs.last().filter(|l| l.begin.0 > 0).map(|l| size.segment_of(l.begin));
+            end_of_archive.max(branch)
+        }
     };
     let last = last.unwrap_or(first);
     for p in first..=last {
         let t = owner(p);
         if !present.contains(&(t.0, p)) {
+            let none_on_timeline = !present.iter().any(|(tl, _)| *tl == t.0);
+            let hint = match legs.iter().position(|l| l.tli == t) {
+                Some(i) if i > 0 && none_on_timeline => format!(
+                    ": timeline {t} branched off timeline {} at {} but none of its WAL is archived; restore timeline {} with --timeline {}, or archive timeline {t}'s WAL",
+                    legs[i - 1].tli,
+                    legs[i].begin,
+                    legs[i - 1].tli,
+                    legs[i - 1].tli
+                ),
+                _ => " (see `dbbackup wal verify`)".to_string(),
+            };
             return Err(Error::not_found(format!(
-                "the archive does not cover the way from {} to {}: {} is missing (see `dbbackup wal verify`)",
+                "the archive does not cover the way from {} to {}: {} is missing{hint}",
                 match &source {
                     Source::Repo(m) => format!("backup {}", m.id),
                     Source::Path { path, .. } => path.display().to_string(),
                 },
-                opts.target,
+                target,
                 WalFileName::segment(t, p, size)
             )));
         }
     }
+    let archive_end = matches!(target, Target::End).then(|| size.segment_start(last));
     Ok(RestorePlan {
         source,
+        target,
+        archive_end,
         target_timeline: target_tl,
         first_segment: WalFileName::segment(owner(first), first, size).to_string(),
         last_segment: Some(WalFileName::segment(owner(last), last, size).to_string()),
@@ -473,39 +526,97 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot set mode 0700 on {}: {e}", dir.display())))
 }
 
-/// Unpacks the chosen source into the target directory.
+/// Where each tablespace of a backup goes (after `--tablespace-map`),
+/// checked empty: `--force` replaces the contents of the target directory
+/// only, never a tablespace location, which on the source's host is the
+/// live cluster's own tablespace.
+fn tablespace_dirs(m: &Manifest, opts: &RestoreOptions) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for t in &m.tablespaces {
+        let loc = PathBuf::from(map_location(&t.location, &opts.tablespace_map));
+        let inside_target = loc.starts_with(&opts.target_dir);
+        if !inside_target && fs::read_dir(&loc).map(|mut r| r.next().is_some()).unwrap_or(false) {
+            return Err(Error::invalid(format!(
+                "tablespace {} location {} is not empty (is it the tablespace of the cluster this backup came from?): relocate it with --tablespace-map {}=NEWDIR (--force never replaces a tablespace location)",
+                t.oid,
+                loc.display(),
+                t.location
+            )));
+        }
+        out.insert(format!("pg_tblspc/{}", t.oid), loc);
+    }
+    Ok(out)
+}
+
+/// Removes what a failed extraction wrote: the target directory's
+/// contents (or the directory, when it did not exist before) and the
+/// tablespace locations' contents (checked empty before).
+fn remove_partial(dir: &Path, created: bool, spc_dirs: &BTreeMap<String, PathBuf>) -> std::io::Result<()> {
+    let clear = |d: &Path| -> std::io::Result<()> {
+        for e in fs::read_dir(d)? {
+            let p = e?.path();
+            if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+        Ok(())
+    };
+    for loc in spc_dirs.values() {
+        match clear(loc) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    if created {
+        fs::remove_dir_all(dir)
+    } else {
+        clear(dir)
+    }
+}
+
+/// Unpacks the chosen source into the target directory. On failure it
+/// removes what it wrote, so no half-restored directory is left to be
+/// started by mistake.
 pub fn extract(repo: &Repository, plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
     let dir = &opts.target_dir;
+    let spc_dirs = match &plan.source {
+        Source::Repo(m) => tablespace_dirs(m, opts)?,
+        Source::Path { .. } => BTreeMap::new(),
+    };
+    let created = !dir.exists();
     prepare_dir(dir, opts.force)?;
-    match &plan.source {
-        Source::Repo(m) => extract_repo(repo, m, opts),
+    let done = match &plan.source {
+        Source::Repo(m) => extract_repo(repo, m, opts, &spc_dirs),
         Source::Path { path, .. } => extract_path(path, dir),
-    }
+    };
+    done.map_err(|e| {
+        let cleanup = match remove_partial(dir, created, &spc_dirs) {
+            Ok(()) => "what was written is removed".to_string(),
+            Err(c) => format!("removing what was written failed ({c}): remove {} yourself", dir.display()),
+        };
+        e.context(format!("restore into {} failed; {cleanup}", dir.display()))
+    })
 }
 
 fn map_location(loc: &str, map: &[(String, String)]) -> String {
     map.iter().find(|(old, _)| old == loc).map(|(_, new)| new.clone()).unwrap_or_else(|| loc.to_string())
 }
 
-fn extract_repo(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+fn extract_repo(
+    repo: &Repository,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    spc_dirs: &BTreeMap<String, PathBuf>,
+) -> Result<()> {
     let dir = &opts.target_dir;
-    let mut spc_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for t in &m.tablespaces {
-        let loc = PathBuf::from(map_location(&t.location, &opts.tablespace_map));
-        if loc.exists() && fs::read_dir(&loc).map(|mut r| r.next().is_some()).unwrap_or(false) && !opts.force {
-            return Err(Error::invalid(format!(
-                "tablespace {} location {} is not empty: relocate it with --tablespace-map {}=NEWDIR",
-                t.oid,
-                loc.display(),
-                t.location
-            )));
-        }
-        fs::create_dir_all(&loc).map_err(|e| Error::io(format!("cannot create {}: {e}", loc.display())))?;
-        let _ = fs::set_permissions(&loc, fs::Permissions::from_mode(0o700));
-        spc_dirs.insert(format!("pg_tblspc/{}", t.oid), loc);
+    for loc in spc_dirs.values() {
+        fs::create_dir_all(loc).map_err(|e| Error::io(format!("cannot create {}: {e}", loc.display())))?;
+        let _ = fs::set_permissions(loc, fs::Permissions::from_mode(0o700));
     }
     let resolve = |rel: &str| -> PathBuf {
-        for (prefix, loc) in &spc_dirs {
+        for (prefix, loc) in spc_dirs {
             if let Some(rest) = rel.strip_prefix(prefix.as_str()) {
                 return loc.join(rest.trim_start_matches('/'));
             }
@@ -559,7 +670,7 @@ fn extract_repo(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Resul
         }
     });
     if let Some(e) = first_err.into_inner().expect("threads joined") {
-        return Err(e.context(format!("restore into {} failed; the directory is incomplete, remove it", dir.display())));
+        return Err(e);
     }
     // tablespace_map names the new locations, so PostgreSQL links them there.
     let map_path = dir.join("tablespace_map");
@@ -773,10 +884,32 @@ fn fatal_line(lines: &[String]) -> Option<String> {
         .cloned()
 }
 
+/// The text after `needle` on the newest log line holding it.
+fn after<'a>(lines: &'a [String], needle: &str) -> Option<&'a str> {
+    let l = find_line(lines, &[needle])?;
+    Some(l[l.find(needle)? + needle.len()..].trim())
+}
+
+/// Where replay got to, from the server log, for a server that is gone:
+/// (LSN, time of the last replayed transaction, last WAL file restored).
+fn replay_end_from_log(lines: &[String]) -> (Option<String>, Option<String>, Option<String>) {
+    let lsn = after(lines, "redo done at ").and_then(|r| r.split_whitespace().next()).map(str::to_string);
+    let time = after(lines, "last completed transaction was at log time ").map(str::to_string);
+    let file = after(lines, "restored log file \"").and_then(|r| r.split('"').next()).map(str::to_string);
+    (lsn, time, file)
+}
+
 /// Follows recovery until it ends (promoted, paused at the target, shut
-/// down) or fails. `wait_startup` bounds the wait for the server to accept
-/// connections or exit.
-pub fn monitor(dir: &Path, log: &Path, target: &Target, timeout: Option<Duration>) -> Result<RecoveryOutcome> {
+/// down) or fails. `archive_end` (end-of-archive targets) is where the last
+/// archived segment on the way starts: promoting before it means a segment
+/// was missing. `timeout` bounds the whole wait.
+pub fn monitor(
+    dir: &Path,
+    log: &Path,
+    target: &Target,
+    archive_end: Option<Lsn>,
+    timeout: Option<Duration>,
+) -> Result<RecoveryOutcome> {
     let started = Instant::now();
     let stop_line = |lines: &[String]| find_line(lines, &["recovery stopping", "recovery has paused"]).cloned();
     loop {
@@ -788,17 +921,34 @@ pub fn monitor(dir: &Path, log: &Path, target: &Target, timeout: Option<Duration
             let stopped = stop_line(&lines);
             let shut = find_line(&lines, &["database system is shut down"]).is_some();
             let reached = stopped.is_some() && fatal.is_none();
+            let (lsn, time, file) = replay_end_from_log(&lines);
+            let detail = match (fatal, file) {
+                (Some(f), Some(file)) => Some(format!("{f} (the last WAL file restored was {file})")),
+                (f, _) => f.or(stopped),
+            };
             return Ok(RecoveryOutcome {
                 state: if reached && shut { "shut down".into() } else { "failed".into() },
                 target_reached: reached,
                 timeline: None,
-                lsn: None,
-                time: None,
-                detail: fatal.or(stopped),
+                lsn,
+                time,
+                detail,
             });
         }
         if let Some(pm) = &pm {
-            if let Some(out) = probe(pm, &lines, target)? {
+            if let Some(mut out) = probe(pm, &lines, target)? {
+                // An end-of-archive recovery that promoted before the last
+                // archived segment stopped early: a segment was missing or
+                // could not be read.
+                let early = archive_end.zip(out.lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok()));
+                if let Some((end, at)) = early.filter(|(end, at)| out.state == "promoted" && at < end) {
+                    out.target_reached = false;
+                    let (_, _, file) = replay_end_from_log(&lines);
+                    out.detail = Some(format!(
+                        "recovery ended at {at}, before the last archived segment (which starts at {end}): a WAL file was missing or unreadable{}",
+                        file.map(|f| format!("; the last one restored was {f}")).unwrap_or_default()
+                    ));
+                }
                 return Ok(out);
             }
         }

@@ -21,7 +21,7 @@ pub enum StorageError {
     NotFound { path: String },
     #[error("{path}: already exists")]
     AlreadyExists { path: String },
-    #[error("{path}: {source}")]
+    #[error("{}{source}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
     Io { path: String, source: io::Error },
 }
 

@@ -52,9 +52,13 @@ impl History {
             if tli == 0 || tli >= timeline.0 {
                 return Err(err(format!("parent timeline {tli} is not older than timeline {}", timeline.0)));
             }
+            // Timeline IDs increase, as PostgreSQL requires. Switch points
+            // need not: recovering timeline 2 to a point before its own
+            // branch point and promoting writes a timeline 3 that branched
+            // from 2 at an LSN below where 2 branched from 1.
             if let Some(prev) = entries.last() {
-                if tli <= prev.parent.0 || switch_lsn < prev.switch_lsn {
-                    return Err(err("timelines or switch points go backwards".into()));
+                if tli <= prev.parent.0 {
+                    return Err(err(format!("timeline {tli} does not follow timeline {}", prev.parent.0)));
                 }
             }
             entries.push(HistoryEntry { parent: TimelineId(tli), switch_lsn, reason });
@@ -70,9 +74,64 @@ impl History {
         self.entries.last().expect("parsed histories are not empty")
     }
 
-    /// The timeline that was current at `lsn` on the way to this one.
+    /// The timeline that holds `lsn` on the way to this one, as PostgreSQL's
+    /// `tliOfPointInHistory` decides: the newest timeline whose range
+    /// `[branch point, next branch point)` contains it (a range can be empty
+    /// when switch points go backwards).
     pub fn timeline_at(&self, lsn: Lsn) -> TimelineId {
-        self.entries.iter().find(|e| lsn < e.switch_lsn).map(|e| e.parent).unwrap_or(self.timeline)
+        if lsn >= self.parent().switch_lsn {
+            return self.timeline;
+        }
+        for (i, e) in self.entries.iter().enumerate().rev() {
+            let begin = if i == 0 { Lsn(0) } else { self.entries[i - 1].switch_lsn };
+            if lsn >= begin && lsn < e.switch_lsn {
+                return e.parent;
+            }
+        }
+        self.entries[0].parent
+    }
+}
+
+/// Checks that the content of a history file PostgreSQL hands over for
+/// archiving is what its name says: a timeline history file that parses
+/// (for timeline 2 or later: timeline 1 has none), or a backup history
+/// file whose `START WAL LOCATION` matches the name's position. Archived
+/// objects are immutable, so junk stored under such a name would block the
+/// real file forever.
+pub fn check_content(
+    name: &crate::wal::WalFileName,
+    content: &[u8],
+    size: Option<crate::wal::SegmentSize>,
+) -> Result<(), String> {
+    use crate::wal::WalKind;
+    let text = std::str::from_utf8(content).map_err(|_| "its content is not text".to_string())?;
+    match name.kind() {
+        WalKind::History => {
+            if name.timeline().0 < 2 {
+                return Err("timeline 1 has no history file".into());
+            }
+            History::parse(name.timeline(), text).map(|_| ()).map_err(|e| format!("not a timeline history file: {e}"))
+        }
+        WalKind::Backup => {
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+                .ok_or("not a backup history file: no START WAL LOCATION line")?;
+            let lsn: Lsn = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| format!("not a backup history file: START WAL LOCATION: {e}"))?;
+            let expected = size.and_then(|s| name.start_lsn(s));
+            match expected {
+                Some(e) if e != lsn => {
+                    Err(format!("its START WAL LOCATION {lsn} is not the position its name says ({e})"))
+                }
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
 }
 
@@ -93,6 +152,33 @@ mod tests {
         assert_eq!(h.timeline_at("0/1000000".parse().unwrap()), TimelineId(1));
         assert_eq!(h.timeline_at("0/3000160".parse().unwrap()), TimelineId(2));
         assert_eq!(h.timeline_at("0/6000000".parse().unwrap()), TimelineId(3));
+    }
+
+    #[test]
+    fn switch_points_may_go_backwards() {
+        // PostgreSQL 15 after restoring timeline 2 to a point before its
+        // own branch point and promoting.
+        let text = "1\t0/9945138\tbefore transaction 764\n\n2\t0/9945080\tbefore transaction 750\n";
+        let h = History::parse(TimelineId(3), text).unwrap();
+        assert_eq!(h.parent().switch_lsn, "0/9945080".parse().unwrap());
+        assert_eq!(h.timeline_at("0/9000000".parse().unwrap()), TimelineId(1));
+        assert_eq!(h.timeline_at("0/9945100".parse().unwrap()), TimelineId(3));
+        assert_eq!(h.timeline_at("0/9945200".parse().unwrap()), TimelineId(3));
+    }
+
+    #[test]
+    fn archived_history_files_are_checked() {
+        use crate::wal::{SegmentSize, WalFileName};
+        let size = SegmentSize::new(16 << 20);
+        let name = |n: &str| WalFileName::parse(n).unwrap();
+        assert!(check_content(&name("00000003.history"), TL3.as_bytes(), size).is_ok());
+        assert!(check_content(&name("00000003.history"), b"hello junk\n", size).is_err());
+        assert!(check_content(&name("00000001.history"), TL3.as_bytes(), size).is_err());
+        let label = "START WAL LOCATION: 0/6000028 (file 000000010000000000000006)\nSTOP WAL LOCATION: 0/6000100 (file 000000010000000000000006)\n";
+        assert!(check_content(&name("000000010000000000000006.00000028.backup"), label.as_bytes(), size).is_ok());
+        assert!(check_content(&name("000000010000000000000006.00000030.backup"), label.as_bytes(), size).is_err());
+        assert!(check_content(&name("000000010000000000000006.00000028.backup"), b"hello", size).is_err());
+        assert!(check_content(&name("000000010000000000000006.00000028.backup"), &[0xff, 0xfe], size).is_err());
     }
 
     #[test]

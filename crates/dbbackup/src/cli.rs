@@ -314,8 +314,8 @@ pub enum PitrCommand {
         names.\n\nExit status: 0 for ok and warning, 1 for error.\n\nExamples:\n  dbbackup pitr status\n  \
         dbbackup pitr status --json\n  dbbackup pitr status --watch 10")]
     Status {
-        /// Repeat every SECONDS until interrupted
-        #[arg(long, value_name = "SECONDS")]
+        /// Repeat every SECONDS (at least 1) until interrupted
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
         /// Archive lag (in segments) above which the verdict is a warning
         #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]

@@ -25,6 +25,10 @@ pub struct FileConfig {
     pgdata: Option<PathBuf>,
     encryption_key_file: Option<PathBuf>,
     encryption_key_env: Option<String>,
+    json: Option<bool>,
+    /// 0 to 2, as many as `-v` flags.
+    verbose: Option<u8>,
+    quiet: Option<bool>,
 }
 
 pub fn load(path: &Path) -> Result<FileConfig> {
@@ -55,4 +59,14 @@ pub fn apply(g: &mut GlobalOpts, m: &ArgMatches, f: FileConfig) {
     fill!(pgdata, "pgdata");
     fill!(encryption_key_file, "encryption_key_file");
     fill!(encryption_key_env, "encryption_key_env");
+    // Flags only: a file can turn these on, a flag cannot turn them off.
+    if let (false, Some(v)) = (from_user(m, "json"), f.json) {
+        g.json |= v;
+    }
+    if let (false, Some(v)) = (from_user(m, "verbose"), f.verbose) {
+        g.verbose = g.verbose.max(v);
+    }
+    if let (false, Some(v)) = (from_user(m, "quiet"), f.quiet) {
+        g.quiet |= v;
+    }
 }

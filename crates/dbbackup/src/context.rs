@@ -70,6 +70,14 @@ impl Ctx {
         c
     }
 
+    /// A progress or status line for the user on stderr; `--quiet` leaves
+    /// only errors there.
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        if !self.g.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
     /// Whether the user said where a server is (we never guess one).
     pub fn conn_given(&self) -> bool {
         self.g.host.is_some() || self.g.port.is_some()

@@ -38,10 +38,13 @@ fn main() -> ExitCode {
         match config::load(&path) {
             Ok(f) => config::apply(&mut cli.global, &matches, f),
             Err(e) => {
-                eprintln!("dbbackup: error: {e:#}");
+                eprintln!("dbbackup: error: {}", output::one_line(&format!("{e:#}")));
                 return ExitCode::from(if is_fetch { EXIT_FETCH_FATAL } else { 2 });
             }
         }
+    }
+    if !is_wal_hook {
+        die_quietly_on_closed_pipes();
     }
     init_logging(&cli.global, is_wal_hook);
     let port_on_cli = matches!(matches.value_source("port"), Some(clap::parser::ValueSource::CommandLine));
@@ -52,6 +55,19 @@ fn main() -> ExitCode {
             eprintln!("dbbackup: error: {}", output::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `dbbackup backup list | head` should end quietly when `head` does, as
+/// other command-line tools do, instead of panicking on the closed pipe.
+/// Not for archive/fetch: their output goes to the server log, and a
+/// signal death would read as a crash to PostgreSQL.
+#[allow(unsafe_code)]
+fn die_quietly_on_closed_pipes() {
+    // SAFETY: called once at start-up, before any thread is spawned;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

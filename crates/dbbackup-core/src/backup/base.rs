@@ -73,12 +73,13 @@ fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     move |e| Error::server(format!("{what}: {}", error_text(&e)))
 }
 
-/// Checks that the server archives into this repository.
-fn check_archiving(client: &mut postgres::Client, repo: &Repository) -> Result<()> {
+/// Checks that the server archives into the repository at `repo` (before
+/// a backup creates or binds anything there).
+pub fn check_archiving(client: &mut postgres::Client, repo: &Path) -> Result<()> {
     let settings = pitr::read_settings(client)?;
     let mode = settings.get("archive_mode").map(|s| s.value.as_str()).unwrap_or("off");
     let cmd = settings.get("archive_command").map(|s| s.value.clone()).unwrap_or_default();
-    let loc = repo.location();
+    let loc = repo.display().to_string();
     let fix = format!("run `dbbackup pitr enable --repo {loc}` first (and restart if it says so)");
     if mode == "off" {
         return Err(Error::invalid(format!(
@@ -285,7 +286,7 @@ pub fn take(
     }
     let ident = crate::pg::server_identity(client)?;
     repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
-    check_archiving(client, repo)?;
+    check_archiving(client, Path::new(&repo.location()))?;
     let data_dir: String = client
         .query_one("SHOW data_directory", &[])
         .map(|r| r.get(0))

@@ -61,6 +61,10 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
             source.display(),
             wal.kind()
         )));
+    } else if first_len as u64 == size {
+        dbbackup_format::history::check_content(&wal, &first, repo.segment_size()).map_err(|e| {
+            Error::invalid(format!("{} (archived as {wal}): {e}; refusing to archive it", source.display()))
+        })?;
     }
 
     // A retry of an already archived file: compare checksums without

@@ -72,6 +72,28 @@ pub fn verify(repo: &Repository, cat: &Catalog, jobs: usize) -> Result<VerifyRep
             Default::default()
         }
     };
+    // A child timeline whose history file is missing cannot be followed
+    // from its parent's WAL. (A repository whose archiving began on a later
+    // timeline holds no older timeline and needs no history file.)
+    let lowest = cat.objects.iter().map(|o| o.wal.timeline()).min();
+    let mut missing: Vec<_> = cat
+        .objects
+        .iter()
+        .map(|o| o.wal.timeline())
+        .filter(|t| Some(*t) != lowest && !histories.contains_key(t))
+        .collect();
+    missing.dedup();
+    if history_errors.is_empty() {
+        for t in missing {
+            let name = dbbackup_format::WalFileName::history(t);
+            history_errors.push(Problem {
+                path: format!("wal/history/{name}"),
+                error: format!(
+                    "timeline {t} has archived WAL but its history file {name} is missing: recovery cannot follow the switch to it (archive it from the server's pg_wal with `dbbackup wal archive`)"
+                ),
+            });
+        }
+    }
     let size = repo.segment_size().unwrap_or(SegmentSize::DEFAULT);
     Ok(VerifyReport {
         objects: cat.objects.len(),

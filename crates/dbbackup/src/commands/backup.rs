@@ -56,7 +56,7 @@ pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
 
 fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
     let storage = ctx.storage()?;
-    if Repository::read_meta(storage.as_ref()).is_err() && !storage.root_exists().unwrap_or(true) {
+    if Repository::read_meta(storage.as_ref()).is_err() && Repository::can_init(storage.as_ref()) {
         let key = ctx.keys().load()?;
         if a.encrypt && key.is_none() {
             bail!("--encrypt needs a key: {}", ctx.keys().hint());
@@ -77,6 +77,11 @@ fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
 
 fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     let mut client = ctx.conn_for_pgdata().connect()?;
+    // Refuse before a missing repository is created and bound (an existing
+    // one is checked by the backup itself, its cluster identity first).
+    if Repository::can_init(ctx.storage()?.as_ref()) {
+        dbbackup_core::backup::base::check_archiving(&mut client, &ctx.repo_path()?)?;
+    }
     let mut repo = open_or_create(ctx, &a)?;
     if repo.identity().is_none() {
         let ident = dbbackup_core::pg::server_identity(&mut client)?;
@@ -112,7 +117,7 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     if ctx.g.json {
         print_json(&summary(&m, false));
     } else {
-        eprintln!(
+        ctx.note(format_args!(
             "backup {} {}: {} files, {} ({} stored), WAL {} to {}",
             m.id,
             shown_status(&m, false),
@@ -121,9 +126,9 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
             human_bytes(m.stored_bytes),
             m.start_wal.as_deref().unwrap_or("-"),
             m.stop_wal.as_deref().unwrap_or("-")
-        );
+        ));
         if let Some(e) = &m.error {
-            eprintln!("{e}");
+            eprintln!("dbbackup: warning: {e}");
         }
         println!("{}", m.id);
     }

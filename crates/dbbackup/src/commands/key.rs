@@ -11,7 +11,7 @@ use dbbackup_core::keys;
 use crate::cli::KeyCommand;
 use crate::context::Ctx;
 
-pub fn run(_ctx: &Ctx, c: KeyCommand) -> Result<ExitCode> {
+pub fn run(ctx: &Ctx, c: KeyCommand) -> Result<ExitCode> {
     match c {
         KeyCommand::Generate { output } => {
             let key = keys::generate()?;
@@ -29,8 +29,8 @@ pub fn run(_ctx: &Ctx, c: KeyCommand) -> Result<ExitCode> {
                     f.write_all(key.to_hex_line().as_bytes())
                         .and_then(|_| f.sync_all())
                         .with_context(|| format!("cannot write key file {}", path.display()))?;
-                    eprintln!("wrote a new key to {} (fingerprint {})", path.display(), key.fingerprint());
-                    eprintln!("keep a copy somewhere safe: without it, encrypted backups cannot be restored");
+                    ctx.note(format_args!("wrote a new key to {} (fingerprint {})", path.display(), key.fingerprint()));
+                    ctx.note("keep a copy somewhere safe: without it, encrypted backups cannot be restored");
                 }
             }
             Ok(ExitCode::SUCCESS)

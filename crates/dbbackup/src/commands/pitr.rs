@@ -57,6 +57,9 @@ fn prepare_repo(ctx: &Ctx, a: &EnableArgs, identity: ClusterIdentity) -> Result<
         if a.encrypt && key.is_none() {
             bail!("--encrypt needs a key: create one with `dbbackup key generate --output FILE` and pass --encryption-key-file FILE");
         }
+        if !a.encrypt && ctx.g.encryption_key_file.is_some() {
+            bail!("an encryption key was given but not --encrypt: add --encrypt to create an encrypted repository (without it, WAL would be stored unencrypted)");
+        }
         let codec = a.compress.unwrap_or_default();
         check_level(codec, a.compress_level)?;
         let repo = Repository::init(
@@ -90,7 +93,11 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let key_file = match (&ctx.g.encryption_key_file, repo.key()) {
-        (Some(f), _) => Some(std::path::absolute(f)?),
+        (Some(f), Some(_)) => Some(std::path::absolute(f)?),
+        (Some(_), None) => bail!(
+            "repository {} is not encrypted, but an encryption key was given: WAL would be stored unencrypted; leave out --encryption-key-file, or use a new repository created with --encrypt",
+            repo.location()
+        ),
         (None, Some(_)) => bail!(
             "repository {} is encrypted: give the key with --encryption-key-file so archive_command can use it (the server does not see your environment variables)",
             repo.location()
@@ -176,6 +183,13 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn old_copy(backup: &Option<std::path::PathBuf>) -> String {
+    match backup {
+        Some(b) => format!("old copy: {}", b.display()),
+        None => "it did not exist before".into(),
+    }
+}
+
 fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> {
     let identity = identity_from_pgdata(pgdata)?;
     let current = pitr::read_offline(pgdata);
@@ -185,11 +199,7 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     let changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     let backup = pitr::apply_offline(pgdata, &changes)?;
     print_changes(&changes, &|_| false);
-    println!(
-        "the server is stopped: edited {} (old copy: {})",
-        pgdata.join("postgresql.auto.conf").display(),
-        backup.display()
-    );
+    println!("the server is stopped: edited {} ({})", pgdata.join("postgresql.auto.conf").display(), old_copy(&backup));
     println!("archiving starts when the server starts");
     Ok(ExitCode::SUCCESS)
 }
@@ -200,7 +210,7 @@ fn disable(ctx: &Ctx, restart: bool) -> Result<ExitCode> {
         let changes = pitr::disable_changes(&current);
         let backup = pitr::apply_offline(&pgdata, &changes)?;
         print_changes(&changes, &|_| false);
-        println!("the server is stopped: edited postgresql.auto.conf (old copy: {})", backup.display());
+        println!("the server is stopped: edited postgresql.auto.conf ({})", old_copy(&backup));
         return Ok(ExitCode::SUCCESS);
     }
     let conn = ctx.conn_for_pgdata();
@@ -297,6 +307,16 @@ fn print_status(r: &StatusReport) {
             repo.segments,
             repo.newest_segment.as_deref().unwrap_or("-")
         );
+        match &repo.newest_backup {
+            Some(b) => println!(
+                "newest backup:   {} (finished {}, WAL from {}, timeline {})",
+                b.id,
+                b.stop_time.as_deref().unwrap_or("-"),
+                b.start_wal.as_deref().unwrap_or("-"),
+                b.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+            ),
+            None => println!("newest backup:   none"),
+        }
     }
     for f in &r.findings {
         let level = match f.level {

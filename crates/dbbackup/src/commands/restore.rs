@@ -64,7 +64,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         Target::End
     };
     let target_dir = std::path::absolute(&a.target_dir)?;
-    let opts = RestoreOptions {
+    let mut opts = RestoreOptions {
         target_dir: target_dir.clone(),
         base_backup: a.base_backup,
         target,
@@ -80,6 +80,14 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         port: if ctx.port_on_cli { ctx.g.port } else { None },
     };
 
+    // A port chosen on the command line is checked before anything is
+    // written; the restored configuration's own port only after.
+    if let (true, Some(port)) = (a.auto_start, opts.port) {
+        if restore::port_in_use(port, &["/var/run/postgresql".into(), "/tmp".into()]) {
+            bail!("port {port} is in use: choose another with --port P (nothing was restored)");
+        }
+    }
+    let mut archive_end = None;
     let (major, bindir_hint, plan_json) = if opts.skip_extraction {
         let v = std::fs::read_to_string(target_dir.join("PG_VERSION"))
             .with_context(|| format!("{} is not a data directory (no PG_VERSION)", target_dir.display()))?;
@@ -87,7 +95,9 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         (major, None, json!(null))
     } else {
         let plan = restore::plan(&repo, &opts)?;
-        eprintln!(
+        opts.target = plan.target.clone();
+        archive_end = plan.archive_end;
+        ctx.note(format_args!(
             "restoring {} to {} on timeline {}: the archive covers {} to {} ({} segments)",
             plan.source_name(),
             opts.target,
@@ -95,7 +105,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
             plan.first_segment,
             plan.last_segment.as_deref().unwrap_or("-"),
             plan.segments_checked
-        );
+        ));
         let hint = match &plan.source {
             restore::Source::Repo(m) => m.pg_bindir.clone(),
             restore::Source::Path { .. } => None,
@@ -110,7 +120,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         (plan.major, hint, pj)
     };
     restore::write_recovery(&target_dir, major, &opts)?;
-    eprintln!("restored into {}; recovery configured ({})", target_dir.display(), opts.target);
+    ctx.note(format_args!("restored into {}; recovery configured ({})", target_dir.display(), opts.target));
 
     let mut outcome = None;
     let mut log = None;
@@ -119,25 +129,29 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         let port = opts.port.unwrap_or(conf_port);
         if restore::port_in_use(port, &sockets) {
             bail!(
-                "port {port} is in use (by the server this backup came from?): give --port P to start the restored server on another port (the files are restored in {})",
-                target_dir.display()
+                "port {port} is in use (by the server this backup came from?): the files are restored in {dir} and recovery is configured; start it on another port with `dbbackup restore pitr --skip-extraction --target-dir {dir} --auto-start --port P` (with the same target options)",
+                dir = target_dir.display()
             );
         }
         let pg_ctl = restore::find_pg_ctl(major, bindir_hint.as_deref())?;
         let l = restore::start(&pg_ctl, &target_dir)?;
-        eprintln!("started PostgreSQL {major} in {} on port {port}; server log {}", target_dir.display(), l.display());
+        ctx.note(format_args!(
+            "started PostgreSQL {major} in {} on port {port}; server log {}",
+            target_dir.display(),
+            l.display()
+        ));
         if a.monitor {
-            let o = restore::monitor(&target_dir, &l, &opts.target, None)?;
-            eprintln!(
+            let o = restore::monitor(&target_dir, &l, &opts.target, archive_end, None)?;
+            ctx.note(format_args!(
                 "recovery {}: timeline {}, LSN {}, last replayed transaction at {}; target {}",
                 o.state,
                 o.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 o.lsn.as_deref().unwrap_or("-"),
                 o.time.as_deref().unwrap_or("-"),
                 if o.target_reached { "reached" } else { "NOT reached" }
-            );
+            ));
             if let Some(d) = &o.detail {
-                eprintln!("  {d}");
+                ctx.note(format_args!("  {d}"));
             }
             outcome = Some(o);
         }
@@ -156,9 +170,16 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     }
     match outcome {
         Some(o) if o.state == "failed" || !o.target_reached => {
+            // PostgreSQL's words when the target lies inside the backup.
+            let hint = if o.detail.as_deref().is_some_and(|d| d.contains("before consistent recovery point")) {
+                "; the target lies before the end of the backup restored: choose an older one with --base-backup ID (see `dbbackup backup list`)"
+            } else {
+                ""
+            };
             eprintln!(
-                "dbbackup: error: recovery did not reach {}: see {}",
+                "dbbackup: error: recovery did not reach {}{}{hint}: see {}",
                 opts.target,
+                o.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(),
                 log.map(|l| l.display().to_string()).unwrap_or_default()
             );
             Ok(ExitCode::FAILURE)

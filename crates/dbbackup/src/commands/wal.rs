@@ -124,7 +124,12 @@ fn verify(ctx: &Ctx, jobs: usize) -> Result<ExitCode> {
         return Ok(code);
     }
     for p in &report.problems {
-        println!("BAD      {}: {}", p.path, p.error);
+        // Errors usually name their object already.
+        if p.error.starts_with(&p.path) {
+            println!("BAD      {}", p.error);
+        } else {
+            println!("BAD      {}: {}", p.path, p.error);
+        }
     }
     for p in &report.history_errors {
         println!("BAD      {}", p.error);
@@ -175,10 +180,13 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
             Ok(repo)
         }
         Err(e) => match e.downcast_ref::<Error>() {
-            Some(err) if err.kind() == ErrorKind::NotFound && !ctx.storage()?.root_exists().unwrap_or(true) => {
+            Some(err) if err.kind() == ErrorKind::NotFound && Repository::can_init(ctx.storage()?.as_ref()) => {
                 let key = ctx.keys().load()?;
                 if a.encrypt && key.is_none() {
                     bail!("--encrypt needs a key: {}", ctx.keys().hint());
+                }
+                if !a.encrypt && ctx.g.encryption_key_file.is_some() {
+                    bail!("an encryption key was given but not --encrypt: add --encrypt to create repository {} encrypted (without it, WAL would be stored unencrypted)", ctx.repo_path()?.display());
                 }
                 let opts = InitOptions {
                     codec: a.compress.unwrap_or_default(),
