@@ -312,6 +312,7 @@ impl LocalStorage {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| StorageError::io(name, e))
     }

@@ -45,6 +45,13 @@ pub const TIME_FORMS: &str =
 pub fn parse_time(s: &str, tz: &jiff::tz::TimeZone) -> Result<jiff::Zoned, String> {
     let s = s.trim();
     let err = || format!("invalid target time {s:?}: expected {TIME_FORMS}");
+    // PostgreSQL keeps microseconds: finer digits would be silently dropped.
+    let fraction = s.split_once('.').map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction.is_some_and(|n| n > 6) {
+        return Err(format!(
+            "invalid target time {s:?}: at most 6 fractional digits (microseconds); expected {TIME_FORMS}"
+        ));
+    }
     if s.ends_with(['Z', 'z']) {
         // RFC 3339 in UTC.
         let ts: jiff::Timestamp = s.parse().map_err(|_| err())?;
@@ -165,6 +172,14 @@ mod tests {
 
     fn utc() -> jiff::tz::TimeZone {
         jiff::tz::TimeZone::UTC
+    }
+
+    #[test]
+    fn more_than_microseconds_is_refused() {
+        let utc = jiff::tz::TimeZone::UTC;
+        assert!(parse_time("2026-11-25 10:00:00.123456+00", &utc).is_ok());
+        assert!(parse_time("2026-11-25 10:00:00.1234567+00", &utc).unwrap_err().contains("6 fractional digits"));
+        assert!(parse_time("2026-11-25T10:00:00.1234567Z", &utc).is_err());
     }
 
     #[test]

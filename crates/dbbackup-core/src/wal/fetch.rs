@@ -5,8 +5,9 @@
 //! (and, for segments, the page header), and only then renames it into
 //! place. The destination is never touched on failure.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use dbbackup_format::WalFileName;
@@ -54,7 +55,14 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
         .to_string();
     let temp_path = dest.with_file_name(format!(".{file_name}.dbbackup-{}.tmp", std::process::id()));
     let mut temp = TempFile(Some(temp_path.clone()));
-    let out = File::create(&temp_path).map_err(|e| Error::io(format!("cannot create {}: {e}", temp_path.display())))?;
+    // 0600, as PostgreSQL's own WAL files: WAL holds the cluster's data.
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp_path)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", temp_path.display())))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
 
     let total = decode_verified(repo, stored, &mut out)?;

@@ -137,9 +137,19 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     let settings = pitr::read_settings(&mut client)?;
     let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
     refuse_foreign(&current, a.force)?;
+    let library = current.get("archive_library").cloned().unwrap_or_default();
+    if !library.is_empty() && !a.force {
+        bail!(
+            "archive_library = '{library}' is set, and PostgreSQL uses it instead of archive_command: refusing to change archiving behind it; run again with --force to reset archive_library and archive with dbbackup"
+        );
+    }
     let repo = prepare_repo(ctx, &a, identity)?;
     let command = archive_command(ctx, &a, &repo)?;
-    let changes = pitr::enable_changes(&current, &command, a.archive_timeout);
+    note_repository_move(&current, &repo);
+    let mut changes = pitr::enable_changes(&current, &command, a.archive_timeout);
+    if !library.is_empty() {
+        changes.push(pitr::Change { name: "archive_library".into(), old: Some(library), new: None, restart: false });
+    }
     pitr::apply_online(&mut client, &changes)?;
     let after = pitr::read_settings(&mut client)?;
     let pending = |n: &str| after.get(n).is_some_and(|s| s.pending_restart);
@@ -183,6 +193,19 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Says so when archiving moves from one dbbackup repository to another:
+/// the old one keeps what it has, and no longer grows.
+fn note_repository_move(current: &std::collections::BTreeMap<String, String>, repo: &Repository) {
+    let old = current.get("archive_command").and_then(|c| pitr::repo_of_command(c));
+    if let Some(old) = old.filter(|o| o.as_path() != std::path::Path::new(&repo.location())) {
+        println!(
+            "note: archive_command archived into {}; from now on WAL goes to {} (backups in the old repository cannot reach points after this)",
+            old.display(),
+            repo.location()
+        );
+    }
+}
+
 fn old_copy(backup: &Option<std::path::PathBuf>) -> String {
     match backup {
         Some(b) => format!("old copy: {}", b.display()),
@@ -196,6 +219,7 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     refuse_foreign(&current, a.force)?;
     let repo = prepare_repo(ctx, a, identity)?;
     let command = archive_command(ctx, a, &repo)?;
+    note_repository_move(&current, &repo);
     let changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     let backup = pitr::apply_offline(pgdata, &changes)?;
     print_changes(&changes, &|_| false);
@@ -232,7 +256,7 @@ fn disable(ctx: &Ctx, restart: bool) -> Result<ExitCode> {
             let log = pitr::restart(&mut client, Path::new(&data_dir))?;
             println!("restarted; server log: {}", log.display());
         } else {
-            println!("archive_command is reset now (nothing more is archived); archive_mode = off takes effect at the next restart");
+            println!("archive_command is reset now (nothing more is archived); archive_mode = off takes effect at the next restart; until then finished WAL stays in pg_wal, waiting to be archived: restart soon (or `dbbackup pitr disable --restart`)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -33,7 +33,12 @@ pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
 }
 
 fn list(ctx: &Ctx, only: Option<u32>) -> Result<ExitCode> {
-    let repo = ctx.open_repo()?;
+    // Names are enough to list: without a key, encrypted history and
+    // backup files just show no original size.
+    let repo = match ctx.keys().load()? {
+        Some(_) => ctx.open_repo()?,
+        None => Repository::open_for_listing(ctx.storage()?)?,
+    };
     let cat = Catalog::scan(&repo)?;
     let seg = repo.segment_size().map(|s| u64::from(s.bytes()));
     let mut rows = Vec::new();
