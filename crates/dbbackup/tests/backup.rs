@@ -229,6 +229,30 @@ fn a_write_failure_mid_backup_marks_it_failed_and_ends_backup_mode() {
 }
 
 #[test]
+fn an_unreadable_file_in_pgdata_fails_the_backup_naming_it() {
+    if run_as_user().is_none() {
+        return; // whoever runs the tests as root reads every file
+    }
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    make_archived_segment(&c);
+    let f = c.data_dir().join("notes.unreadable");
+    std::fs::write(&f, "private").unwrap();
+    Cmd::new("chmod").arg("000").arg(&f).as_root().assert_success();
+    let out = base(&c, &repo, &[]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stderr.contains("notes.unreadable") && out.stderr.contains("Permission denied"), "{}", out.stderr);
+    let all = list(&repo);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["status"], "failed");
+    // Fixed: the next backup works (the server left backup mode).
+    std::fs::remove_file(&f).unwrap();
+    let out = base(&c, &repo, &[]);
+    assert_eq!(out.status, 0, "{out:?}");
+}
+
+#[test]
 fn delete_expire_and_cleanup_keep_every_retained_backup_restorable() {
     let d = TestDir::new();
     let repo = d.join("repo");
