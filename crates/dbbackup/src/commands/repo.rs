@@ -89,6 +89,11 @@ fn info(ctx: &Ctx) -> Result<ExitCode> {
         "oldest": complete.first().map(|m| m.id.clone()),
         "stored_bytes": backups.iter().map(|m| m.stored_bytes).sum::<u64>(),
         "oldest_recoverable_point": oldest,
+        "newest_recoverable_point": (!complete.is_empty()).then(|| json!({
+            "segment": wal.newest_segment,
+            "lsn": wal.newest_segment_end_lsn,
+            "archived_at": wal.newest_segment_archived_at,
+        })),
     });
     if ctx.g.json {
         let mut v = info_json(&repo.location(), repo.meta());
@@ -107,9 +112,12 @@ fn info(ctx: &Ctx) -> Result<ExitCode> {
         if let (Some(first), Some(last)) = (complete.first(), complete.last()) {
             println!("              oldest {}, newest {}", first.id, last.id);
             println!(
-                "recoverable:  from {} (end of backup {}) to the newest archived WAL",
+                "recoverable:  from {} (end of backup {}) to {} (end of {}, archived {})",
                 first.stop_time.as_deref().unwrap_or("-"),
-                first.id
+                first.id,
+                wal.newest_segment_end_lsn.as_deref().unwrap_or("-"),
+                wal.newest_segment.as_deref().unwrap_or("-"),
+                wal.newest_segment_archived_at.as_deref().unwrap_or("-")
             );
         }
     }
@@ -130,6 +138,10 @@ struct WalSummary {
     timelines: Vec<u32>,
     oldest_segment: Option<String>,
     newest_segment: Option<String>,
+    /// Where the newest archived segment ends, and when it was archived:
+    /// the newest point a restore to the end of the archive reaches.
+    newest_segment_end_lsn: Option<String>,
+    newest_segment_archived_at: Option<String>,
     unknown_files: usize,
 }
 
@@ -166,6 +178,15 @@ impl WalSummary {
             timelines,
             oldest_segment,
             newest_segment: cat.newest_segment().map(|o| o.wal.to_string()),
+            newest_segment_end_lsn: cat
+                .newest_segment()
+                .zip(repo.segment_size())
+                .and_then(|(o, size)| o.wal.segment_no(size).map(|n| size.segment_start(n + 1).to_string())),
+            newest_segment_archived_at: cat
+                .newest_segment()
+                .and_then(|o| o.archived_at)
+                .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                .map(|t| t.to_string()),
             unknown_files: cat.strays.len(),
         };
         Ok(summary)
