@@ -123,12 +123,22 @@ pub fn check_content(
                 .unwrap_or("")
                 .parse()
                 .map_err(|e| format!("not a backup history file: START WAL LOCATION: {e}"))?;
-            let expected = size.and_then(|s| name.start_lsn(s));
-            match expected {
+            match size.and_then(|s| name.start_lsn(s)) {
                 Some(e) if e != lsn => {
                     Err(format!("its START WAL LOCATION {lsn} is not the position its name says ({e})"))
                 }
-                _ => Ok(()),
+                Some(_) => Ok(()),
+                // Segment size unknown: every size is a power of two of at
+                // least 1 MiB, so the offsets agree modulo 1 MiB at least.
+                None => {
+                    let name_offset =
+                        name.start_lsn(crate::wal::SegmentSize::new(1 << 20).expect("1 MiB")).map(|l| l.0 % (1 << 20));
+                    if name_offset.is_some_and(|o| o != lsn.0 % (1 << 20)) {
+                        Err(format!("its START WAL LOCATION {lsn} does not match the offset in its name"))
+                    } else {
+                        Ok(())
+                    }
+                }
             }
         }
         _ => Ok(()),
@@ -178,6 +188,9 @@ mod tests {
         assert!(check_content(&name("000000010000000000000006.00000028.backup"), label.as_bytes(), size).is_ok());
         assert!(check_content(&name("000000010000000000000006.00000030.backup"), label.as_bytes(), size).is_err());
         assert!(check_content(&name("000000010000000000000006.00000028.backup"), b"hello", size).is_err());
+        // Unbound repository: the offset is still checked.
+        assert!(check_content(&name("000000010000000000000006.00000028.backup"), label.as_bytes(), None).is_ok());
+        assert!(check_content(&name("000000010000000000000006.00000030.backup"), label.as_bytes(), None).is_err());
         assert!(check_content(&name("000000010000000000000006.00000028.backup"), &[0xff, 0xfe], size).is_err());
     }
 

@@ -209,6 +209,8 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
                     Err(e) => Err(e.into()),
                 }
             }
+            // Another archiver may have created it since our first look.
+            Some(err) if err.kind() == ErrorKind::NotFound => ctx.open_repo().map_err(|_| e),
             _ => Err(e),
         },
     }
