@@ -822,21 +822,75 @@ pub fn port_in_use(port: u16, socket_dirs: &[String]) -> bool {
         || std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
 }
 
-/// The socket directories and port a data directory's configuration uses.
-pub fn configured_socket(dir: &Path) -> (Vec<String>, u16) {
+/// The socket directories and port that configuration files (in the
+/// order the server reads them) set.
+fn socket_settings(texts: &[String]) -> (Vec<String>, u16) {
     let mut dirs = vec!["/var/run/postgresql".to_string(), "/tmp".to_string()];
     let mut port = 5432;
-    for f in ["postgresql.conf", "postgresql.auto.conf"] {
-        if let Ok(text) = fs::read_to_string(dir.join(f)) {
-            if let Some(v) = read_conf_value(&text, "unix_socket_directories") {
-                dirs = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            }
-            if let Some(p) = read_conf_value(&text, "port").and_then(|p| p.parse().ok()) {
-                port = p;
-            }
+    for text in texts {
+        if let Some(v) = read_conf_value(text, "unix_socket_directories") {
+            dirs = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(p) = read_conf_value(text, "port").and_then(|p| p.parse().ok()) {
+            port = p;
         }
     }
     (dirs, port)
+}
+
+const CONF_FILES: [&str; 2] = ["postgresql.conf", "postgresql.auto.conf"];
+
+/// The socket directories and port a data directory's configuration uses.
+pub fn configured_socket(dir: &Path) -> (Vec<String>, u16) {
+    let texts: Vec<String> = CONF_FILES.iter().filter_map(|f| fs::read_to_string(dir.join(f)).ok()).collect();
+    socket_settings(&texts)
+}
+
+/// The socket directories and port the restored server will use, read from
+/// the backup before anything is written (a tar source: the defaults).
+pub fn planned_socket(repo: &Repository, plan: &RestorePlan) -> Result<(Vec<String>, u16)> {
+    match &plan.source {
+        Source::Repo(m) => {
+            let mut texts = Vec::new();
+            for f in CONF_FILES {
+                if let Some(entry) = m.files.iter().find(|e| e.path == f) {
+                    let mut buf = Vec::new();
+                    verify_file(repo, m, entry, &mut buf)?;
+                    texts.push(String::from_utf8_lossy(&buf).into_owned());
+                }
+            }
+            Ok(socket_settings(&texts))
+        }
+        Source::Path { path, .. } => Ok(configured_socket(path)),
+    }
+}
+
+/// Where the last archived segment on the way to `timeline` starts (for
+/// `--monitor` of an end-of-archive recovery whose files are already in
+/// place): `None` when the archive holds none.
+pub fn archive_end(repo: &Repository, timeline: TimelineChoice, backup_timeline: TimelineId) -> Result<Option<Lsn>> {
+    let cat = Catalog::scan(repo)?;
+    let (tls, histories) = timelines(repo, &cat)?;
+    let Some(size) = repo.segment_size() else { return Ok(None) };
+    let target = match timeline {
+        TimelineChoice::Latest => tls.iter().map(|t| t.timeline).max().unwrap_or(backup_timeline),
+        TimelineChoice::Current => backup_timeline,
+        TimelineChoice::Id(n) => TimelineId(n),
+    };
+    let legs = path_to(target, &histories)?;
+    let owner = |p: u64| legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli);
+    let last = cat
+        .objects
+        .iter()
+        .filter(|o| o.wal.kind() == WalKind::Segment)
+        .filter_map(|o| o.wal.segment_no(size).filter(|q| owner(*q) == Some(o.wal.timeline())))
+        .max();
+    Ok(last.map(|q| size.segment_start(q)))
+}
+
+/// The timeline a data directory's `backup_label` starts on.
+pub fn label_timeline(dir: &Path) -> Option<TimelineId> {
+    parse_backup_label(&fs::read_to_string(dir.join("backup_label")).ok()?).map(|(_, t)| t)
 }
 
 /// Starts the restored server without waiting (recovery may take long).

@@ -337,7 +337,8 @@ fn refusals_before_anything_is_written() {
     r.stop();
     drop(r);
 
-    // --auto-start without --port: the source's port is taken; the files stay.
+    // --auto-start without --port: the source's port is taken; refused
+    // before anything is written.
     let busy = d.join("busy");
     let out = dbb(["restore", "pitr", "--auto-start", "--archive-mode", "off", "--repo"])
         .arg(&repo)
@@ -346,7 +347,8 @@ fn refusals_before_anything_is_written() {
         .assert_code(1);
     assert!(out.stderr.contains(&format!("port {} is in use", c.port())), "{}", out.stderr);
     assert!(out.stderr.contains("--port"), "{}", out.stderr);
-    assert!(busy.join("recovery.signal").exists() && !busy.join("postmaster.pid").exists());
+    assert!(out.stderr.contains("nothing was restored"), "{}", out.stderr);
+    assert!(!busy.exists());
 
     // A backup that is not complete.
     let manifest = repo.join("backups").join(&b2).join("manifest.json");

@@ -80,18 +80,15 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         port: if ctx.port_on_cli { ctx.g.port } else { None },
     };
 
-    // A port chosen on the command line is checked before anything is
-    // written; the restored configuration's own port only after.
-    if let (true, Some(port)) = (a.auto_start, opts.port) {
-        if restore::port_in_use(port, &["/var/run/postgresql".into(), "/tmp".into()]) {
-            bail!("port {port} is in use: choose another with --port P (nothing was restored)");
-        }
-    }
     let mut archive_end = None;
     let (major, bindir_hint, plan_json) = if opts.skip_extraction {
         let v = std::fs::read_to_string(target_dir.join("PG_VERSION"))
             .with_context(|| format!("{} is not a data directory (no PG_VERSION)", target_dir.display()))?;
         let major = dbbackup_format::control::parse_pg_version(&v).context("unreadable PG_VERSION")?;
+        if matches!(opts.target, Target::End) {
+            let tli = restore::label_timeline(&target_dir).unwrap_or(dbbackup_format::TimelineId(1));
+            archive_end = restore::archive_end(&repo, opts.timeline, tli)?;
+        }
         (major, None, json!(null))
     } else {
         let plan = restore::plan(&repo, &opts)?;
@@ -110,6 +107,23 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
             restore::Source::Repo(m) => m.pg_bindir.clone(),
             restore::Source::Path { .. } => None,
         };
+        // The port the restored server will listen on, checked before
+        // anything is written (the backup's own configuration says where).
+        if a.auto_start {
+            let (sockets, conf_port) = restore::planned_socket(&repo, &plan)?;
+            let port = opts.port.unwrap_or(conf_port);
+            if restore::port_in_use(port, &sockets) {
+                bail!(
+                    "port {port} is in use{}: {} (nothing was restored)",
+                    if opts.port.is_none() { " (by the server this backup came from?)" } else { "" },
+                    if opts.port.is_none() {
+                        "give --port P to start the restored server on another port"
+                    } else {
+                        "choose another with --port P"
+                    }
+                );
+            }
+        }
         restore::extract(&repo, &plan, &opts)?;
         let pj = json!({
             "source": plan.source_name(),
