@@ -11,11 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(120);
-
-/// The rows of `t`, ordered, comma-separated.
-const ROWS: &str = "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM t";
-
 /// `backup base --fast`; returns the backup ID (the last stdout line).
 fn backup(c: &Cluster, repo: &Path) -> String {
     let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).assert_success();
@@ -50,111 +45,6 @@ fn restore_cmd(repo: &Path, dir: &Path, args: &[&str]) -> Cmd {
 fn lsn(s: &str) -> u64 {
     let (hi, lo) = s.trim().split_once('/').unwrap_or_else(|| panic!("not an LSN: {s:?}"));
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-/// A restored server started by `restore pitr --auto-start`; stopped
-/// (immediate) on drop, panics included.
-struct Restored {
-    out: Output,
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    bindir: PathBuf,
-}
-
-impl Restored {
-    fn describe(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("restore.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- restore.log (tail)\n{}",
-            self.out.status,
-            self.out.stdout,
-            self.out.stderr,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-    }
-
-    /// Asserts exit 0, a promoted server with its target reached; returns
-    /// the `--json` report.
-    fn promoted(&self) -> Value {
-        assert_eq!(self.out.status, 0, "restore failed:\n{}", self.describe());
-        let v: Value =
-            serde_json::from_str(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.describe()));
-        assert_eq!(v["recovery"]["state"], "promoted", "{}", self.describe());
-        assert_eq!(v["recovery"]["target_reached"], true, "{}", self.describe());
-        assert!(self.out.stderr.contains("target reached"), "{}", self.describe());
-        v
-    }
-
-    fn sql_ok(&self, q: &str) -> Result<String, String> {
-        let out = Cmd::new(self.bindir.join("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", q])
-            .output();
-        if out.status == 0 {
-            Ok(out.stdout.trim().to_string())
-        } else {
-            Err(out.stderr)
-        }
-    }
-
-    fn sql(&self, q: &str) -> String {
-        self.sql_ok(q).unwrap_or_else(|e| panic!("SQL failed on the restored server: {q}\n{e}\n{}", self.describe()))
-    }
-
-    /// Finishes the restored server's current segment and waits until its
-    /// archiver reports it archived; returns its name.
-    fn finish_wal(&self) -> String {
-        self.sql("SELECT txid_current()");
-        let name = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
-        let start = Instant::now();
-        loop {
-            let last = self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            if last.len() >= 24 && last >= name {
-                return name;
-            }
-            assert!(start.elapsed() < WAIT, "{name} not archived by the restored server:\n{}", self.describe());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until the repository holds an object for WAL file `name`,
-    /// which this server archives; fails at once when archiving it failed.
-    fn wait_object(&self, repo: &Path, name: &str) -> PathBuf {
-        let start = Instant::now();
-        let prefix = format!("{name}.");
-        loop {
-            let found =
-                wal_objects(repo).into_iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix));
-            if let Some(p) = found {
-                return p;
-            }
-            let failed = self.sql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver");
-            assert_ne!(failed, name, "archiving {name} failed:\n{}", self.describe());
-            assert!(start.elapsed() < WAIT, "{name} never reached {}:\n{}", repo.display(), self.describe());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&self) {
-        if self.dir.join("postmaster.pid").exists() {
-            let _ = Cmd::new(self.bindir.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.dir)
-                .args(["-w", "-t", "60", "-m", "immediate", "stop"])
-                .output();
-        }
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// `restore pitr --json --auto-start --monitor --port <free> --repo R

@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
 
 /// `backup base --fast`; returns the backup ID (the last stdout line).
 fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
@@ -21,121 +18,8 @@ fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
 /// Finishes the current segment and waits until it is archived.
 fn finish_wal(c: &Cluster) -> String {
     let name = c.switch_wal();
-    c.wait_archived(&name, ARCHIVE_WAIT);
+    c.wait_archived(&name, WAIT);
     name
-}
-
-/// The rows of `t`, ordered, comma-separated.
-const ROWS: &str = "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM t";
-
-/// A restore run with `--auto-start --monitor`; the restored server is
-/// stopped (immediate) on drop, panics included.
-struct Restored {
-    out: Output,
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    bindir: PathBuf,
-}
-
-impl Restored {
-    fn describe(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("restore.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}\n--- restore.log (tail)\n{}",
-            self.out.status,
-            self.out.stdout,
-            self.out.stderr,
-            tail.join("\n")
-        )
-    }
-
-    /// Asserts exit 0 and returns the `--json` report.
-    fn ok(&self) -> Value {
-        assert_eq!(self.out.status, 0, "restore failed:\n{}", self.describe());
-        serde_json::from_str(&self.out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.describe()))
-    }
-
-    /// Asserts exit 0, a promoted server with the target reached; returns the report.
-    fn promoted(&self) -> Value {
-        let v = self.ok();
-        assert_eq!(v["recovery"]["state"], "promoted", "{}", self.describe());
-        assert_eq!(v["recovery"]["target_reached"], true, "{}", self.describe());
-        assert!(self.out.stderr.contains("recovery promoted: timeline"), "{}", self.describe());
-        assert!(self.out.stderr.contains("target reached"), "{}", self.describe());
-        v
-    }
-
-    fn sql_ok(&self, q: &str) -> Result<String, String> {
-        let out = Cmd::new(self.bindir.join("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", q])
-            .output();
-        if out.status == 0 {
-            Ok(out.stdout.trim().to_string())
-        } else {
-            Err(out.stderr)
-        }
-    }
-
-    fn sql(&self, q: &str) -> String {
-        self.sql_ok(q).unwrap_or_else(|e| panic!("SQL failed on the restored server: {q}\n{e}\n{}", self.describe()))
-    }
-
-    fn rows(&self) -> String {
-        self.sql(ROWS)
-    }
-
-    fn wait_for(&self, q: &str, want: &str) {
-        let start = std::time::Instant::now();
-        let mut last = Err(String::new());
-        while start.elapsed() < ARCHIVE_WAIT {
-            last = self.sql_ok(q);
-            if last.as_deref() == Ok(want) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{q} did not return {want:?} (last {last:?})\n{}", self.describe());
-    }
-
-    fn stop(&self) {
-        if self.dir.join("postmaster.pid").exists() {
-            let _ = Cmd::new(self.bindir.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.dir)
-                .args(["-w", "-t", "60", "-m", "immediate", "stop"])
-                .output();
-        }
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `restore pitr --json --auto-start --monitor --port <free> --repo R
-/// --target-dir D <args>` for the source cluster `c` (whose socket
-/// directory the restored server inherits).
-fn restore(c: &Cluster, repo: &Path, dir: &Path, args: &[&str]) -> Restored {
-    restore_env(c, repo, dir, args, &[])
-}
-
-fn restore_env(c: &Cluster, repo: &Path, dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Restored {
-    let port = free_port();
-    let mut cmd = dbb(["restore", "pitr", "--json", "--auto-start", "--monitor", "--repo"]);
-    cmd.arg(repo).arg("--target-dir").arg(dir).args(["--port", &port.to_string()]).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.timeout(Duration::from_secs(300)).output();
-    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
 }
 
 /// A plain `restore pitr` (no auto-start) that is expected to fail.
@@ -434,7 +318,7 @@ fn wait_archived_on(r: &Restored, name: &str) {
         if last.len() >= 24 && last.as_str() >= name {
             return;
         }
-        assert!(start.elapsed() < ARCHIVE_WAIT, "{name} not archived by the restored server:\n{}", r.describe());
+        assert!(start.elapsed() < WAIT, "{name} not archived by the restored server:\n{}", r.describe());
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 pub use dbbackup_testkit::*;
 
+mod restored;
+#[allow(unused_imports)] // not every test binary restores
+pub use restored::*;
+
 /// The built `dbbackup`, copied where the `postgres` user can run it.
 pub fn bin() -> PathBuf {
     install_bin(Path::new(env!("CARGO_BIN_EXE_dbbackup")))
