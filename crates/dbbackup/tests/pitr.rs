@@ -7,27 +7,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn pitr(c: &Cluster, args: &[&str]) -> Cmd {
-    let mut cmd = dbb(["pitr"]);
-    cmd.args(args).args(c.conn_args());
-    cmd
-}
-
 fn verdict(c: &Cluster, extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["status", "--json"];
     args.extend_from_slice(extra);
     let out = pitr(c, &args).output();
     (out.status, serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{out:?}")))
-}
-
-fn findings(v: &Value) -> String {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| format!("{}: {}", f["level"], f["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn wait_failed(c: &Cluster) {

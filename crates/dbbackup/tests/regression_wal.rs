@@ -10,37 +10,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn pitr(c: &Cluster, args: &[&str]) -> Cmd {
-    let mut cmd = dbb(["pitr"]);
-    cmd.args(args).args(c.conn_args());
-    cmd
-}
-
 /// `pitr status --json <extra>`: exit code and report.
 fn status(c: &Cluster, extra: &[&str]) -> (i32, Value) {
     let out = pitr(c, &["status", "--json"]).args(extra).output();
     let v = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
     (out.status, v)
-}
-
-fn findings(v: &Value) -> String {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| format!("{}: {}", f["level"], f["message"]))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn archive_cmd(path: &Path, name: Option<&str>, repo: &Path) -> Cmd {
-    let mut c = dbb(["wal", "archive"]);
-    c.arg(path);
-    if let Some(n) = name {
-        c.arg(n);
-    }
-    c.arg("--repo").arg(repo);
-    c
 }
 
 /// Finishes a segment of `c` (not archiving) and copies it into `dir`.

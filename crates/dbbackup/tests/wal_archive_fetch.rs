@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 
@@ -129,16 +129,6 @@ fn real_segments(version: PgVersion, n: usize) -> Segments {
     }
     chown_to_run_user(&dir);
     Segments { cluster, names, dir }
-}
-
-fn archive_cmd(path: &Path, name: Option<&str>, repo: &Path) -> Cmd {
-    let mut c = dbb(["wal", "archive"]);
-    c.arg(path);
-    if let Some(n) = name {
-        c.arg(n);
-    }
-    c.arg("--repo").arg(repo);
-    c
 }
 
 #[test]

@@ -138,3 +138,32 @@ pub fn two_timelines(version: PgVersion, segsize_mb: Option<u32>, extra: &str) -
     let tl2 = vec![make_archived_segment(&promoted), make_archived_segment(&promoted)];
     TwoTimelines { repo_dir, repo, original, promoted, tl1, tl2 }
 }
+
+/// `wal archive PATH [NAME] --repo REPO`, as PostgreSQL's archive_command runs it.
+pub fn archive_cmd(path: &Path, name: Option<&str>, repo: &Path) -> Cmd {
+    let mut c = dbb(["wal", "archive"]);
+    c.arg(path);
+    if let Some(n) = name {
+        c.arg(n);
+    }
+    c.arg("--repo").arg(repo);
+    c
+}
+
+/// `pitr ARGS` against cluster `c`.
+pub fn pitr(c: &Cluster, args: &[&str]) -> Cmd {
+    let mut cmd = dbb(["pitr"]);
+    cmd.args(args).args(c.conn_args());
+    cmd
+}
+
+/// The findings of a `pitr status --json` report, one per line.
+pub fn findings(v: &serde_json::Value) -> String {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{}: {}", f["level"], f["message"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
