@@ -76,7 +76,8 @@ impl Sink for GzipSink<'_> {
 pub struct CodecSettings {
     pub codec: Codec,
     pub level: i32,
-    /// zstd worker threads; 0 compresses on the calling thread.
+    /// Workers compressing independent zstd frames in parallel
+    /// (`object::encode`); 0: one thread compresses the whole stream.
     pub threads: u32,
 }
 
@@ -92,9 +93,6 @@ pub fn encoder<'a>(settings: CodecSettings, inner: Box<dyn Sink + 'a>) -> io::Re
         Codec::None => inner,
         Codec::Zstd => {
             let mut e = zstd::stream::write::Encoder::new(inner, settings.level)?;
-            if settings.threads > 0 {
-                e.multithread(settings.threads)?;
-            }
             // Content checksum lets `zstd -t` verify an object by itself.
             e.include_checksum(true)?;
             Box::new(ZstdSink(e))

@@ -54,9 +54,33 @@ pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The sink chain an object's plaintext goes into: compress → encrypt (when
+/// the repository has a key) → `out`.
+fn sink_chain<'a>(
+    repo: &Repository,
+    aad: &str,
+    settings: CodecSettings,
+    out: &'a mut Counting<'_>,
+) -> io::Result<Box<dyn Sink + 'a>> {
+    let bottom: Box<dyn Sink + 'a> = Box::new(Plain(out));
+    let bottom: Box<dyn Sink + 'a> = match repo.key() {
+        Some(key) => Box::new(EncryptSink::new(key, aad, bottom)?),
+        None => bottom,
+    };
+    encoder(settings, bottom)
+}
+
 /// Streams `first` and then the rest of `reader` into `writer` through the
 /// repository's pipeline. `aad` is the name bound into encrypted objects;
 /// `source` names the input in errors.
+///
+/// An input larger than one buffer is read and checksummed on this thread
+/// while others compress, encrypt and write, so a segment costs about as
+/// long as the slowest stage. With `settings.threads > 0` and zstd, that
+/// many workers compress 1 MiB chunks as independent zstd frames (one
+/// stream of concatenated frames, as `zstd -d` reads it; about 0.4% larger
+/// than one frame); otherwise one thread compresses the stream. Memory: a
+/// few 1 MiB buffers and the compressors' state, whatever the input size.
 pub fn encode(
     repo: &Repository,
     writer: &mut dyn ObjectWriter,
@@ -67,32 +91,212 @@ pub fn encode(
     source: &str,
 ) -> Result<Encoded> {
     let write_err = |e: io::Error| Error::io(format!("cannot write {aad} to repository {}: {e}", repo.location()));
-    let mut counting = Counting { inner: writer, n: 0 };
+    let read_err = |e: io::Error| Error::io(format!("cannot read {source}: {e}"));
     let mut h = Checksum::new();
-    let mut total = 0u64;
-    {
-        let bottom: Box<dyn Sink + '_> = Box::new(Plain(&mut counting));
-        let bottom: Box<dyn Sink + '_> = match repo.key() {
-            Some(key) => Box::new(EncryptSink::new(key, aad, bottom).map_err(write_err)?),
-            None => bottom,
-        };
-        let mut sink = encoder(settings, bottom).map_err(write_err)?;
-        h.update(first);
+    h.update(first);
+    let mut buf = vec![0u8; BUF];
+    let n = read_full(reader, &mut buf).map_err(read_err)?;
+    h.update(&buf[..n]);
+    let mut counting = Counting { inner: writer, n: 0 };
+    // One thread for an input that is all in hand already.
+    let single = CodecSettings { threads: 0, ..settings };
+    if n < BUF {
+        let mut sink = sink_chain(repo, aad, single, &mut counting).map_err(write_err)?;
         sink.write_all(first).map_err(write_err)?;
-        total += first.len() as u64;
-        let mut buf = vec![0u8; BUF];
-        loop {
-            let n = read_full(reader, &mut buf).map_err(|e| Error::io(format!("cannot read {source}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            sink.write_all(&buf[..n]).map_err(write_err)?;
-            total += n as u64;
-        }
+        sink.write_all(&buf[..n]).map_err(write_err)?;
         sink.finish().map_err(write_err)?;
+        let plain_size = (first.len() + n) as u64;
+        return Ok(Encoded { checksum: h.hex(), plain_size, stored_size: counting.n });
     }
-    Ok(Encoded { checksum: h.hex(), plain_size: total, stored_size: counting.n })
+    let workers = if settings.codec == Codec::Zstd { settings.threads as usize } else { 0 };
+    let (read, written) = std::thread::scope(|s| {
+        let pipe = Pipeline::start(s, repo, aad, settings, workers, first, &mut counting);
+        let read = pipe.feed(buf, n, reader, &mut h).map_err(read_err);
+        (read, pipe.finish())
+    });
+    // A read error comes first: the writer's is its consequence.
+    let plain_size = read?;
+    written.map_err(write_err)?;
+    Ok(Encoded { checksum: h.hex(), plain_size: first.len() as u64 + plain_size, stored_size: counting.n })
+}
+
+/// A chunk on its way from the reader to the writer: its position in the
+/// input, the compressed bytes (parallel zstd) or nothing (the writer
+/// compresses), and the input buffer with its length.
+struct Chunk {
+    seq: u64,
+    frame: Option<Vec<u8>>,
+    input: Vec<u8>,
+    len: usize,
+}
+
+enum ToWriter {
+    Chunk(Chunk),
+    /// The input ended after this many chunks.
+    End(u64),
+}
+
+/// The threads behind `encode` for one large input.
+struct Pipeline<'scope> {
+    /// To the compressors (parallel zstd); `None`: the writer compresses.
+    work: Option<std::sync::mpsc::SyncSender<Chunk>>,
+    to_writer: std::sync::mpsc::SyncSender<ToWriter>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: std::thread::ScopedJoinHandle<'scope, io::Result<()>>,
+    compressors: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+/// Input buffers in flight: enough to keep every thread busy.
+const IN_FLIGHT: usize = 6;
+
+impl<'scope> Pipeline<'scope> {
+    fn start<'env>(
+        s: &'scope std::thread::Scope<'scope, 'env>,
+        repo: &'env Repository,
+        aad: &'env str,
+        settings: CodecSettings,
+        workers: usize,
+        first: &'env [u8],
+        out: &'env mut Counting<'_>,
+    ) -> Pipeline<'scope>
+    where
+        'env: 'scope,
+    {
+        use std::sync::mpsc::sync_channel;
+        use std::sync::{Arc, Mutex};
+        let (to_writer, from_workers) = sync_channel::<ToWriter>(IN_FLIGHT);
+        let (empty_tx, empty) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let mut compressors = Vec::new();
+        let mut work = None;
+        if workers > 0 {
+            let (work_tx, work_rx) = sync_channel::<Chunk>(IN_FLIGHT);
+            work = Some(work_tx);
+            let work_rx = Arc::new(Mutex::new(work_rx));
+            for _ in 0..workers {
+                let (work_rx, to_writer, empty_tx) = (Arc::clone(&work_rx), to_writer.clone(), empty_tx.clone());
+                compressors.push(s.spawn(move || {
+                    let Ok(mut z) = zstd::bulk::Compressor::new(settings.level) else { return };
+                    if z.include_checksum(true).is_err() {
+                        return;
+                    }
+                    loop {
+                        let next = work_rx.lock().expect("no panics while locked").recv();
+                        let Ok(mut chunk) = next else { return };
+                        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len));
+                        if z.compress_to_buffer(&chunk.input[..chunk.len], &mut frame).is_err() {
+                            return; // the writer sees a chunk missing and fails
+                        }
+                        chunk.frame = Some(frame);
+                        let input = std::mem::take(&mut chunk.input);
+                        if to_writer.send(ToWriter::Chunk(chunk)).is_err() {
+                            return;
+                        }
+                        let _ = empty_tx.send(input);
+                    }
+                }));
+            }
+        }
+        let writer = s.spawn(move || -> io::Result<()> {
+            // Frames arrive compressed: the writer only encrypts and writes.
+            let codec = if workers > 0 { CodecSettings { codec: Codec::None, ..settings } } else { settings };
+            let mut sink = sink_chain(repo, aad, CodecSettings { threads: 0, ..codec }, out)?;
+            if workers > 0 && !first.is_empty() {
+                sink.write_all(&zstd_frame(settings.level, first)?)?;
+            } else {
+                sink.write_all(first)?;
+            }
+            let mut pending = std::collections::BTreeMap::new();
+            let (mut next, mut end) = (0u64, None);
+            for msg in from_workers {
+                match msg {
+                    ToWriter::Chunk(c) => {
+                        pending.insert(c.seq, c);
+                    }
+                    ToWriter::End(n) => end = Some(n),
+                }
+                while let Some(c) = pending.remove(&next) {
+                    match c.frame {
+                        Some(frame) => sink.write_all(&frame)?,
+                        None => {
+                            sink.write_all(&c.input[..c.len])?;
+                            let _ = empty_tx.send(c.input);
+                        }
+                    }
+                    next += 1;
+                }
+                if end == Some(next) {
+                    return sink.finish();
+                }
+            }
+            // The reader or a compressor stopped early: nothing is finished,
+            // and the uncommitted object is never seen.
+            Err(io::Error::other("the input ended early"))
+        });
+        Pipeline { work, to_writer, empty, writer, compressors }
+    }
+
+    /// Sends the first chunk, then reads and checksums the rest. Returns
+    /// the bytes read (after `first`).
+    fn feed(&self, buf: Vec<u8>, n: usize, reader: &mut dyn Read, h: &mut Checksum) -> io::Result<u64> {
+        use std::sync::mpsc::TryRecvError;
+        let mut total = n as u64;
+        let mut seq = 0u64;
+        if !self.send(Chunk { seq, frame: None, input: buf, len: n }) {
+            return Ok(total); // a later stage failed: its error is reported
+        }
+        let mut allocated = 1;
+        loop {
+            let mut b = match self.empty.try_recv() {
+                Ok(b) => b,
+                Err(TryRecvError::Empty) if allocated < IN_FLIGHT => {
+                    allocated += 1;
+                    vec![0u8; BUF]
+                }
+                Err(_) => match self.empty.recv() {
+                    Ok(b) => b,
+                    Err(_) => return Ok(total),
+                },
+            };
+            let n = read_full(reader, &mut b)?;
+            if n == 0 {
+                let _ = self.to_writer.send(ToWriter::End(seq + 1));
+                return Ok(total);
+            }
+            h.update(&b[..n]);
+            total += n as u64;
+            seq += 1;
+            if !self.send(Chunk { seq, frame: None, input: b, len: n }) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Hands a chunk on; false when the next stage has stopped.
+    fn send(&self, chunk: Chunk) -> bool {
+        match &self.work {
+            Some(work) => work.send(chunk).is_ok(),
+            None => self.to_writer.send(ToWriter::Chunk(chunk)).is_ok(),
+        }
+    }
+
+    /// Waits for every thread; the writer's result.
+    fn finish(self) -> io::Result<()> {
+        let Pipeline { work, to_writer, empty, writer, compressors } = self;
+        drop(work);
+        drop(to_writer);
+        for c in compressors {
+            c.join().expect("a compressor does not panic");
+        }
+        drop(empty);
+        writer.join().expect("the writer does not panic")
+    }
+}
+
+/// One independent zstd frame of `data`, with its content checksum.
+fn zstd_frame(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut z = zstd::bulk::Compressor::new(level)?;
+    z.include_checksum(true)?;
+    z.compress(data)
 }
 
 /// Opens a stored object as a stream of its plaintext. The caller hashes
@@ -209,6 +413,101 @@ mod tests {
             self.ok -= 1;
             buf.fill(1);
             Ok(buf.len())
+        }
+    }
+
+    /// A repository in a temporary directory.
+    fn repo(dir: &std::path::Path, codec: Codec, key: Option<dbbackup_format::key::Key>) -> Repository {
+        let storage = std::sync::Arc::new(crate::storage::LocalStorage::new(dir.join("repo")));
+        Repository::init(storage, crate::repo::InitOptions { codec, level: None, key, identity: None }).unwrap()
+    }
+
+    /// Input that compresses somewhat, as WAL does.
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i / 3) % 251) as u8 ^ ((i % 4096 == 0) as u8)).collect()
+    }
+
+    fn encode_into(
+        repo: &Repository,
+        settings: CodecSettings,
+        input: &[u8],
+        reader: &mut dyn Read,
+    ) -> Result<(Encoded, Vec<u8>)> {
+        let mut w = repo.storage().create("t").unwrap();
+        let enc = encode(repo, w.as_mut(), "obj", settings, &input[..1000], reader, "input")?;
+        w.commit("t/obj", crate::storage::Commit::Replace).unwrap();
+        let mut back = Vec::new();
+        open_decoded(repo, "t/obj", settings.codec, repo.key().is_some(), "obj")?.read_to_end(&mut back).unwrap();
+        Ok((enc, back))
+    }
+
+    #[test]
+    fn encode_round_trips_through_every_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dbbackup_format::key::Key::parse(&"ab".repeat(32)).unwrap();
+        let input = data((5 << 20) + 12345);
+        for (encrypted, codec, threads) in [
+            (false, Codec::Zstd, 2),
+            (false, Codec::Zstd, 0),
+            (true, Codec::Zstd, 2),
+            (false, Codec::Lz4, 0),
+            (false, Codec::Gzip, 0),
+            (true, Codec::None, 0),
+        ] {
+            let sub = dir.path().join(format!("{encrypted}-{codec}-{threads}"));
+            let r = repo(&sub, codec, encrypted.then(|| key.clone()));
+            let settings = CodecSettings { threads, ..CodecSettings::new(codec, None) };
+            let (enc, back) = encode_into(&r, settings, &input, &mut io::Cursor::new(&input[1000..])).unwrap();
+            assert_eq!(back, input, "{encrypted} {codec} {threads}");
+            assert_eq!(enc.plain_size, input.len() as u64);
+            assert_eq!(enc.checksum, crate::checksum::of(&input));
+        }
+    }
+
+    #[test]
+    fn encode_reports_read_and_write_failures_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), Codec::Zstd, None);
+        for threads in [0, 2] {
+            let settings = CodecSettings { threads, ..CodecSettings::new(Codec::Zstd, None) };
+            let mut w = r.storage().create("t").unwrap();
+            let e = encode(&r, w.as_mut(), "obj", settings, b"head", &mut Failing { ok: 5 }, "the input").unwrap_err();
+            assert!(e.to_string().contains("cannot read the input"), "{e}");
+        }
+        /// Accepts `budget` bytes, then fails.
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if buf.len() > self.0 {
+                    return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl ObjectWriter for Full {
+            fn commit(self: Box<Self>, _: &str, _: crate::storage::Commit) -> crate::storage::StorageResult<()> {
+                Ok(())
+            }
+        }
+        // Incompressible: xorshift64.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..(8 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for threads in [0, 2] {
+            let settings = CodecSettings { threads, ..CodecSettings::new(Codec::Zstd, None) };
+            let mut w = Full(3 << 20);
+            let e = encode(&r, &mut w, "obj", settings, b"", &mut io::Cursor::new(&noise), "noise").unwrap_err();
+            assert!(e.to_string().contains("disk full"), "{e}");
         }
     }
 

@@ -117,12 +117,21 @@ pub fn is_dbbackup_command(cmd: &str) -> bool {
 
 /// The repository a dbbackup archive_command writes to.
 pub fn repo_of_command(cmd: &str) -> Option<PathBuf> {
+    option_of_command(cmd, &["--repo", "--archive-dir", "--wal-archive"])
+}
+
+/// The key file a dbbackup archive_command reads.
+pub fn key_file_of_command(cmd: &str) -> Option<PathBuf> {
+    option_of_command(cmd, &["--encryption-key-file"])
+}
+
+fn option_of_command(cmd: &str, flags: &[&str]) -> Option<PathBuf> {
     let words = shell_split(cmd)?;
     if !is_dbbackup_command(cmd) {
         return None;
     }
     words.iter().enumerate().find_map(|(i, w)| {
-        for flag in ["--repo", "--archive-dir", "--wal-archive"] {
+        for &flag in flags {
             if w == flag {
                 return words.get(i + 1).map(PathBuf::from);
             }
@@ -225,23 +234,32 @@ pub fn apply_online(client: &mut postgres::Client, changes: &[Change]) -> Result
     client
         .batch_execute("SELECT pg_reload_conf()")
         .map_err(|e| Error::server(format!("pg_reload_conf() failed: {}", error_text(&e))))?;
-    // The reload is asynchronous: wait until a reloadable change is visible.
-    let probe = changes.iter().find(|c| !c.restart && c.changed());
-    if let Some(p) = probe {
-        let want = p.new.clone().unwrap_or_default();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            let now: String = client
-                .query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&p.name])
-                .map(|r| r.get(0))
-                .unwrap_or_default();
-            // With archive_mode off the server shows archive_command as
-            // "(disabled)": nothing to wait for there.
-            if now == want || now == "(disabled)" {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    // The reload is asynchronous: wait until every change shows, a
+    // restart-only one as pending_restart. (archive_command shows as
+    // "(disabled)" while archive_mode is off, and a reset's value is not
+    // known here: those show nothing to wait for.)
+    let changed: Vec<&Change> = changes.iter().filter(|c| c.changed()).collect();
+    let names: Vec<String> = changed.iter().map(|c| c.name.clone()).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let rows = client
+            .query("SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)", &[&names])
+            .unwrap_or_default();
+        let shows = |c: &Change| {
+            rows.iter().any(|r| {
+                let (name, setting, pending): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+                name == c.name
+                    && match &c.new {
+                        Some(v) if c.restart => pending || &setting == v,
+                        Some(v) => &setting == v || setting == "(disabled)",
+                        None => true,
+                    }
+            })
+        };
+        if changed.iter().all(|c| shows(c)) {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
@@ -454,6 +472,8 @@ pub struct RepoHealth {
     pub writable: Option<String>,
     /// The newest complete base backup.
     pub newest_backup: Option<NewestBackup>,
+    /// The highest timeline with archived WAL or a history file.
+    pub newest_timeline: Option<u32>,
 }
 
 /// The newest complete base backup, as `pitr status` shows it.
@@ -486,6 +506,9 @@ pub struct StatusOptions {
     pub repo: Option<PathBuf>,
     /// Archive lag (segments) above which the verdict is a warning.
     pub lag_warning: u64,
+    /// The key the user gave; without one, the key file archive_command
+    /// names is used (encrypted history files must be read for gaps).
+    pub keys: crate::keys::KeySource,
 }
 
 /// Gathers the status from the live server and the repository.
@@ -633,8 +656,24 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             history_error: None,
             writable: None,
             newest_backup: None,
+            newest_timeline: None,
         };
-        match crate::repo::Repository::open_for_listing(storage) {
+        let given = opts.keys.file.is_some() || std::env::var_os(opts.keys.env_name()).is_some();
+        let keys = match (given, key_file_of_command(&command)) {
+            (false, Some(file)) => crate::keys::KeySource { file: Some(file), env: None },
+            _ => opts.keys.clone(),
+        };
+        let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());
+        let opened = if encrypted && given {
+            crate::repo::Repository::open(storage, &keys)
+        } else if encrypted && keys.file.is_some() {
+            // archive_command's key may not be readable by whoever asks.
+            crate::repo::Repository::open(std::sync::Arc::clone(&storage), &keys)
+                .or_else(|_| crate::repo::Repository::open_for_listing(storage))
+        } else {
+            crate::repo::Repository::open_for_listing(storage)
+        };
+        match opened {
             Err(e) => h.error = Some(e.to_string()),
             Ok(repo) => {
                 h.system_identifier = repo.identity().map(|c| c.system_identifier.to_string());
@@ -648,6 +687,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         h.reachable = true;
                         h.newest_segment = cat.newest_segment().map(|o| o.wal.to_string());
                         h.segments = cat.iter_kind(dbbackup_format::WalKind::Segment).count();
+                        h.newest_timeline = cat.objects.iter().map(|o| o.wal.timeline().0).max();
                         if let Some(size) = repo.segment_size() {
                             // Without readable history files, gaps are still
                             // found between archived segments of a timeline.
@@ -716,6 +756,16 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                     format!("cannot read the timeline history files ({e}): gaps are checked without switch points"),
                     "give the encryption key (--encryption-key-file) so history files can be read",
                 );
+            }
+            let server_tli = current_wal.as_deref().and_then(|w| u32::from_str_radix(w.get(..8)?, 16).ok());
+            if let (Some(own), Some(newest)) = (server_tli, r.newest_timeline) {
+                if newest > own {
+                    add(
+                        Verdict::Warning,
+                        format!("the repository holds timeline {newest}, newer than this server's timeline {own}: another cluster restored from it archives into it (or did), and restores following the latest timeline take that branch"),
+                        &format!("restore this server's history with --timeline {own}; restore inspection copies with --archive-mode off so they do not archive here"),
+                    );
+                }
             }
             if r.reachable && r.error.is_none() && r.newest_backup.is_none() {
                 // A note, not a warning: right after `pitr enable` this is

@@ -896,6 +896,12 @@ pub fn label_timeline(dir: &Path) -> Option<TimelineId> {
 /// Starts the restored server without waiting (recovery may take long).
 pub fn start(pg_ctl: &Path, dir: &Path) -> Result<PathBuf> {
     let log = dir.join("restore.log");
+    // A log of an earlier recovery (carried in by a backup of a restored
+    // cluster, or a --skip-extraction rerun) must not be read as this one's.
+    if log.exists() {
+        let old = dir.join("restore.log.old");
+        fs::rename(&log, &old).map_err(|e| Error::io(format!("cannot move the old {} aside: {e}", log.display())))?;
+    }
     crate::pg::run_pg_ctl(pg_ctl, "start", dir, &["-W"], &log)?;
     Ok(log)
 }

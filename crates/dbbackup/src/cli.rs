@@ -19,7 +19,7 @@ use dbbackup_format::Codec;
         dbbackup backup expire --repo /backups/pg --keep-days 14   # retention\n  \
         dbbackup pitr status --repo /backups/pg                    # ok, warning or error\n  \
         dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' \\\n      \
-        --target-dir /var/lib/postgresql/15/restored --auto-start --port 5433 --monitor\n\n\
+        --target-dir /var/lib/postgresql/15/restored --archive-mode off --auto-start --port 5433 --monitor\n\n\
         PostgreSQL calls `dbbackup wal archive %p %f` and `dbbackup wal fetch %f %p`.\n\
         -h is --host, as in psql; use --help for help.",
     disable_help_flag = true
@@ -40,8 +40,7 @@ pub struct GlobalOpts {
         global = true,
         env = "DBBACKUP_REPO",
         value_name = "PATH",
-        visible_alias = "archive-dir",
-        alias = "wal-archive"
+        visible_aliases = ["archive-dir", "wal-archive"]
     )]
     pub repo: Option<PathBuf>,
     /// TOML file holding any of these options (flags win over env, env over file)
@@ -85,22 +84,38 @@ pub struct GlobalOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create and inspect the repository
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dbbackup repo init --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  dbbackup repo info --repo /backups/pg"
+    )]
     Repo(RepoCommand),
     /// Encryption keys
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  dbbackup key generate --output /etc/dbbackup/key")]
     Key(KeyCommand),
     /// Archive and fetch WAL (PostgreSQL's archive_command and restore_command)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  archive_command = '/usr/local/bin/dbbackup wal archive %p %f --repo /backups/pg'\n  \
+        restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'\n  dbbackup wal verify --repo /backups/pg"
+    )]
     Wal(WalCommand),
     /// Turn archiving on or off and check that PITR is healthy
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dbbackup pitr enable --repo /backups/pg --restart\n  dbbackup pitr status --repo /backups/pg"
+    )]
     Pitr(PitrCommand),
     /// Take, list, check and expire base backups
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  dbbackup backup base --repo /backups/pg\n  dbbackup backup expire --repo /backups/pg --keep-days 14"
+    )]
     Backup(BackupCommand),
     /// Restore a copy of the cluster to a point in time
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /srv/pg/copy --archive-mode off --auto-start --port 5433 --monitor"
+    )]
     Restore(RestoreCommand),
 }
 
@@ -114,7 +129,7 @@ pub enum RestoreCommand {
         (--port P to choose its port) and --monitor follows recovery to its end and reports where it stopped.\n\n\
         Target times: YYYY-MM-DD HH:MM:SS[.ffffff][+-HH[:MM]] (local time without an offset) or RFC 3339.\n\n\
         Examples:\n  \
-        dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /var/lib/postgresql/15/restored --auto-start --port 5433 --monitor\n  \
+        dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /var/lib/postgresql/15/restored --archive-mode off --auto-start --port 5433 --monitor\n  \
         dbbackup restore pitr --repo /backups/pg --target-name before_upgrade --target-dir /srv/pg/copy --archive-mode off\n  \
         dbbackup restore pitr --repo /backups/pg --base-backup /backups/basebackup-2026-11-24 --target-dir /srv/pg/copy")]
     Pitr(RestoreArgs),

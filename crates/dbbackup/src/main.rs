@@ -27,10 +27,13 @@ fn command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
-    let matches = command().get_matches();
+    let matches = match command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(e) => return usage_error(e),
     };
     let is_fetch = matches!(cli.command, Command::Wal(WalCommand::Fetch(_)));
     let is_wal_hook = is_fetch || matches!(cli.command, Command::Wal(WalCommand::Archive(_)));
@@ -56,6 +59,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses: exit 2, except for `wal fetch`, where 2
+/// would read to PostgreSQL as "not archived" and end recovery early at the
+/// wrong point: a mistyped restore_command must stop recovery instead.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.windows(2).any(|w| w[0] == "wal" && w[1] == "fetch") {
+        eprintln!("dbbackup: wal fetch: {}", output::one_line(&e.render().to_string()));
+        return ExitCode::from(EXIT_FETCH_FATAL);
+    }
+    e.exit()
 }
 
 /// `dbbackup backup list | head` should end quietly when `head` does, as

@@ -330,7 +330,7 @@ fn delete_expire_and_cleanup_keep_every_retained_backup_restorable() {
     dbb(["backup", "delete", &ids[1], "--repo"]).arg(&repo).assert_success();
     let out = dbb(["backup", "delete", &ids[2], "--repo"]).arg(&repo).assert_code(1);
     assert!(out.stderr.contains("only complete backup") && out.stderr.contains("--force"), "{}", out.stderr);
-    let out = dbb(["backup", "expire", "--keep", "0", "--repo"]).arg(&repo).assert_code(1);
+    let out = dbb(["backup", "expire", "--keep", "0", "--repo"]).arg(&repo).assert_code(2);
     assert!(out.stderr.contains("keep at least 1"), "{}", out.stderr);
     dbb(["backup", "delete", &ids[2], "--force", "--repo"]).arg(&repo).assert_success();
     assert!(list(&repo).is_empty());

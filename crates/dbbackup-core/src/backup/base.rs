@@ -359,7 +359,17 @@ pub fn take(
         m.status = BackupStatus::Failed;
         m.error = Some(e.to_string());
         m.stop_time = Some(now_rfc3339());
-        let _ = write_manifest(repo, &m);
+        // The copied files of a failed backup are never used: remove them
+        // first, which also frees the space a full disk needs for the
+        // manifest that records the failure.
+        let _ = repo.storage().remove_tree(&format!("{}/data", backup_dir(&m.id)));
+        m.files.clear();
+        if let Err(w) = write_manifest(repo, &m) {
+            return Err(Error::new(
+                e.kind(),
+                format!("{e}; recording the failure failed too ({w}): the backup shows as interrupted, and `backup expire` removes it"),
+            ));
+        }
     }
     result.map(|()| m)
 }

@@ -78,9 +78,9 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
         return settle_duplicate(repo, &wal, &existing, &checksum, source, codec);
     }
 
-    let mut settings = codec.unwrap_or_else(|| repo.codec_settings());
-    // Two zstd workers compress while this thread reads and hashes.
-    settings.threads = 2;
+    // Two workers compress zstd frames while this thread reads and
+    // checksums (see `object::encode`).
+    let settings = CodecSettings { threads: 2, ..codec.unwrap_or_else(|| repo.codec_settings()) };
     store(repo, &wal, source, &first, &mut file, size, settings)
 }
 
@@ -107,7 +107,7 @@ fn check_segment(repo: &mut Repository, wal: &WalFileName, source: &Path, size: 
     if let Some(seg) = repo.segment_size() {
         if size != u64::from(seg.bytes()) {
             return Err(Error::invalid(format!(
-                "WAL file {shown} is {size} bytes, but segments of this cluster are {} bytes: the file is truncated or oversized",
+                "WAL file {shown} is {size} bytes, but segments of this repository's cluster are {} bytes: the file is truncated or oversized, or comes from a cluster with another WAL segment size",
                 seg.bytes()
             )));
         }

@@ -150,9 +150,10 @@ pub struct Gap {
 }
 
 /// Missing segments: on each timeline, between the first expected segment
-/// (the one holding the switch point, for a child timeline; else the first
-/// archived) and the last archived one. A partial segment counts as
-/// present for its position.
+/// and the last archived one. For a child timeline the first expected is
+/// the one holding its switch point, unless retention removed everything
+/// before a later position (no timeline holds a segment that low); else the
+/// first archived. A partial segment counts as present for its position.
 pub fn gaps(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: SegmentSize) -> Vec<Gap> {
     let mut present: BTreeMap<TimelineId, Vec<u64>> = BTreeMap::new();
     for obj in &cat.objects {
@@ -162,11 +163,12 @@ pub fn gaps(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: Segm
             }
         }
     }
+    let lowest = present.values().flatten().min().copied();
     let mut out = Vec::new();
     for (t, mut segs) in present {
         segs.sort_unstable();
         segs.dedup();
-        let first_expected = histories.get(&t).map(|h| size.segment_of(h.parent().switch_lsn));
+        let first_expected = histories.get(&t).map(|h| size.segment_of(h.parent().switch_lsn).max(lowest.unwrap_or(0)));
         let start = match first_expected {
             Some(f) if f < segs[0] => f,
             _ => segs[0],
@@ -185,4 +187,50 @@ pub fn gaps(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: Segm
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::StoredWal;
+    use dbbackup_format::Codec;
+
+    fn cat(segments: &[(u32, u64)], size: SegmentSize) -> Catalog {
+        let objects = segments
+            .iter()
+            .map(|&(tli, n)| {
+                let wal = WalFileName::segment(TimelineId(tli), n, size);
+                let object = ObjectName {
+                    original: wal.to_string(),
+                    checksum: "0".repeat(64),
+                    codec: Codec::Zstd,
+                    encrypted: false,
+                };
+                WalObject {
+                    stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
+                    wal,
+                    archived_at: None,
+                }
+            })
+            .collect();
+        Catalog { objects, strays: Vec::new() }
+    }
+
+    #[test]
+    fn a_child_timeline_is_expected_from_its_switch_point_unless_retention_removed_it() {
+        let size = SegmentSize::new(16 << 20).unwrap();
+        // Timeline 2 branched inside segment 0x15.
+        let hist = History::parse(TimelineId(2), "1\t0/15000100\tx\n").unwrap();
+        let histories = BTreeMap::from([(TimelineId(2), hist)]);
+        // Its switch segment is missing while older WAL is there: a gap.
+        let g = gaps(&cat(&[(1, 0x14), (1, 0x15), (2, 0x16), (2, 0x17)], size), &histories, size);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].first_missing, "000000020000000000000015");
+        // Retention removed everything below 0x17 on every timeline: no gap.
+        let g = gaps(&cat(&[(1, 0x17), (2, 0x17), (2, 0x18)], size), &histories, size);
+        assert!(g.is_empty(), "{g:?}");
+        // A hole in the middle is a gap either way.
+        let g = gaps(&cat(&[(2, 0x17), (2, 0x19)], size), &histories, size);
+        assert_eq!(g[0].first_missing, "000000020000000000000018");
+    }
 }

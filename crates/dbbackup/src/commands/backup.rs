@@ -103,6 +103,9 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         wait_archive: !a.no_wait_archive,
         archive_timeout: Duration::from_secs(a.archive_wait_timeout),
     };
+    if !opts.fast {
+        ctx.note("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");
+    }
     let progress = Progress::default();
     let done = std::sync::atomic::AtomicBool::new(false);
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ctx.g.quiet;
@@ -290,6 +293,16 @@ pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention
 }
 
 fn expire(ctx: &Ctx, policy: Policy, dry_run: bool) -> Result<ExitCode> {
+    // Usage errors (exit 2), before the repository is opened.
+    let usage = match (policy.keep, policy.keep_days) {
+        (None, None) => Some("give a retention policy: --keep N and/or --keep-days D"),
+        (Some(0), _) => Some("--keep 0 would remove every backup: keep at least 1"),
+        _ => None,
+    };
+    if let Some(msg) = usage {
+        eprintln!("dbbackup: error: {msg}");
+        return Ok(ExitCode::from(2));
+    }
     let repo = Repository::open_for_listing(ctx.storage()?)?;
     let (all, _) = backup::list(&repo)?;
     let cat = Catalog::scan(&repo)?;

@@ -54,8 +54,8 @@ fn prepare_repo(ctx: &Ctx, a: &EnableArgs, identity: ClusterIdentity) -> Result<
     let exists = Repository::read_meta(storage.as_ref()).is_ok();
     if !exists {
         let key = ctx.keys().load()?;
-        if a.encrypt && key.is_none() {
-            bail!("--encrypt needs a key: create one with `dbbackup key generate --output FILE` and pass --encryption-key-file FILE");
+        if a.encrypt && (key.is_none() || ctx.g.encryption_key_file.is_none()) {
+            bail!("--encrypt needs --encryption-key-file FILE (archive_command reads the key from it: the server does not see your environment variables); create one with `dbbackup key generate --output FILE`");
         }
         if !a.encrypt && ctx.g.encryption_key_file.is_some() {
             bail!("an encryption key was given but not --encrypt: add --encrypt to create an encrypted repository (without it, WAL would be stored unencrypted)");
@@ -263,7 +263,11 @@ fn disable(ctx: &Ctx, restart: bool) -> Result<ExitCode> {
 }
 
 fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64) -> Result<ExitCode> {
-    let opts = StatusOptions { repo: ctx.g.repo.as_ref().map(|_| ctx.repo_path()).transpose()?, lag_warning };
+    let opts = StatusOptions {
+        repo: ctx.g.repo.as_ref().map(|_| ctx.repo_path()).transpose()?,
+        lag_warning,
+        keys: ctx.keys(),
+    };
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
         let code = match report {

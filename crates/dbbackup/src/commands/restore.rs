@@ -134,7 +134,11 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         (plan.major, hint, pj)
     };
     restore::write_recovery(&target_dir, major, &opts)?;
-    ctx.note(format_args!("restored into {}; recovery configured ({})", target_dir.display(), opts.target));
+    if opts.skip_extraction {
+        ctx.note(format_args!("recovery configured in {} ({})", target_dir.display(), opts.target));
+    } else {
+        ctx.note(format_args!("restored into {}; recovery configured ({})", target_dir.display(), opts.target));
+    }
 
     let mut outcome = None;
     let mut log = None;
@@ -185,8 +189,14 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     match outcome {
         Some(o) if o.state == "failed" || !o.target_reached => {
             // PostgreSQL's words when the target lies inside the backup.
-            let hint = if o.detail.as_deref().is_some_and(|d| d.contains("before consistent recovery point")) {
+            let detail = o.detail.as_deref().unwrap_or("");
+            let hint = if detail.contains("before consistent recovery point") {
                 "; the target lies before the end of the backup restored: choose an older one with --base-backup ID (see `dbbackup backup list`)"
+            } else if detail.contains("ended before configured recovery target was reached") {
+                match opts.target {
+                    Target::Time(_) => "; no transaction in the archive committed after the target time, so PostgreSQL cannot tell it got there: if nothing was written between the last commit and that time, the end of the archive is the state you want (restore again without a target), else archive the source's current WAL first (SELECT pg_switch_wal())",
+                    _ => "; the target is not in the archive after the backup: check it, or archive the source's current WAL first (SELECT pg_switch_wal())",
+                }
             } else {
                 ""
             };
