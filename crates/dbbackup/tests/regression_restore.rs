@@ -237,6 +237,11 @@ fn a_timeline_without_archived_segments_is_refused_naming_its_parent() {
     assert!(out.stderr.contains("dbbackup: error:") && out.stderr.contains(&missing), "{missing}: {}", out.stderr);
     assert!(out.stderr.contains("--timeline 1"), "{}", out.stderr);
     assert!(!nowhere.exists(), "written before refusing");
+    // The source, still on timeline 1, is told that a copy archived a newer
+    // timeline into its repository.
+    let v = json(&pitr(&c, &["status", "--json"]).output());
+    assert_eq!(v["verdict"], "warning", "{}", findings(&v));
+    assert!(findings(&v).contains("timeline 2, newer than this server's timeline 1"), "{}", findings(&v));
 
     let r = restore_started(&c, &repo, &d.join("tl1"), &["--timeline", "1", "--archive-mode", "off"]);
     let v = r.promoted();

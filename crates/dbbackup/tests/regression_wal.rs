@@ -177,6 +177,11 @@ fn status_finds_gaps_in_an_encrypted_repository_with_a_history_file() {
     let (code, v) = status(&c, &["--repo", &repo_s]);
     assert_eq!(v["repository"]["gaps"], serde_json::json!([]), "{}", findings(&v));
     assert_ne!(code, 1, "{}", findings(&v));
+    // The key archive_command names reads the history files: no warning,
+    // and none when the key is given either.
+    assert!(v["repository"]["history_error"].is_null(), "{}", findings(&v));
+    let (_, v) = status(&c, &["--repo", &repo_s, "--encryption-key-file", &key_s]);
+    assert!(v["repository"]["history_error"].is_null(), "{}", findings(&v));
 
     let victim = &tl1[1];
     std::fs::remove_file(object_for(&repo, victim)).unwrap();
@@ -453,4 +458,22 @@ fn config_file_accepts_json_and_quiet() {
     let quiet_cfg = d.write("quiet.toml", "quiet = true\n");
     let quiet = archive_cmd(&label, name, &repo).arg("--config").arg(&quiet_cfg).assert_success();
     assert!(quiet.stderr.is_empty(), "quiet = true still logs: {}", quiet.stderr);
+}
+
+// A mistyped restore_command must stop recovery, not end it early: usage
+// errors of `wal fetch` exit above 125, not 2 ("not archived").
+#[test]
+fn wal_fetch_usage_errors_are_fatal_for_recovery() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    dbb(["repo", "init", "--repo"]).arg(&repo).assert_success();
+    let out = dbb(["wal", "fetch", "000000010000000000000003", "/nonexistent/x", "--bogus", "--repo"])
+        .arg(&repo)
+        .assert_code(128);
+    assert!(out.stderr.starts_with("dbbackup: wal fetch:") && out.stderr.contains("--bogus"), "{}", out.stderr);
+    let out = dbb(["wal", "fetch", "000000010000000000000003", "--repo"]).arg(&repo).assert_code(128);
+    assert!(out.stderr.contains("dbbackup: wal fetch:"), "{}", out.stderr);
+    // Other commands keep exit 2 for usage errors; help is still help.
+    dbb(["wal", "list", "--bogus"]).assert_code(2);
+    dbb(["wal", "fetch", "--help"]).assert_success();
 }
