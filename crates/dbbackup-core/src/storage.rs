@@ -93,6 +93,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Removes a directory and everything under it; missing is fine.
     fn remove_tree(&self, dir: &str) -> StorageResult<()>;
 
+    /// Removes temporary objects in `dir` that nobody has written to for
+    /// `idle` (left by a killed writer; a live one keeps writing). Returns
+    /// how many went. Storage without such leftovers does nothing.
+    fn remove_stale_temps(&self, _dir: &str, _idle: std::time::Duration) -> StorageResult<usize> {
+        Ok(0)
+    }
+
     /// Reads a whole small object.
     fn read_all(&self, path: &str) -> StorageResult<Vec<u8>> {
         let mut buf = Vec::new();
@@ -294,6 +301,26 @@ impl Storage for LocalStorage {
         Ok(())
     }
 
+    fn remove_stale_temps(&self, dir: &str, idle: std::time::Duration) -> StorageResult<usize> {
+        let rd = match fs::read_dir(self.full(dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StorageError::io(dir, e)),
+        };
+        let mut removed = 0;
+        for entry in rd.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let stale =
+                entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > idle));
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>> {
         let file = self.lock_file(name)?;
         file.lock().map_err(|e| StorageError::io(name, e))?;
@@ -339,6 +366,24 @@ mod tests {
         w.write_all(b"third").unwrap();
         w.commit("a/b/obj", Commit::Replace).unwrap();
         assert_eq!(s.read_all("a/b/obj").unwrap(), b"third");
+    }
+
+    #[test]
+    fn only_idle_temporary_objects_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let mut live = s.create("w").unwrap();
+        live.write_all(b"still being written").unwrap();
+        let killed = dir.path().join("w").join(format!("{TEMP_PREFIX}999999.0"));
+        fs::write(&killed, b"left by a killed archiver").unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options().write(true).open(&killed).unwrap().set_modified(old).unwrap();
+        fs::write(dir.path().join("w/obj"), b"an object").unwrap();
+        assert_eq!(s.remove_stale_temps("w", std::time::Duration::from_secs(3600)).unwrap(), 1);
+        assert!(!killed.exists());
+        assert_eq!(fs::read_dir(dir.path().join("w")).unwrap().count(), 2, "the live temp and the object stay");
+        live.commit("w/obj2", Commit::NoReplace).unwrap();
+        assert_eq!(s.remove_stale_temps("missing", std::time::Duration::ZERO).unwrap(), 0);
     }
 
     #[test]

@@ -193,6 +193,11 @@ pub fn apply(repo: &crate::repo::Repository, backups: &[Manifest], plan: &Plan) 
     for path in &plan.remove_wal {
         repo.storage().remove(path).map_err(|e| Error::from(e).context("cannot remove WAL"))?;
     }
+    // Temporary objects of writers killed long ago, anywhere under wal/.
+    let wal = dbbackup_format::object::WAL_DIR;
+    for d in repo.storage().list(wal).unwrap_or_default().into_iter().filter(|d| d.is_dir) {
+        let _ = repo.storage().remove_stale_temps(&format!("{wal}/{}", d.name), std::time::Duration::from_secs(3600));
+    }
     Ok(())
 }
 

@@ -278,8 +278,12 @@ fn store(
         return settle_duplicate(repo, wal, &existing, &checksum, source, Some(settings));
     }
     let path = format!("{}/{}", pending.dir, pending.object);
+    let pending_dir = pending.dir.clone();
     let (original_size, stored_size) = (pending.original_size, pending.stored_size);
-    match pending.writer.commit(&path, Commit::NoReplace) {
+    let committed = pending.writer.commit(&path, Commit::NoReplace);
+    // Temporary objects of archivers killed mid-write, an hour idle.
+    let _ = repo.storage().remove_stale_temps(&pending_dir, std::time::Duration::from_secs(3600));
+    match committed {
         Ok(()) => Ok(Archived::Stored { path, checksum, original_size, stored_size }),
         Err(StorageError::AlreadyExists { .. }) => Ok(Archived::AlreadyArchived { path, checksum }),
         Err(e) => Err(Error::from(e).context(format!("cannot store {wal} in repository {}", repo.location()))),
