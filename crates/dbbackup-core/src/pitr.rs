@@ -575,7 +575,9 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     }
     let command_repo = repo_of_command(&command);
     if let (Some(given), Some(cmd_repo)) = (&opts.repo, &command_repo) {
-        if given != cmd_repo {
+        let same =
+            |a: &Path, b: &Path| a == b || a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+        if !same(given, cmd_repo) {
             add(
                 Verdict::Error,
                 format!("archive_command archives into {}, not into {}", cmd_repo.display(), given.display()),

@@ -264,7 +264,11 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     let size = repo.segment_size().ok_or_else(|| {
         Error::invalid(format!("repository {} holds no WAL yet (not bound to a cluster)", repo.location()))
     })?;
-    let (all, _) = backup::list(repo)?;
+    let (all, unreadable) = backup::list(repo)?;
+    let unreadable_note = match unreadable.first() {
+        Some(e) => format!(" ({} backup manifest(s) could not be read, e.g. {e})", unreadable.len()),
+        None => String::new(),
+    };
 
     // The source, when named.
     let named: Option<Source> = match opts.base_backup.as_deref() {
@@ -399,7 +403,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
             let complete: Vec<&Manifest> = all.iter().filter(|m| m.status == BackupStatus::Complete).collect();
             if complete.is_empty() {
                 return Err(Error::not_found(format!(
-                    "repository {} has no complete backup: take one with `dbbackup backup base`, or give --base-backup PATH",
+                    "repository {} has no complete backup{unreadable_note}: take one with `dbbackup backup base`, or give --base-backup PATH",
                     repo.location()
                 )));
             }
@@ -903,7 +907,22 @@ pub fn start(pg_ctl: &Path, dir: &Path) -> Result<PathBuf> {
         fs::rename(&log, &old).map_err(|e| Error::io(format!("cannot move the old {} aside: {e}", log.display())))?;
     }
     crate::pg::run_pg_ctl(pg_ctl, "start", dir, &["-W"], &log)?;
-    Ok(log)
+    // `pg_ctl start -W` returns before the postmaster runs: make sure one
+    // did start (its shell can fail without pg_ctl noticing).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if dir.join("postmaster.pid").exists() || log.exists() {
+            return Ok(log);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(Error::server(format!(
+        "PostgreSQL did not start in {} (no postmaster.pid and no {} after 10 s): start it yourself with `{} start -D {}` to see why",
+        dir.display(),
+        log.display(),
+        pg_ctl.display(),
+        dir.display()
+    )))
 }
 
 /// Where recovery ended.

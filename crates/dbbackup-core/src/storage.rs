@@ -235,15 +235,22 @@ impl Storage for LocalStorage {
     fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>> {
         let full = self.full(dir);
         self.ensure_dir(&full).map_err(|e| StorageError::io(dir, e))?;
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = full.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| StorageError::io(dir, e))?;
-        Ok(Box::new(LocalWriter { temp, root: self.root.clone(), file: Some(file) }))
+        // A killed process with this PID may have left its temporary
+        // objects: take the next free name.
+        loop {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let temp = full.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp) {
+                Ok(file) => return Ok(Box::new(LocalWriter { temp, root: self.root.clone(), file: Some(file) })),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
+                Err(e) => {
+                    return Err(StorageError::io(
+                        format!("{dir}/{}", temp.file_name().unwrap_or_default().to_string_lossy()),
+                        e,
+                    ))
+                }
+            }
+        }
     }
 
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
@@ -366,6 +373,22 @@ mod tests {
         w.write_all(b"third").unwrap();
         w.commit("a/b/obj", Commit::Replace).unwrap();
         assert_eq!(s.read_all("a/b/obj").unwrap(), b"third");
+    }
+
+    #[test]
+    fn a_killed_writers_temporary_object_does_not_block_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        fs::create_dir_all(dir.path().join("w")).unwrap();
+        // Whatever this process's counter is at, the next names are taken.
+        let from = TEMP_COUNTER.load(Ordering::Relaxed);
+        for n in from..from + 50 {
+            fs::write(dir.path().join("w").join(format!("{TEMP_PREFIX}{}.{n}", std::process::id())), b"junk").unwrap();
+        }
+        let mut w = s.create("w").unwrap();
+        w.write_all(b"new").unwrap();
+        w.commit("w/obj", Commit::NoReplace).unwrap();
+        assert_eq!(s.read_all("w/obj").unwrap(), b"new");
     }
 
     #[test]

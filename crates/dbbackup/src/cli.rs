@@ -279,7 +279,7 @@ pub enum BackupCommand {
 #[derive(Debug, Args)]
 pub struct BaseArgs {
     /// Label (pg_backup_start's label; default: dbbackup <ID>)
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", value_parser = parse_label)]
     pub label: Option<String>,
     /// Files copied in parallel
     #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
@@ -485,6 +485,18 @@ pub struct FetchArgs {
     pub filename: String,
     /// Where to write it (%p)
     pub destination: PathBuf,
+}
+
+/// A label goes into `backup_label` as one line: a control character
+/// (a newline) would forge or break the lines PostgreSQL reads back.
+fn parse_label(s: &str) -> Result<String, String> {
+    if s.chars().any(char::is_control) {
+        return Err("a label cannot hold control characters such as a newline".into());
+    }
+    if s.len() > 1023 {
+        return Err(format!("a label is at most 1023 bytes (PostgreSQL's limit), this one is {}", s.len()));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_codec(s: &str) -> Result<Codec, String> {

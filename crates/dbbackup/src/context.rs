@@ -70,6 +70,23 @@ impl Ctx {
         c
     }
 
+    /// Refuses paths that cannot go into archive_command or
+    /// restore_command: PostgreSQL's configuration files hold one setting
+    /// per line, so a control character (a newline) would break them.
+    pub fn check_command_paths(&self) -> Result<()> {
+        let repo = self.repo_path()?;
+        let paths = [Some(repo.as_path()), self.g.encryption_key_file.as_deref(), self.g.config.as_deref()];
+        for p in paths.into_iter().flatten() {
+            if p.to_string_lossy().chars().any(char::is_control) {
+                anyhow::bail!(
+                    "{:?} holds a control character (a newline?): it cannot be written into PostgreSQL's configuration; use another path",
+                    p
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A progress or status line for the user on stderr; `--quiet` leaves
     /// only errors there.
     pub fn note(&self, msg: impl std::fmt::Display) {

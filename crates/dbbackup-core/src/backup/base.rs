@@ -161,8 +161,9 @@ fn walk(pgdata: &Path) -> Result<(Vec<DirEntry>, Vec<Job>, Vec<Tablespace>)> {
     Ok((dirs, jobs, spcs))
 }
 
-fn object_rel(rel: &str, settings: &CodecSettings, encrypted: bool) -> String {
-    format!("data/{rel}{}{}", settings.codec.suffix(), if encrypted { ".enc" } else { "" })
+/// Where a backed-up file's object lies, relative to the backup directory.
+pub fn object_rel(rel: &str, codec: dbbackup_format::Codec, encrypted: bool) -> String {
+    format!("data/{rel}{}{}", codec.suffix(), if encrypted { ".enc" } else { "" })
 }
 
 /// The name bound into an encrypted backup file.
@@ -200,7 +201,7 @@ fn store_entry(
     progress: &Progress,
 ) -> Result<FileEntry> {
     let encrypted = repo.key().is_some();
-    let object = object_rel(rel, settings, encrypted);
+    let object = object_rel(rel, settings.codec, encrypted);
     let full = format!("{}/{object}", backup_dir(id));
     let dir = full.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
     let mut w = repo.storage().create(&dir).map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
@@ -470,8 +471,19 @@ fn run(
     let missing = wait_for_wal(repo, client, tli, first, stop_seg, size, opts)?;
     m.status = if missing.is_empty() { BackupStatus::Complete } else { BackupStatus::Pending };
     if !missing.is_empty() {
+        let why = if opts.wait_archive {
+            let s = pitr::archiver_stats(client)?;
+            let failing = if s.failing {
+                format!(" (PostgreSQL fails to archive {}: see the server log)", s.last_failed_wal.unwrap_or_default())
+            } else {
+                String::new()
+            };
+            format!("not archived within {}s{failing}", opts.archive_timeout.as_secs())
+        } else {
+            "not yet archived (--no-wait-archive)".to_string()
+        };
         m.error = Some(format!(
-            "WAL {} to {} not yet archived (--no-wait-archive): run `dbbackup backup verify {}` once it is",
+            "WAL {} to {} {why}: the files are stored; `dbbackup backup verify {}` completes the backup once the WAL is archived",
             missing[0],
             missing[missing.len() - 1],
             m.id
@@ -493,6 +505,7 @@ fn wait_for_wal(
 ) -> Result<Vec<String>> {
     let before = pitr::archiver_stats(client)?;
     let started = Instant::now();
+    let mut warned = false;
     let mut missing: Vec<WalFileName> = (first..=last).map(|n| WalFileName::segment(tli, n, size)).collect();
     loop {
         let mut still = Vec::new();
@@ -505,22 +518,21 @@ fn wait_for_wal(
         if missing.is_empty() || !opts.wait_archive {
             return Ok(missing.iter().map(|w| w.to_string()).collect());
         }
+        // PostgreSQL retries failed archives by itself: a passing fault
+        // (space, permissions) must not cost the backup. Say so once.
         let s = pitr::archiver_stats(client)?;
-        if s.failing && s.failed_count > before.failed_count {
-            return Err(Error::server(format!(
-                "PostgreSQL fails to archive {} (failed {} times): the backup needs it; see the server log",
-                s.last_failed_wal.unwrap_or_default(),
-                s.failed_count
-            )));
+        if s.failing && s.failed_count > before.failed_count && !warned {
+            tracing::warn!(
+                "PostgreSQL fails to archive {} (it retries; see the server log): waiting up to {}s for the WAL the backup needs",
+                s.last_failed_wal.clone().unwrap_or_default(),
+                opts.archive_timeout.as_secs()
+            );
+            warned = true;
         }
         if started.elapsed() > opts.archive_timeout {
-            return Err(Error::server(format!(
-                "{} was not archived within {}s: the backup needs WAL {} to {}",
-                missing[0],
-                opts.archive_timeout.as_secs(),
-                missing[0],
-                missing[missing.len() - 1]
-            )));
+            // The files are stored: the backup stays pending, and `backup
+            // verify` completes it once the WAL arrives.
+            return Ok(missing.iter().map(|w| w.to_string()).collect());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -21,6 +21,9 @@ pub const BACKUPS_DIR: &str = "backups";
 pub const MANIFEST: &str = "manifest.json";
 /// Held by `backup base` for its whole run.
 pub const BACKUP_LOCK: &str = "locks/backup.lock";
+/// Held by `backup expire`, `backup delete` and `wal cleanup` from reading
+/// the backups to removing: two of them at once plan on the same state.
+pub const RETENTION_LOCK: &str = "locks/retention.lock";
 
 pub fn backup_dir(id: &str) -> String {
     format!("{BACKUPS_DIR}/{id}")
@@ -39,13 +42,49 @@ pub fn read_manifest(repo: &Repository, id: &str) -> Result<Manifest> {
     let path = format!("{}/{MANIFEST}", backup_dir(id));
     let bytes = repo.storage().read_all(&path).map_err(|e| {
         if e.is_not_found() {
-            Error::not_found(format!("no backup {id} in repository {} (see `dbbackup backup list`)", repo.location()))
+            Error::not_found(format!(
+                "no backup {id} in repository {} (no {path}; see `dbbackup backup list`)",
+                repo.location()
+            ))
         } else {
             Error::io(format!("cannot read {path}: {e}"))
         }
     })?;
     let text = String::from_utf8(bytes).map_err(|_| Error::integrity(format!("{path} is not UTF-8")))?;
-    Manifest::parse(&text).map_err(|e| Error::integrity(format!("{path} is not a valid manifest: {e}")))
+    let m = Manifest::parse(&text).map_err(|e| Error::integrity(format!("{path} is not a valid manifest: {e}")))?;
+    check_manifest(&m, &path, id)?;
+    Ok(m)
+}
+
+/// Checks what restore trusts a manifest for beyond its JSON: it belongs
+/// in its directory, every path is a plain relative path (nothing is
+/// written outside the target), listed once, and points at the object its
+/// name says (a changed path would otherwise restore one file's bytes
+/// under another file's name, silently).
+fn check_manifest(m: &Manifest, path: &str, id: &str) -> Result<()> {
+    let bad = |what: String| Error::integrity(format!("{path}: {what}: the manifest is damaged or was changed"));
+    if m.id != id {
+        return Err(bad(format!("it names backup {}, but lies in {}", m.id, backup_dir(id))));
+    }
+    let plain =
+        |p: &str| !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    let mut seen = std::collections::HashSet::new();
+    for f in &m.files {
+        if !plain(&f.path) {
+            return Err(bad(format!("file path {:?} is not a plain relative path", f.path)));
+        }
+        if !seen.insert(f.path.as_str()) {
+            return Err(bad(format!("file {} is listed twice", f.path)));
+        }
+        let expected = base::object_rel(&f.path, m.codec, m.encrypted);
+        if f.object != expected {
+            return Err(bad(format!("file {} points at object {}, not {expected}", f.path, f.object)));
+        }
+    }
+    if let Some(d) = m.directories.iter().find(|d| !plain(&d.path)) {
+        return Err(bad(format!("directory path {:?} is not a plain relative path", d.path)));
+    }
+    Ok(())
 }
 
 /// Every backup, oldest first. Directories without a readable manifest are
@@ -70,10 +109,14 @@ pub fn list(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Error>)> {
 /// Resolves `latest` (the newest complete backup) or an ID.
 pub fn resolve(repo: &Repository, which: &str) -> Result<Manifest> {
     if which == "latest" {
-        let (all, _) = list(repo)?;
+        let (all, unreadable) = list(repo)?;
         return all.into_iter().rev().find(|m| m.status == BackupStatus::Complete).ok_or_else(|| {
+            let note = match unreadable.first() {
+                Some(e) => format!(" ({} backup manifest(s) could not be read, e.g. {e})", unreadable.len()),
+                None => String::new(),
+            };
             Error::not_found(format!(
-                "repository {} has no complete backup: take one with `dbbackup backup base`",
+                "repository {} has no complete backup{note}: take one with `dbbackup backup base`",
                 repo.location()
             ))
         });

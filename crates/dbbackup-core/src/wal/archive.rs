@@ -43,6 +43,12 @@ pub enum Archived {
 /// Archives the file at `source` under WAL name `name`.
 pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<CodecSettings>) -> Result<Archived> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
+    // Opening a FIFO would block for ever; a directory is a mistake.
+    let meta =
+        std::fs::metadata(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
+    if !meta.is_file() {
+        return Err(Error::invalid(format!("{} is not a regular file: nothing to archive", source.display())));
+    }
     let mut file =
         File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
     let size = file.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();

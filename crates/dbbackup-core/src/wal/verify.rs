@@ -31,11 +31,17 @@ pub struct VerifyReport {
     /// History files that could not be read: gap detection on their
     /// timelines ignores switch points.
     pub history_errors: Vec<Problem>,
+    /// Complete backups whose WAL (start to stop) is not all archived.
+    pub backups_missing_wal: Vec<Problem>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.problems.is_empty() && self.gaps.is_empty() && self.unknown.is_empty() && self.history_errors.is_empty()
+        self.problems.is_empty()
+            && self.gaps.is_empty()
+            && self.unknown.is_empty()
+            && self.history_errors.is_empty()
+            && self.backups_missing_wal.is_empty()
     }
 }
 
@@ -95,6 +101,20 @@ pub fn verify(repo: &Repository, cat: &Catalog, jobs: usize) -> Result<VerifyRep
         }
     }
     let size = repo.segment_size().unwrap_or(SegmentSize::DEFAULT);
+    // Every complete backup needs its WAL from start to stop (names only;
+    // the objects themselves were just verified above).
+    let present: std::collections::HashSet<String> = cat.objects.iter().map(|o| o.wal.to_string()).collect();
+    let mut backups_missing_wal = Vec::new();
+    let (backups, _) = crate::backup::list(repo)?;
+    for m in backups.iter().filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete) {
+        let needed = crate::backup::verify::needed_wal(m)?;
+        if let Some(w) = needed.iter().find(|w| !present.contains(&w.to_string())) {
+            backups_missing_wal.push(Problem {
+                path: crate::backup::backup_dir(&m.id),
+                error: format!("backup {} needs {w}, which is not archived: the backup cannot be restored", m.id),
+            });
+        }
+    }
     Ok(VerifyReport {
         objects: cat.objects.len(),
         verified,
@@ -104,5 +124,6 @@ pub fn verify(repo: &Repository, cat: &Catalog, jobs: usize) -> Result<VerifyRep
         gaps: gaps(cat, &histories, size),
         unknown: cat.strays.clone(),
         history_errors,
+        backups_missing_wal,
     })
 }

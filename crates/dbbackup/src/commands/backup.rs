@@ -135,6 +135,11 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         }
         println!("{}", m.id);
     }
+    // Waited for the WAL and it did not come: not a usable backup yet.
+    if m.status != BackupStatus::Complete && !a.no_wait_archive {
+        eprintln!("dbbackup: error: backup {} is {}, not complete", m.id, shown_status(&m, false));
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -244,7 +249,21 @@ fn verify(ctx: &Ctx, id: &str, jobs: usize) -> Result<ExitCode> {
 
 fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
-    let m = backup::read_manifest(&repo, id)?;
+    let _lock = repo.storage().lock(backup::RETENTION_LOCK)?;
+    let m = match backup::read_manifest(&repo, id) {
+        Ok(m) => m,
+        // A backup directory whose manifest is gone or damaged can be
+        // nothing but removed: with --force, remove it.
+        Err(e) if e.kind() != dbbackup_core::error::ErrorKind::NotFound || backup_dir_exists(&repo, id) => {
+            if !force {
+                bail!("{e}; `dbbackup backup delete {id} --force` removes the backup directory");
+            }
+            repo.storage().remove_tree(&backup::backup_dir(id))?;
+            println!("deleted backup directory {id} (its manifest was unreadable)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if m.status == BackupStatus::Running && backup_running(&repo) {
         bail!("backup {id} is being taken right now: wait for it to finish");
     }
@@ -256,6 +275,10 @@ fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     retention::remove_backup(&repo, Some(&m))?;
     println!("deleted backup {id}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn backup_dir_exists(repo: &Repository, id: &str) -> bool {
+    repo.storage().list(backup::BACKUPS_DIR).is_ok_and(|l| l.iter().any(|e| e.is_dir && e.name == id))
 }
 
 /// Prints and (unless dry-run) carries out a retention plan.
@@ -304,6 +327,7 @@ fn expire(ctx: &Ctx, policy: Policy, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let _lock = repo.storage().lock(backup::RETENTION_LOCK)?;
     let (all, _) = backup::list(&repo)?;
     let cat = Catalog::scan(&repo)?;
     let plan =

@@ -127,6 +127,7 @@ fn refuse_foreign(current: &std::collections::BTreeMap<String, String>, force: b
 }
 
 fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
+    ctx.check_command_paths()?;
     if let Some(pgdata) = offline_pgdata(ctx) {
         return enable_offline(ctx, &a, &pgdata);
     }

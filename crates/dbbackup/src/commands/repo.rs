@@ -76,12 +76,33 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 fn info(ctx: &Ctx) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
     let wal = WalSummary::of(&repo)?;
-    let (backups, _) = dbbackup_core::backup::list(&repo)?;
+    let (backups, unreadable) = dbbackup_core::backup::list(&repo)?;
+    for e in &unreadable {
+        eprintln!("dbbackup: warning: {e}");
+    }
     let complete: Vec<_> =
         backups.iter().filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete).collect();
     let oldest = complete
         .first()
         .map(|m| json!({"backup": m.id, "time": m.stop_time, "lsn": m.stop_lsn, "timeline": m.timeline}));
+    // A gap after the newest complete backup's start ends what is
+    // recoverable from the backups (restore refuses to go through it).
+    let size = repo.segment_size();
+    let newest_start =
+        complete.last().and_then(|m| m.start_wal.as_deref()).and_then(|w| dbbackup_format::WalFileName::parse(w).ok());
+    let gap_after = wal
+        .gaps
+        .iter()
+        .filter_map(|g| {
+            let first = dbbackup_format::WalFileName::parse(&g.first_missing).ok()?;
+            let n = first.segment_no(size?)?;
+            (n >= newest_start.as_ref()?.segment_no(size?)?).then_some((n, g))
+        })
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, g)| g.clone());
+    let gap_start = gap_after.as_ref().and_then(|g| {
+        dbbackup_format::WalFileName::parse(&g.first_missing).ok()?.start_lsn(size?).map(|l| l.to_string())
+    });
     let backups_json = json!({
         "total": backups.len(),
         "complete": complete.len(),
@@ -89,11 +110,14 @@ fn info(ctx: &Ctx) -> Result<ExitCode> {
         "oldest": complete.first().map(|m| m.id.clone()),
         "stored_bytes": backups.iter().map(|m| m.stored_bytes).sum::<u64>(),
         "oldest_recoverable_point": oldest,
-        "newest_recoverable_point": (!complete.is_empty()).then(|| json!({
-            "segment": wal.newest_segment,
-            "lsn": wal.newest_segment_end_lsn,
-            "archived_at": wal.newest_segment_archived_at,
-        })),
+        "newest_recoverable_point": (!complete.is_empty()).then(|| match &gap_after {
+            Some(g) => json!({"segment": g.first_missing, "lsn": gap_start, "archived_at": null, "gap": true}),
+            None => json!({
+                "segment": wal.newest_segment,
+                "lsn": wal.newest_segment_end_lsn,
+                "archived_at": wal.newest_segment_archived_at,
+            }),
+        }),
     });
     if ctx.g.json {
         let mut v = info_json(&repo.location(), repo.meta());
@@ -111,14 +135,23 @@ fn info(ctx: &Ctx) -> Result<ExitCode> {
         );
         if let (Some(first), Some(last)) = (complete.first(), complete.last()) {
             println!("              oldest {}, newest {}", first.id, last.id);
-            println!(
-                "recoverable:  from {} (end of backup {}) to {} (end of {}, archived {})",
-                first.stop_time.as_deref().unwrap_or("-"),
-                first.id,
-                wal.newest_segment_end_lsn.as_deref().unwrap_or("-"),
-                wal.newest_segment.as_deref().unwrap_or("-"),
-                wal.newest_segment_archived_at.as_deref().unwrap_or("-")
-            );
+            match &gap_after {
+                Some(g) => println!(
+                    "recoverable:  from {} (end of backup {}) to {} only: {} is missing (see `dbbackup wal verify`)",
+                    first.stop_time.as_deref().unwrap_or("-"),
+                    first.id,
+                    gap_start.as_deref().unwrap_or("-"),
+                    g.first_missing
+                ),
+                None => println!(
+                    "recoverable:  from {} (end of backup {}) to {} (end of {}, archived {})",
+                    first.stop_time.as_deref().unwrap_or("-"),
+                    first.id,
+                    wal.newest_segment_end_lsn.as_deref().unwrap_or("-"),
+                    wal.newest_segment.as_deref().unwrap_or("-"),
+                    wal.newest_segment_archived_at.as_deref().unwrap_or("-")
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -142,6 +175,8 @@ struct WalSummary {
     /// the newest point a restore to the end of the archive reaches.
     newest_segment_end_lsn: Option<String>,
     newest_segment_archived_at: Option<String>,
+    /// Runs of missing segments (as `wal verify` finds them, from names).
+    gaps: Vec<dbbackup_core::wal::catalog::Gap>,
     unknown_files: usize,
 }
 
@@ -187,6 +222,15 @@ impl WalSummary {
                 .and_then(|o| o.archived_at)
                 .and_then(|t| jiff::Timestamp::try_from(t).ok())
                 .map(|t| t.to_string()),
+            gaps: match repo.segment_size() {
+                Some(size) => {
+                    // Unreadable history files (encrypted, no key): gaps
+                    // between archived segments are still found.
+                    let hist = dbbackup_core::wal::catalog::timelines(repo, &cat).map(|(_, h)| h).unwrap_or_default();
+                    dbbackup_core::wal::catalog::gaps(&cat, &hist, size)
+                }
+                None => Vec::new(),
+            },
             unknown_files: cat.strays.len(),
         };
         Ok(summary)

@@ -49,6 +49,7 @@ fn restore_command(ctx: &Ctx, encrypted: bool) -> Result<String> {
 }
 
 fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
+    ctx.check_command_paths()?;
     let repo = ctx.open_repo()?;
     let target = if let Some(t) = a.target_time {
         Target::Time(t)
@@ -80,6 +81,17 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         port: if ctx.port_on_cli { ctx.g.port } else { None },
     };
 
+    // pg_ctl hands the data directory to a shell in double quotes.
+    if let Some(c) = a
+        .auto_start
+        .then(|| target_dir.to_string_lossy().chars().find(|c| matches!(c, '"' | '$' | '`' | '\\')))
+        .flatten()
+    {
+        bail!(
+            "pg_ctl cannot start a server in {} (its path holds {c:?}): restore into another directory, or leave out --auto-start and start it yourself",
+            target_dir.display()
+        );
+    }
     let mut archive_end = None;
     let (major, bindir_hint, plan_json) = if opts.skip_extraction {
         let v = std::fs::read_to_string(target_dir.join("PG_VERSION"))

@@ -136,7 +136,7 @@ fn verify(ctx: &Ctx, jobs: usize) -> Result<ExitCode> {
             println!("BAD      {}: {}", p.path, p.error);
         }
     }
-    for p in &report.history_errors {
+    for p in report.history_errors.iter().chain(&report.backups_missing_wal) {
         println!("BAD      {}", p.error);
     }
     for g in &report.gaps {
@@ -163,7 +163,7 @@ fn verify(ctx: &Ctx, jobs: usize) -> Result<ExitCode> {
         } else {
             format!(
                 "{} bad, {} gaps, {} unknown",
-                report.problems.len() + report.history_errors.len(),
+                report.problems.len() + report.history_errors.len() + report.backups_missing_wal.len(),
                 report.gaps.len(),
                 report.unknown.len()
             )
@@ -186,6 +186,22 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
         }
         Err(e) => match e.downcast_ref::<Error>() {
             Some(err) if err.kind() == ErrorKind::NotFound && Repository::can_init(ctx.storage()?.as_ref()) => {
+                // A cluster that has archived before, and a repository path
+                // that is an empty directory or sits in one: that looks like
+                // a file system that is not mounted, and a new repository in
+                // its place would split the archive (WAL "archived" into it
+                // would be missing from the real one). A new path elsewhere
+                // (archive_command switched to a new repository) is created.
+                let path = ctx.repo_path()?;
+                let empty_dir = |d: &std::path::Path| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_none());
+                let bare = path.is_dir() || path.parent().is_some_and(empty_dir);
+                if let Some(done) = archived_before(&a.path).filter(|_| bare) {
+                    bail!(
+                        "repository {} does not exist and its place is an empty directory, but this cluster has archived WAL before ({done}): refusing to create a new one there (is its file system unmounted?); to start a new repository there on purpose, create it first with `dbbackup repo init --repo {}`",
+                        ctx.repo_path()?.display(),
+                        ctx.repo_path()?.display()
+                    );
+                }
                 let key = ctx.keys().load()?;
                 if a.encrypt && key.is_none() {
                     bail!("--encrypt needs a key: {}", ctx.keys().hint());
@@ -214,6 +230,18 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
             _ => Err(e),
         },
     }
+}
+
+/// A `.done` file beside the segment being archived (PostgreSQL's
+/// `pg_wal/archive_status`): this cluster has archived successfully before.
+fn archived_before(source: &std::path::Path) -> Option<String> {
+    let status = source.parent()?.join("archive_status");
+    std::fs::read_dir(&status)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".done"))
+        .map(|n| format!("{}/{n}", status.display()))
 }
 
 fn run_archive(ctx: &Ctx, a: ArchiveArgs) -> Result<ExitCode> {
@@ -283,6 +311,7 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
 fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
     use dbbackup_core::backup::retention::{plan, Policy};
     let repo = Repository::open_for_listing(ctx.storage()?)?;
+    let _lock = repo.storage().lock(dbbackup_core::backup::RETENTION_LOCK)?;
     let (all, _) = dbbackup_core::backup::list(&repo)?;
     let cat = Catalog::scan(&repo)?;
     let policy = Policy { keep: None, keep_days: Some(days) };
