@@ -15,19 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// `backup base --fast`; returns the backup ID (the last stdout line).
-fn backup(c: &Cluster, repo: &Path) -> String {
-    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).assert_success();
-    out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
-}
-
-/// Finishes the current segment and waits until it is archived.
-fn finish_wal(c: &Cluster) -> String {
-    let name = c.switch_wal();
-    c.wait_archived(&name, WAIT);
-    name
-}
-
 /// `backup list --json`: the output and the parsed list.
 fn list(repo: &Path) -> (Output, Vec<Value>) {
     let out = dbb(["backup", "list", "--json", "--repo"]).arg(repo).assert_success();
@@ -115,7 +102,7 @@ fn a_changed_manifest_is_refused_by_list_verify_and_restore() {
     c.sql("CREATE TABLE a AS SELECT g FROM generate_series(1, 5000) g");
     c.sql("CREATE TABLE b AS SELECT md5(g::text) AS t FROM generate_series(1, 5000) g");
     make_archived_segment(&c);
-    let id = backup(&c, &repo);
+    let id = backup(&c, &repo, &[]);
     finish_wal(&c);
     dbb(["backup", "verify", &id, "--repo"]).arg(&repo).assert_success();
 
@@ -380,7 +367,7 @@ fn repo_info_ends_the_newest_recoverable_point_at_a_gap() {
     let repo = d.join("repo");
     let c = archiving_cluster(PgVersion::V15, None, &repo, "");
     make_archived_segment(&c);
-    backup(&c, &repo);
+    backup(&c, &repo, &[]);
     let segs: Vec<String> = (0..3).map(|_| make_archived_segment(&c)).collect();
 
     let info = |repo: &Path| json(&dbb(["repo", "info", "--json", "--repo"]).arg(repo).assert_success());
@@ -415,7 +402,7 @@ fn backup_delete_without_a_manifest_needs_force_and_removes_the_directory() {
     let repo = d.join("repo");
     let c = archiving_cluster(PgVersion::V15, None, &repo, "");
     make_archived_segment(&c);
-    let id = backup(&c, &repo);
+    let id = backup(&c, &repo, &[]);
     let dir = repo.join(format!("backups/{id}"));
     let manifest = dir.join("manifest.json");
 
@@ -457,7 +444,7 @@ fn paths_that_break_pg_ctl_or_the_configuration_are_refused_before_writing() {
     let c = archiving_cluster(PgVersion::V15, None, &repo, "");
     c.sql("CREATE TABLE t(i int)");
     make_archived_segment(&c);
-    backup(&c, &repo);
+    backup(&c, &repo, &[]);
     finish_wal(&c);
 
     // pg_ctl hands the data directory to a shell in double quotes.
@@ -501,7 +488,7 @@ fn wal_verify_reports_a_complete_backup_whose_wal_is_not_archived() {
     let repo = d.join("repo");
     let c = archiving_cluster(PgVersion::V15, None, &repo, "");
     let before = make_archived_segment(&c);
-    let id = backup(&c, &repo);
+    let id = backup(&c, &repo, &[]);
     finish_wal(&c);
     dbb(["wal", "verify", "--repo"]).arg(&repo).assert_success();
 
@@ -542,7 +529,7 @@ fn concurrent_expire_runs_keep_exactly_one_backup_and_a_valid_archive() {
         if !ids.is_empty() {
             std::thread::sleep(Duration::from_millis(1100)); // a new backup ID
         }
-        ids.push(backup(&c, &repo));
+        ids.push(backup(&c, &repo, &[]));
         make_archived_segment(&c);
     }
     let (_, all) = list(&repo);

@@ -11,26 +11,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// `backup base --fast`; returns the backup ID (the last stdout line).
-fn backup(c: &Cluster, repo: &Path) -> String {
-    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).assert_success();
-    out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
-}
-
-/// Finishes the current segment and waits until it is archived.
-fn finish_wal(c: &Cluster) -> String {
-    let name = c.switch_wal();
-    c.wait_archived(&name, WAIT);
-    name
-}
-
 /// A cluster archiving into `repo` with table `t(i int)`, one archived
 /// segment and a backup; returns the cluster and the backup ID.
 fn cluster_with_backup(repo: &Path) -> (Cluster, String) {
     let c = archiving_cluster(PgVersion::V15, None, repo, "");
     c.sql("CREATE TABLE t(i int)");
     make_archived_segment(&c);
-    let id = backup(&c, repo);
+    let id = backup(&c, repo, &[]);
     (c, id)
 }
 
@@ -90,7 +77,7 @@ fn force_never_replaces_a_live_tablespace_and_tablespace_map_relocates_it() {
     c.sql("CREATE TABLE tt(i int) WITH (autovacuum_enabled = false) TABLESPACE ts");
     c.sql("INSERT INTO tt SELECT generate_series(1, 1000)");
     make_archived_segment(&c);
-    backup(&c, &repo);
+    backup(&c, &repo, &[]);
     c.sql("INSERT INTO tt SELECT generate_series(1001, 1500)");
     // Set the hint bits now and flush everything, so the files stay as they are.
     assert_eq!(c.sql("SELECT count(*) FROM tt"), "1500");
@@ -357,7 +344,7 @@ fn wal_cleanup_expires_the_older_backup_and_restore_refuses_it() {
     c.sql("INSERT INTO t VALUES (1)");
     make_archived_segment(&c);
     std::thread::sleep(Duration::from_millis(1100));
-    let new = backup(&c, &repo);
+    let new = backup(&c, &repo, &[]);
     assert_ne!(old, new);
     c.sql("INSERT INTO t VALUES (2)");
     finish_wal(&c);
@@ -443,7 +430,7 @@ fn a_damaged_backup_file_fails_the_restore_and_leaves_nothing_behind() {
     let c = archiving_cluster(PgVersion::V15, None, &repo, "");
     c.sql("CREATE TABLE big AS SELECT g, md5(g::text) AS t FROM generate_series(1, 100000) g");
     make_archived_segment(&c);
-    let id = backup(&c, &repo);
+    let id = backup(&c, &repo, &[]);
     finish_wal(&c);
 
     let manifest: Value =

@@ -9,19 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// `backup base --fast`; returns the backup ID (the last stdout line).
-fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
-    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).args(extra).assert_success();
-    out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
-}
-
-/// Finishes the current segment and waits until it is archived.
-fn finish_wal(c: &Cluster) -> String {
-    let name = c.switch_wal();
-    c.wait_archived(&name, WAIT);
-    name
-}
-
 /// A plain `restore pitr` (no auto-start) that is expected to fail.
 fn refused(repo: &Path, dir: &Path, args: &[&str], code: i32) -> Output {
     dbb(["restore", "pitr", "--repo"]).arg(repo).arg("--target-dir").arg(dir).args(args).assert_code(code)

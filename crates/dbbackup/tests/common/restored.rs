@@ -157,3 +157,16 @@ pub fn restore_env(c: &Cluster, repo: &Path, dir: &Path, args: &[&str], env: &[(
     let out = cmd.timeout(Duration::from_secs(300)).output();
     Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
 }
+
+/// `backup base --fast`; returns the backup ID (the last stdout line).
+pub fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
+    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).args(extra).assert_success();
+    out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
+}
+
+/// Finishes the current segment of `c` and waits until it is archived.
+pub fn finish_wal(c: &Cluster) -> String {
+    let name = c.switch_wal();
+    c.wait_archived(&name, WAIT);
+    name
+}
