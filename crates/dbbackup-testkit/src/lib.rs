@@ -777,19 +777,7 @@ impl Cluster {
     /// Runs `q` with `psql -X -A -t -q -v ON_ERROR_STOP=1` in database
     /// `postgres`; the trimmed stdout, or stderr on failure.
     pub fn sql_ok(&self, q: &str) -> Result<String, String> {
-        let out = self
-            .bin_cmd("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .arg("-p")
-            .arg(self.port().to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", q])
-            .output();
-        if out.status == 0 {
-            Ok(out.stdout.trim().to_string())
-        } else {
-            Err(out.stderr)
-        }
+        psql(self.bin_cmd("psql"), &self.sock, self.port(), q)
     }
 
     /// Like [`Cluster::sql_ok`]; panics with psql's stderr on failure.
@@ -868,5 +856,23 @@ impl Drop for Cluster {
         let mut c = Cmd::new(self.bindir.join("pg_ctl"));
         c.arg("-D").arg(&self.data).args(["-w", "-t", "60", "-m", "immediate", "stop"]);
         let _ = c.command().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Runs `q` with `psql` (as `cmd`) on the server at socket directory
+/// `sock` and `port`, as user `postgres` in database `postgres`: the
+/// trimmed stdout, or stderr on failure.
+pub fn psql(mut cmd: Cmd, sock: &Path, port: u16, q: &str) -> Result<String, String> {
+    let out = cmd
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(sock)
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-U", "postgres", "-d", "postgres", "-c", q])
+        .output();
+    if out.status == 0 {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(out.stderr)
     }
 }

@@ -216,10 +216,7 @@ pub fn remove_backup(repo: &crate::repo::Repository, m: Option<&Manifest>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::catalog::WalObject;
-    use crate::wal::StoredWal;
-    use dbbackup_format::object::ObjectName;
-    use dbbackup_format::{Codec, TimelineId};
+    use dbbackup_format::TimelineId;
 
     const SEG: u32 = 16 << 20;
 
@@ -238,25 +235,7 @@ mod tests {
     }
 
     fn catalog(segments: &[(u32, u64)]) -> Catalog {
-        let size = SegmentSize::new(SEG).unwrap();
-        let objects = segments
-            .iter()
-            .map(|&(tli, n)| {
-                let wal = WalFileName::segment(TimelineId(tli), n, size);
-                let object = ObjectName {
-                    original: wal.to_string(),
-                    checksum: "0".repeat(64),
-                    codec: Codec::Zstd,
-                    encrypted: false,
-                };
-                WalObject {
-                    stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
-                    wal,
-                    archived_at: None,
-                }
-            })
-            .collect();
-        Catalog { objects, strays: Vec::new() }
+        crate::wal::catalog::catalog_of(segments, SegmentSize::new(SEG).unwrap())
     }
 
     fn removed(plan: &Plan) -> Vec<String> {

@@ -189,31 +189,35 @@ pub fn gaps(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: Segm
     out
 }
 
+/// A catalog of the segments `(timeline, segment number)`, for tests.
+#[cfg(test)]
+pub(crate) fn catalog_of(segments: &[(u32, u64)], size: SegmentSize) -> Catalog {
+    let objects = segments
+        .iter()
+        .map(|&(tli, n)| {
+            let wal = WalFileName::segment(TimelineId(tli), n, size);
+            let object = ObjectName {
+                original: wal.to_string(),
+                checksum: "0".repeat(64),
+                codec: dbbackup_format::Codec::Zstd,
+                encrypted: false,
+            };
+            WalObject {
+                stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
+                wal,
+                archived_at: None,
+            }
+        })
+        .collect();
+    Catalog { objects, strays: Vec::new() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::StoredWal;
-    use dbbackup_format::Codec;
 
     fn cat(segments: &[(u32, u64)], size: SegmentSize) -> Catalog {
-        let objects = segments
-            .iter()
-            .map(|&(tli, n)| {
-                let wal = WalFileName::segment(TimelineId(tli), n, size);
-                let object = ObjectName {
-                    original: wal.to_string(),
-                    checksum: "0".repeat(64),
-                    codec: Codec::Zstd,
-                    encrypted: false,
-                };
-                WalObject {
-                    stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
-                    wal,
-                    archived_at: None,
-                }
-            })
-            .collect();
-        Catalog { objects, strays: Vec::new() }
+        catalog_of(segments, size)
     }
 
     #[test]

@@ -54,18 +54,7 @@ impl Restored {
     }
 
     pub fn sql_ok(&self, q: &str) -> Result<String, String> {
-        let out = Cmd::new(self.bindir.join("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.sock)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", q])
-            .output();
-        if out.status == 0 {
-            Ok(out.stdout.trim().to_string())
-        } else {
-            Err(out.stderr)
-        }
+        psql(Cmd::new(self.bindir.join("psql")), &self.sock, self.port, q)
     }
 
     pub fn sql(&self, q: &str) -> String {
