@@ -36,6 +36,7 @@ declare -A NEED=(
   [gzip]=gzip
   [util-linux]=runuser
   [bc]=bc
+  [strace]=strace
   [time]=/usr/bin/time
 )
 missing=()

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod object;
+pub mod par;
 pub mod pg;
 pub mod pitr;
 pub mod repo;

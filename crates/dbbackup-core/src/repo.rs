@@ -80,8 +80,11 @@ impl Repository {
                 )));
             }
         }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| Error::io(format!("cannot make a repository ID: {e}")))?;
         let meta = RepoMeta {
             format_version: FORMAT_VERSION,
+            id: Some(hex::encode(id)),
             created_at: now_rfc3339(),
             created_by: format!("dbbackup {}", env!("CARGO_PKG_VERSION")),
             cluster: opts.identity,
@@ -115,6 +118,11 @@ impl Repository {
     }
 
     /// Reads the metadata without asking for a key (for `repo info`).
+    ///
+    /// A missing repository is never answered with advice to create one:
+    /// the usual cause is an unmounted file system or a mistyped `--repo`,
+    /// and an empty repository created in its place would make a recovering
+    /// server read "no more WAL" and promote early, at the wrong point.
     pub fn read_meta(storage: &dyn Storage) -> Result<RepoMeta> {
         let loc = storage.location();
         let bytes = match storage.read_all(META_FILE) {
@@ -123,10 +131,12 @@ impl Repository {
                 let exists = storage.root_exists().unwrap_or(false);
                 return Err(Error::not_found(if exists {
                     format!(
-                        "{loc} is not a dbbackup repository (no {META_FILE}): create one with `dbbackup repo init --repo {loc}` in an empty directory"
+                        "{loc} is not a dbbackup repository (no {META_FILE}): check that --repo is right and that the repository's file system is mounted there"
                     )
                 } else {
-                    format!("repository {loc} does not exist: create it with `dbbackup repo init --repo {loc}`")
+                    format!(
+                        "repository {loc} does not exist: check that --repo is right and that the repository's file system is mounted"
+                    )
                 }));
             }
             Err(e) => return Err(Error::io(format!("cannot read repository {loc}: {e}"))),

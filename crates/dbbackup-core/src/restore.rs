@@ -9,8 +9,6 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dbbackup_format::guc::{edit_auto_conf, read_conf_value};
@@ -64,10 +62,16 @@ pub struct RestoreOptions {
     pub base_backup: Option<String>,
     pub target: Target,
     pub inclusive: bool,
-    pub timeline: TimelineChoice,
+    /// `None`: the latest timeline, refused when two timelines are alive
+    /// (see [`crate::wal::catalog::live_forks`]); `Some`: as the user chose.
+    pub timeline: Option<TimelineChoice>,
     pub action: String,
     pub jobs: usize,
+    /// Replace the contents of a non-empty target directory (nothing else).
     pub force: bool,
+    /// A time or LSN target past the end of the archive recovers to the
+    /// end instead of being refused.
+    pub past_end: bool,
     pub skip_extraction: bool,
     pub archive_off: bool,
     pub tablespace_map: Vec<(String, String)>,
@@ -95,7 +99,7 @@ pub enum Source {
 pub struct RestorePlan {
     pub source: Source,
     /// What recovery is configured to reach: the requested target, or the
-    /// end of the archive when `--force` overrode a time past it.
+    /// end of the archive when `--target-past-end` overrode a target past it.
     pub target: Target,
     /// Where the last archived segment on the way starts: an end-of-archive
     /// recovery that stops before it stopped early.
@@ -256,6 +260,41 @@ fn read_tar_members(path: &Path) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     ))
 }
 
+/// A target past the end of the archive: refused, or with
+/// `--target-past-end` the end of the archive (PostgreSQL refuses to end
+/// recovery before a time target, so the end is what is configured).
+fn past_end(why: String, allowed: bool) -> Result<Target> {
+    if !allowed {
+        return Err(Error::invalid(format!(
+            "{why}; to recover to the end of the archive instead, add --target-past-end (nothing was restored)"
+        )));
+    }
+    tracing::warn!("{why}; --target-past-end: recovering to the end of the archive instead");
+    Ok(Target::End)
+}
+
+/// Refuses to follow the latest timeline through a fork whose parent kept
+/// archiving after the child was born: two live histories (a restored copy
+/// archiving into this repository, say), where "latest" is a guess.
+fn refuse_live_forks(
+    repo: &Repository,
+    cat: &Catalog,
+    histories: &BTreeMap<TimelineId, History>,
+    legs: &[Leg],
+    size: SegmentSize,
+) -> Result<()> {
+    let forks = crate::wal::catalog::live_forks(cat, histories, size);
+    let on_the_way = forks.iter().find(|f| legs.windows(2).any(|w| w[0].tli == f.parent && w[1].tli == f.child));
+    let Some(f) = on_the_way else { return Ok(()) };
+    Err(Error::invalid(format!(
+        "repository {} holds two live histories, and the latest timeline may not be the one you want: {}; choose with --timeline {} (the history that went on from the fork) or --timeline {} (nothing was restored)",
+        repo.location(),
+        f.describe(),
+        f.parent,
+        f.child
+    )))
+}
+
 /// Chooses the backup and checks that the archive covers the way from it to
 /// the target. Reads only; writes nothing.
 pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
@@ -306,7 +345,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         Source::Repo(m) => TimelineId(m.timeline.unwrap_or(1)),
         Source::Path { timeline, .. } => *timeline,
     };
-    let target_tl = match opts.timeline {
+    let target_tl = match opts.timeline.unwrap_or(TimelineChoice::Latest) {
         TimelineChoice::Latest => newest_tl,
         TimelineChoice::Id(n) => TimelineId(n),
         TimelineChoice::Current => match &named {
@@ -320,6 +359,9 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         },
     };
     let legs = path_to(target_tl, &histories)?;
+    if opts.timeline.is_none() {
+        refuse_live_forks(repo, &cat, &histories, &legs, size)?;
+    }
     let backup_on_target = match &named {
         Some(src) => source_tli(src) == target_tl,
         None => all.iter().any(|m| m.status == BackupStatus::Complete && m.timeline == Some(target_tl.0)),
@@ -367,13 +409,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
             ))
         };
         if let Some(why) = past {
-            if !opts.force {
-                return Err(Error::invalid(format!("{why}; or use --force to recover to the end of the archive")));
-            }
-            // PostgreSQL refuses to end recovery before a time target: what
-            // --force promises is the end of the archive.
-            tracing::warn!("{why}; --force: recovering to the end of the archive instead");
-            target = Target::End;
+            target = past_end(why, opts.past_end)?;
         }
     }
 
@@ -444,6 +480,19 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     // The end of the archive: the last position held by the timeline that
     // owns it on the way to the target.
     let end_of_archive = present.iter().filter(|(t, q)| *q >= first && owner(*q).0 == *t).map(|(_, q)| *q).max();
+    if let Target::Lsn(l) = &target {
+        let want = size.segment_of(*l);
+        if end_of_archive.is_none_or(|end| want > end) && want >= first {
+            let end = end_of_archive.map(|e| WalFileName::segment(owner(e), e, size).to_string());
+            target = past_end(
+                format!(
+                    "target LSN {l} is past the end of the archive on timeline {target_tl} (its last segment on the way is {}): recovery would stop short; if the source server still runs, archive its current WAL first (SELECT pg_switch_wal(), then wait until `dbbackup pitr status` shows it archived)",
+                    end.as_deref().unwrap_or("none")
+                ),
+                opts.past_end,
+            )?;
+        }
+    }
     let last = match &target {
         Target::Lsn(l) => Some(size.segment_of(*l)),
         Target::Immediate => match &source {
@@ -594,7 +643,11 @@ pub fn extract(repo: &Repository, plan: &RestorePlan, opts: &RestoreOptions) -> 
     let done = match &plan.source {
         Source::Repo(m) => extract_repo(repo, m, opts, &spc_dirs),
         Source::Path { path, .. } => extract_path(path, dir),
-    };
+    }
+    .and_then(|()| {
+        let roots: Vec<&Path> = std::iter::once(dir.as_path()).chain(spc_dirs.values().map(PathBuf::as_path)).collect();
+        sync_tree(&roots, opts.jobs)
+    });
     done.map_err(|e| {
         let cleanup = match remove_partial(dir, created, &spc_dirs) {
             Ok(()) => "what was written is removed".to_string(),
@@ -602,6 +655,36 @@ pub fn extract(repo: &Repository, plan: &RestorePlan, opts: &RestoreOptions) -> 
         };
         e.context(format!("restore into {} failed; {cleanup}", dir.display()))
     })
+}
+
+/// Makes everything under `roots` durable before a restore reports
+/// success: every file fsynced (`jobs` at a time), then every directory,
+/// deepest first, then each root's parent. A crash between exit 0 and the
+/// server's start must not leave torn files that recovery would trust.
+pub fn sync_tree(roots: &[&Path], jobs: usize) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| Error::io(format!("cannot {what} {}: {e}", p.display()));
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    let mut stack: Vec<PathBuf> = roots.iter().map(|p| p.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| io("read", &d, e))? {
+            let e = e.map_err(|e| io("read", &d, e))?;
+            // A symlink (a tablespace link) is durable with its directory.
+            match e.file_type().map_err(|err| io("stat", &e.path(), err))? {
+                t if t.is_dir() => stack.push(e.path()),
+                t if t.is_file() => files.push(e.path()),
+                _ => {}
+            }
+        }
+        dirs.push(d);
+    }
+    crate::par::try_for_each(&files, jobs, |f| {
+        File::open(f).and_then(|f| f.sync_all()).map_err(|e| io("fsync", f, e))
+    })?;
+    // Children were pushed after their parents: reversed, deepest first.
+    for d in dirs.iter().rev().map(PathBuf::as_path).chain(roots.iter().filter_map(|r| r.parent())) {
+        crate::storage::sync_dir(d).map_err(|e| io("fsync", d, e))?;
+    }
+    Ok(())
 }
 
 fn map_location(loc: &str, map: &[(String, String)]) -> String {
@@ -642,40 +725,18 @@ fn extract_repo(
     // Largest first, so a big relation file does not finish last alone.
     let mut order: Vec<&dbbackup_format::manifest::FileEntry> = m.files.iter().collect();
     order.sort_by_key(|f| std::cmp::Reverse(f.size));
-    let next = AtomicUsize::new(0);
-    let abort = AtomicBool::new(false);
-    let first_err: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1) {
-            s.spawn(|| {
-                while !abort.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(f) = order.get(i).copied() else { break };
-                    let path = resolve(&f.path);
-                    let r = (|| -> Result<()> {
-                        if let Some(parent) = path.parent() {
-                            fs::create_dir_all(parent)
-                                .map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
-                        }
-                        let out = File::create(&path)
-                            .map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
-                        let mut out = BufWriter::with_capacity(1 << 20, out);
-                        verify_file(repo, m, f, &mut out)?;
-                        out.flush().map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
-                        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))
-                            .map_err(|e| Error::io(format!("cannot set mode of {}: {e}", path.display())))
-                    })();
-                    if let Err(e) = r {
-                        abort.store(true, Ordering::Relaxed);
-                        first_err.lock().expect("not poisoned").get_or_insert(e);
-                    }
-                }
-            });
+    crate::par::try_for_each(&order, opts.jobs, |f| {
+        let path = resolve(&f.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;
         }
-    });
-    if let Some(e) = first_err.into_inner().expect("threads joined") {
-        return Err(e);
-    }
+        let out = File::create(&path).map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
+        let mut out = BufWriter::with_capacity(1 << 20, out);
+        verify_file(repo, m, f, &mut out)?;
+        out.flush().map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))
+            .map_err(|e| Error::io(format!("cannot set mode of {}: {e}", path.display())))
+    })?;
     // tablespace_map names the new locations, so PostgreSQL links them there.
     let map_path = dir.join("tablespace_map");
     if let Ok(text) = fs::read_to_string(&map_path) {
@@ -749,7 +810,7 @@ pub fn write_recovery(dir: &Path, major: u32, opts: &RestoreOptions) -> Result<(
         restore_command: opts.restore_command.clone(),
         target: opts.target.clone(),
         inclusive: opts.inclusive,
-        timeline: opts.timeline.setting(),
+        timeline: opts.timeline.unwrap_or(TimelineChoice::Latest).setting(),
         action: opts.action.clone(),
     };
     let auto = dir.join("postgresql.auto.conf");
@@ -783,7 +844,8 @@ pub fn write_recovery(dir: &Path, major: u32, opts: &RestoreOptions) -> Result<(
     } else {
         write(&dir.join("recovery.conf"), &settings.render())?;
     }
-    Ok(())
+    // The renames above are durable only once the directory is.
+    crate::storage::sync_dir(dir).map_err(|e| Error::io(format!("cannot fsync {}: {e}", dir.display())))
 }
 
 /// Where pg_ctl of `major` is.

@@ -16,6 +16,12 @@ pub const META_FILE: &str = "dbbackup.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoMeta {
     pub format_version: u32,
+    /// Random ID given at `repo init`: what identifies a repository (never
+    /// its path). A restore writes it into `restore_command`, so a repository
+    /// re-created at the same path is refused rather than read as "no more
+    /// WAL". Absent only in repositories created before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// RFC 3339 time of `repo init`.
     pub created_at: String,
     /// dbbackup version that created the repository.
@@ -105,6 +111,7 @@ mod tests {
     fn sample() -> RepoMeta {
         RepoMeta {
             format_version: FORMAT_VERSION,
+            id: Some("5f0c6a1e9d2b4c7a8e3f1b2d4c6a8e0f".into()),
             created_at: "2026-11-25T10:00:00Z".into(),
             created_by: "dbbackup 0.1.0".into(),
             cluster: Some(ClusterIdentity {
@@ -129,6 +136,11 @@ mod tests {
         unbound.cluster = None;
         unbound.encryption = None;
         assert_eq!(RepoMeta::parse(&unbound.to_json()).unwrap(), unbound);
+        // Metadata written before repository IDs existed still reads.
+        let mut old = sample();
+        old.id = None;
+        assert!(!old.to_json().contains("\"id\""));
+        assert_eq!(RepoMeta::parse(&old.to_json()).unwrap(), old);
     }
 
     #[test]

@@ -187,9 +187,10 @@ pub struct RestoreArgs {
     /// What the server does at the target
     #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
-    /// Timeline to follow: latest, current (the backup's) or a number
-    #[arg(long, value_name = "TIMELINE", default_value = "latest", value_parser = parse_timeline)]
-    pub timeline: dbbackup_core::restore::TimelineChoice,
+    /// Timeline to follow: latest, current (the backup's) or a number [default: latest, refused when two
+    /// timelines are both alive]
+    #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
+    pub timeline: Option<dbbackup_core::restore::TimelineChoice>,
     /// Stop just after the target (default) or, with =false, just before it
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", conflicts_with = "exclusive")]
     pub inclusive: Option<bool>,
@@ -208,11 +209,15 @@ pub struct RestoreArgs {
     /// Only write the recovery settings into an existing data directory
     #[arg(long)]
     pub skip_extraction: bool,
-    /// Replace the contents of a non-empty target directory
+    /// Replace the contents of a non-empty target directory (nothing else)
     #[arg(long)]
     pub force: bool,
-    /// `off` stops the restored copy from archiving into the repository (an inspection copy)
-    #[arg(long, value_name = "MODE", default_value = "preserve", value_parser = ["preserve", "off"])]
+    /// A --target-time or --target-lsn after the end of the archive: recover to the end instead of refusing
+    #[arg(long)]
+    pub target_past_end: bool,
+    /// `off` (default): an inspection copy that never archives into the repository; `preserve`: keep the
+    /// source's archiving, for a restore that becomes the new primary
+    #[arg(long, value_name = "MODE", default_value = "off", value_parser = ["off", "preserve"])]
     pub archive_mode: String,
     /// Restore a tablespace elsewhere
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
@@ -457,7 +462,10 @@ pub enum WalCommand {
     /// Fetch one WAL file (restore_command = 'dbbackup wal fetch %f %p ...')
     #[command(after_help = "Exit codes: 0 delivered and verified; 1 not in the archive; 128 any other failure \
         (corrupt, wrong or missing key, unreadable repository), which makes PostgreSQL stop recovery instead \
-        of finishing early at the wrong point.\n\nExample:\n  \
+        of finishing early at the wrong point.\n\nA repository that cannot be the archive this recovery needs is \
+        such a failure too: a missing one (an unmounted file system), one bound to no cluster or to another \
+        cluster than the recovering data directory's, and, with --repo-id (which `restore pitr` writes), one \
+        with another ID (re-created at the same path).\n\nExample:\n  \
         restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'")]
     Fetch(FetchArgs),
 }
@@ -485,6 +493,9 @@ pub struct FetchArgs {
     pub filename: String,
     /// Where to write it (%p)
     pub destination: PathBuf,
+    /// Refuse (exit 128) unless the repository has this ID (`repo info` shows it)
+    #[arg(long, value_name = "ID")]
+    pub repo_id: Option<String>,
 }
 
 /// A label goes into `backup_label` as one line: a control character

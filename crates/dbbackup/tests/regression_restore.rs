@@ -310,7 +310,7 @@ fn monitor_reports_a_segment_that_went_missing_after_the_checks() {
 // 5. A target time in the future.
 
 #[test]
-fn a_future_target_time_is_refused_and_with_force_recovers_to_the_end() {
+fn a_future_target_time_is_refused_and_with_target_past_end_recovers_to_the_end() {
     let d = TestDir::new();
     let repo = d.join("repo");
     let (c, _) = cluster_with_backup(&repo);
@@ -322,10 +322,10 @@ fn a_future_target_time_is_refused_and_with_force_recovers_to_the_end() {
 
     let dir = d.join("restored");
     let out = restore_cmd(&repo, &dir, &["--target-time", &future]).assert_code(1);
-    assert!(out.stderr.contains("in the future") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(out.stderr.contains("in the future") && out.stderr.contains("--target-past-end"), "{}", out.stderr);
     assert!(!dir.exists());
 
-    let r = restore_started(&c, &repo, &dir, &["--target-time", &future, "--force", "--archive-mode", "off"]);
+    let r = restore_started(&c, &repo, &dir, &["--target-time", &future, "--target-past-end", "--archive-mode", "off"]);
     let v = r.promoted();
     assert_eq!(v["recovery"]["timeline"], 2, "{}", r.describe());
     assert!(r.out.stderr.contains("in the future"), "the override is said: {}", r.describe());

@@ -81,20 +81,27 @@ fn repo_init_refuses_existing_nonempty_and_unwritable_paths() {
 }
 
 #[test]
-fn commands_on_a_missing_repository_say_how_to_create_one() {
+fn read_only_commands_on_a_missing_repository_never_suggest_creating_one() {
     let d = TestDir::new();
     let missing = d.join("nowhere");
     let out = dbb(["repo", "info", "--repo"]).arg(&missing).assert_code(1);
-    assert!(out.stderr.contains("does not exist") && out.stderr.contains("dbbackup repo init"), "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist") && out.stderr.contains("mounted"), "{}", out.stderr);
+    assert!(!out.stderr.contains("repo init"), "{}", out.stderr);
     let out =
         dbb(["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).arg("--repo").arg(&missing).assert_code(128);
-    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist") && out.stderr.contains("mounted"), "{}", out.stderr);
+    assert!(!out.stderr.contains("repo init"), "{}", out.stderr);
+    for args in [&["wal", "list"][..], &["backup", "list"], &["wal", "verify"], &["wal", "timeline"]] {
+        let out = dbb(args).arg("--repo").arg(&missing).assert_code(1);
+        assert!(out.stderr.contains("mounted") && !out.stderr.contains("repo init"), "{args:?}: {}", out.stderr);
+    }
     let out = dbb(["repo", "info"]).assert_code(1);
     assert!(out.stderr.contains("no repository given") && out.stderr.contains("--repo"), "{}", out.stderr);
     // An existing directory that is not a repository.
     let plain = d.mkdir("plain");
     let out = dbb(["repo", "info", "--repo"]).arg(&plain).assert_code(1);
     assert!(out.stderr.contains("not a dbbackup repository"), "{}", out.stderr);
+    assert!(!out.stderr.contains("repo init"), "{}", out.stderr);
 }
 
 #[test]

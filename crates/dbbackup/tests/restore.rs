@@ -173,20 +173,36 @@ fn refusals_before_anything_is_written() {
     assert_eq!(names, vec![std::ffi::OsString::from("keep.txt")]);
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "mine");
 
-    // A target time in the future: refused, unless --force.
-    // Past the end of the archive (but not in the future): refused, unless --force.
+    // Past the end of the archive (but not in the future): refused, unless --target-past-end.
     std::thread::sleep(Duration::from_millis(1500));
     let past_end = c.sql("SELECT now()");
     let out = refused(&repo, &nowhere, &["--target-time", &past_end], 1);
-    assert!(out.stderr.contains("past the end of the archive") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("past the end of the archive") && out.stderr.contains("--target-past-end"),
+        "{}",
+        out.stderr
+    );
     assert!(!nowhere.exists());
+    // --force is for the directory only: it never turns a time past the end into "the end".
+    let out = refused(&repo, &nowhere, &["--target-time", &past_end, "--force"], 1);
+    assert!(out.stderr.contains("--target-past-end"), "{}", out.stderr);
+    assert!(!nowhere.exists());
+    // The same for an LSN past the end.
+    let out = refused(&repo, &nowhere, &["--target-lsn", "FF/0"], 1);
+    assert!(
+        out.stderr.contains("target LSN FF/0 is past the end of the archive")
+            && out.stderr.contains("--target-past-end"),
+        "{}",
+        out.stderr
+    );
 
+    // A target time in the future: refused, unless --target-past-end.
     let future = c.sql("SELECT now() + interval '1 day'");
     let out = refused(&repo, &nowhere, &["--target-time", &future], 1);
-    assert!(out.stderr.contains("in the future") && out.stderr.contains("--force"), "{}", out.stderr);
+    assert!(out.stderr.contains("in the future") && out.stderr.contains("--target-past-end"), "{}", out.stderr);
     assert!(!nowhere.exists());
     let forced = d.join("forced");
-    dbb(["restore", "pitr", "--force", "--target-time", &future, "--repo"])
+    dbb(["restore", "pitr", "--target-past-end", "--target-time", &future, "--repo"])
         .arg(&repo)
         .arg("--target-dir")
         .arg(&forced)
@@ -322,9 +338,10 @@ fn timelines(version: PgVersion) {
     c.sql("INSERT INTO t VALUES (2)");
     finish_wal(&c);
 
-    // The first restore promotes to timeline 2 and keeps archiving (preserve).
-    let r1 = restore(&c, &repo, &d.join("r1"), &["--target-name", "branch"]);
+    // The first restore promotes to timeline 2 and keeps archiving (preserve, as a new primary would).
+    let r1 = restore(&c, &repo, &d.join("r1"), &["--target-name", "branch", "--archive-mode", "preserve"]);
     let v = r1.promoted();
+    assert!(r1.out.stderr.contains("as the new primary"), "preserve says what it means: {}", r1.describe());
     assert_eq!(v["recovery"]["timeline"], 2, "{}", r1.describe());
     assert_eq!(v["plan"]["target_timeline"], 1);
     assert_eq!(r1.rows(), "1");
@@ -351,8 +368,16 @@ fn timelines(version: PgVersion) {
     assert_eq!(tls[1]["parent"], 1);
     assert_eq!(tls[1]["last_segment"], seg.as_str());
 
-    // (a) The default --timeline latest follows timeline 2 to its end.
-    let r2 = restore(&c, &repo, &d.join("r2"), &["--archive-mode", "off"]);
+    // (a) Timeline 1 kept archiving after timeline 2 was born: two live
+    // histories. Without --timeline the restore refuses and names both.
+    let out = dbb(["restore", "pitr", "--repo"]).arg(&repo).arg("--target-dir").arg(d.join("r2")).assert_code(1);
+    for want in ["two live histories", "timeline 2 branched off timeline 1", "--timeline 1", "--timeline 2", &seg] {
+        assert!(out.stderr.contains(want), "{want:?} missing: {}", out.stderr);
+    }
+    assert!(!d.join("r2").exists());
+
+    // (b) An explicit --timeline latest follows timeline 2 to its end.
+    let r2 = restore(&c, &repo, &d.join("r2"), &["--timeline", "latest", "--archive-mode", "off"]);
     let v = r2.promoted();
     assert_eq!(v["plan"]["target_timeline"], 2, "{}", r2.describe());
     assert_eq!(v["plan"]["last_segment"], seg.as_str());
@@ -362,7 +387,7 @@ fn timelines(version: PgVersion) {
     r2.stop();
     drop(r2);
 
-    // (b) --timeline 1 stays on the source's history.
+    // (c) --timeline 1 stays on the source's history.
     let r3 = restore(&c, &repo, &d.join("r3"), &["--timeline", "1", "--archive-mode", "off"]);
     let v = r3.promoted();
     assert_eq!(v["plan"]["target_timeline"], 1, "{}", r3.describe());
@@ -370,7 +395,7 @@ fn timelines(version: PgVersion) {
     r3.stop();
     drop(r3);
 
-    // (c) --timeline 2 with a target on it.
+    // (d) --timeline 2 with a target on it.
     let r4 = restore(&c, &repo, &d.join("r4"), &["--timeline", "2", "--target-immediate", "--archive-mode", "off"]);
     let v = r4.promoted();
     assert_eq!(v["plan"]["target_timeline"], 2, "{}", r4.describe());

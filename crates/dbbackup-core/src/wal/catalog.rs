@@ -140,6 +140,87 @@ pub fn timelines(repo: &Repository, cat: &Catalog) -> Result<(Vec<TimelineInfo>,
     Ok((map.into_values().collect(), histories))
 }
 
+/// A timeline whose parent went on archiving past the fork after the
+/// child's history file was archived: two live histories (a restored copy
+/// archiving into the repository of the cluster it came from), not a
+/// failover, where the parent stops before the child begins.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveFork {
+    pub parent: TimelineId,
+    pub child: TimelineId,
+    pub switch_lsn: Lsn,
+    /// When the child's history file was archived.
+    pub child_born: Option<String>,
+    /// The newest segment of each timeline, and when it was archived.
+    pub parent_last: Option<(String, Option<String>)>,
+    pub child_last: Option<(String, Option<String>)>,
+}
+
+impl LiveFork {
+    /// One clause for messages: the fork point and the newest segment of each side.
+    pub fn describe(&self) -> String {
+        let last = |l: &Option<(String, Option<String>)>| match l {
+            Some((name, Some(at))) => format!("{name}, archived at {at}"),
+            Some((name, None)) => name.clone(),
+            None => "none".into(),
+        };
+        format!(
+            "timeline {} branched off timeline {} at {} (its history file archived at {}), and timeline {} went on archiving after that: timeline {}'s newest segment is {}; timeline {}'s newest segment is {}",
+            self.child,
+            self.parent,
+            self.switch_lsn,
+            self.child_born.as_deref().unwrap_or("?"),
+            self.parent,
+            self.parent,
+            last(&self.parent_last),
+            self.child,
+            last(&self.child_last)
+        )
+    }
+}
+
+fn time_text(t: Option<SystemTime>) -> Option<String> {
+    let t = jiff::Timestamp::try_from(t?).ok()?;
+    Some(t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+}
+
+/// Every fork whose parent archived a segment past the fork's segment after
+/// the child's history file was archived.
+pub fn live_forks(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size: SegmentSize) -> Vec<LiveFork> {
+    let newest = |t: TimelineId| {
+        cat.iter_kind(WalKind::Segment)
+            .filter(|o| o.wal.timeline() == t)
+            .last()
+            .map(|o| (o.wal.to_string(), time_text(o.archived_at)))
+    };
+    let mut out = Vec::new();
+    for (&child, h) in histories {
+        let fork = h.parent();
+        let born = cat.iter_kind(WalKind::History).find(|o| o.wal.timeline() == child).and_then(|o| o.archived_at);
+        let Some(born) = born else { continue };
+        let fork_seg = size.segment_of(fork.switch_lsn);
+        // The segment holding the fork point is excluded: an old primary
+        // finishing it (or the new one archiving it as .partial) is part
+        // of an ordinary failover.
+        let went_on = cat.iter_kind(WalKind::Segment).any(|o| {
+            o.wal.timeline() == fork.parent
+                && o.wal.segment_no(size).is_some_and(|n| n > fork_seg)
+                && o.archived_at.is_some_and(|t| t > born)
+        });
+        if went_on {
+            out.push(LiveFork {
+                parent: fork.parent,
+                child,
+                switch_lsn: fork.switch_lsn,
+                child_born: time_text(Some(born)),
+                parent_last: newest(fork.parent),
+                child_last: newest(child),
+            });
+        }
+    }
+    out
+}
+
 /// A run of missing segments on one timeline.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Gap {

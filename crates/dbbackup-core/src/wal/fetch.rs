@@ -34,6 +34,48 @@ impl Drop for TempFile {
     }
 }
 
+/// Checks that `repo` can be the archive a recovery reads from, before
+/// any lookup: a "not archived" answer (exit 1) ends recovery and promotes,
+/// so it must only ever come from the right repository.
+///
+/// - `expected_id`: the repository ID `restore pitr` wrote into
+///   restore_command; a repository re-created at the same path differs.
+/// - A repository bound to no cluster has never held WAL.
+/// - `data_dir`: the recovering data directory (PostgreSQL runs
+///   restore_command there); its `global/pg_control` names the cluster,
+///   which must be the repository's. An unreadable pg_control skips this
+///   check: it is written while the server runs.
+pub fn check_source(repo: &Repository, expected_id: Option<&str>, data_dir: Option<&Path>) -> Result<()> {
+    let loc = repo.location();
+    if let Some(want) = expected_id {
+        match repo.meta().id.as_deref() {
+            Some(id) if id == want => {}
+            found => {
+                return Err(Error::identity(format!(
+                    "repository {loc} has ID {}, not {want} (the one this restore was made from): it was re-created or replaced at that path, so it cannot hold the WAL this recovery needs; check that the right file system is mounted there",
+                    found.unwrap_or("(none)")
+                )))
+            }
+        }
+    }
+    let Some(own) = repo.identity() else {
+        return Err(Error::identity(format!(
+            "repository {loc} is not bound to any cluster (no WAL was ever archived into it; was it just created?): it cannot be the archive this recovery needs; check that --repo is right and that the repository's file system is mounted"
+        )));
+    };
+    let control = data_dir
+        .map(|d| d.join("global/pg_control"))
+        .and_then(|p| fs::read(p).ok())
+        .and_then(|b| dbbackup_format::control::parse_control(&b).ok());
+    if let Some(c) = control.filter(|c| c.system_identifier != own.system_identifier) {
+        return Err(Error::identity(format!(
+            "repository {loc} belongs to the cluster with system identifier {}, but the recovering data directory is of cluster {}: check --repo",
+            own.system_identifier, c.system_identifier
+        )));
+    }
+    Ok(())
+}
+
 /// Fetches WAL file `name` into `dest`.
 pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;

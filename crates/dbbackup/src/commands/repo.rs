@@ -265,6 +265,7 @@ impl WalSummary {
 fn info_json(location: &str, m: &RepoMeta) -> serde_json::Value {
     json!({
         "repository": location,
+        "id": m.id,
         "format_version": m.format_version,
         "created_at": m.created_at,
         "created_by": m.created_by,
@@ -285,6 +286,9 @@ fn info_json(location: &str, m: &RepoMeta) -> serde_json::Value {
 
 fn print_info(location: &str, m: &RepoMeta) {
     println!("repository:   {location}");
+    if let Some(id) = &m.id {
+        println!("id:           {id}");
+    }
     println!("format:       {}", m.format_version);
     println!("created:      {} by {}", m.created_at, m.created_by);
     match &m.cluster {

@@ -18,7 +18,8 @@ pub fn run(ctx: &Ctx, c: RestoreCommand) -> Result<ExitCode> {
     }
 }
 
-fn restore_command(ctx: &Ctx, encrypted: bool) -> Result<String> {
+fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<String> {
+    let encrypted = repo.key().is_some();
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let mut w = vec![
@@ -30,6 +31,13 @@ fn restore_command(ctx: &Ctx, encrypted: bool) -> Result<String> {
         "--repo".into(),
         ctx.repo_path()?.display().to_string(),
     ];
+    // The repository is identified by its ID, not its path: one re-created
+    // at the path (an unmounted disk "fixed" with `repo init`) is refused
+    // by `wal fetch` instead of ending recovery early.
+    if let Some(id) = &repo.meta().id {
+        w.push("--repo-id".into());
+        w.push(id.clone());
+    }
     match (&ctx.g.encryption_key_file, encrypted) {
         (Some(f), true) => {
             w.push("--encryption-key-file".into());
@@ -74,10 +82,11 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         action: a.target_action,
         jobs: a.jobs.max(1),
         force: a.force,
+        past_end: a.target_past_end,
         skip_extraction: a.skip_extraction,
         archive_off: a.archive_mode == "off",
         tablespace_map: a.tablespace_map,
-        restore_command: restore_command(ctx, repo.key().is_some())?,
+        restore_command: restore_command(ctx, &repo)?,
         port: if ctx.port_on_cli { ctx.g.port } else { None },
     };
 
@@ -99,7 +108,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         let major = dbbackup_format::control::parse_pg_version(&v).context("unreadable PG_VERSION")?;
         if matches!(opts.target, Target::End) {
             let tli = restore::label_timeline(&target_dir).unwrap_or(dbbackup_format::TimelineId(1));
-            archive_end = restore::archive_end(&repo, opts.timeline, tli)?;
+            archive_end = restore::archive_end(&repo, opts.timeline.unwrap_or(restore::TimelineChoice::Latest), tli)?;
         }
         (major, None, json!(null))
     } else {
@@ -150,6 +159,14 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         ctx.note(format_args!("recovery configured in {} ({})", target_dir.display(), opts.target));
     } else {
         ctx.note(format_args!("restored into {}; recovery configured ({})", target_dir.display(), opts.target));
+    }
+    if opts.archive_off {
+        ctx.note("archive_mode = off in the restored cluster: an inspection copy, it never archives into the repository (--archive-mode preserve keeps archiving, for a restore that becomes the new primary)");
+    } else {
+        ctx.note(format_args!(
+            "--archive-mode preserve: once promoted, the restored cluster archives its new timeline into the archive_command's repository ({}) as the new primary; if this is only a copy, stop it from archiving there (ALTER SYSTEM SET archive_mode = off, restart), or later restores of the primary's history need --timeline",
+            ctx.repo_path()?.display()
+        ));
     }
 
     let mut outcome = None;

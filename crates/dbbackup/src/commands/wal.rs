@@ -12,7 +12,7 @@ use dbbackup_core::repo::{check_level, InitOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
-use dbbackup_core::wal::fetch::fetch;
+use dbbackup_core::wal::fetch::{check_source, fetch};
 use dbbackup_format::WalKind;
 use serde_json::json;
 
@@ -295,6 +295,13 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fatal(format!("{e:#}")),
     };
+    // PostgreSQL runs restore_command in the data directory and passes a
+    // destination under pg_wal/: then the working directory is the cluster
+    // that recovers.
+    let data_dir = a.destination.starts_with("pg_wal").then(|| std::path::Path::new("."));
+    if let Err(e) = check_source(&repo, a.repo_id.as_deref(), data_dir) {
+        return fatal(e.to_string());
+    }
     match fetch(&repo, &a.filename, &a.destination) {
         Ok(f) => {
             tracing::debug!("restored {} from {} ({} bytes)", a.filename, f.path, f.size);

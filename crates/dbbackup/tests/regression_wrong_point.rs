@@ -1,0 +1,215 @@
+//! Regression tests for issue 11's "wrong point" stories: paths that once
+//! ended in a recovery promoting at a point other than the one asked for,
+//! or a restore reporting success with its files not durable. Each test
+//! replays the DBA's story on real PostgreSQL 15 and 18 servers.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A cluster archiving into `repo` with `t(i int)`, a backup, and rows 1
+/// and 2 written after it and archived.
+fn cluster_with_rows(version: PgVersion, repo: &Path) -> Cluster {
+    let c = archiving_cluster(version, None, repo, "");
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    backup(&c, repo, &[]);
+    c.sql("INSERT INTO t VALUES (1)");
+    c.sql("INSERT INTO t VALUES (2)");
+    finish_wal(&c);
+    c
+}
+
+/// `pg_ctl start -w` on a restored data directory: exit 0 once the server
+/// accepts connections, 1 when it exited first (recovery aborted).
+fn pg_ctl_start(c: &Cluster, dir: &Path, code: i32) -> String {
+    let out = Cmd::new(c.bindir().join("pg_ctl"))
+        .arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(dir.join("restore.log"))
+        .args(["-w", "-t", "120", "start"])
+        .output();
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert_eq!(out.status, code, "pg_ctl start: {out:?}\n--- restore.log\n{log}");
+    log
+}
+
+// ---------------------------------------------------------------------------
+// 1. A repository that vanished (an unmounted disk) and was "fixed" with
+//    `repo init`, as the old message advised, must stop recovery, never
+//    read as "no more WAL" (which promotes early, rows missing).
+
+fn vanished_repository_stops_recovery(version: PgVersion) {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = cluster_with_rows(version, &repo);
+    let dir = d.join("restored");
+    let port = free_port();
+    let out = dbb(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .assert_success();
+    // The default is an inspection copy: no archiving into the repository.
+    assert!(out.stderr.contains("archive_mode = off"), "{}", out.stderr);
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    let id = json(&dbb(["repo", "info", "--json", "--repo"]).arg(&repo).assert_success())["id"]
+        .as_str()
+        .expect("repo info shows the repository ID")
+        .to_string();
+    assert!(auto.contains(&format!("--repo-id {id}")), "restore_command names the repository ID: {auto}");
+    assert!(auto.contains("archive_mode = 'off'"), "{auto}");
+
+    // The repository's file system goes away: an empty mount point is left.
+    let real = d.join("repo.real");
+    std::fs::rename(&repo, &real).unwrap();
+    let _mount_point = d.mkdir("repo");
+    let wal = c.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let fetch = |extra: &[&str]| {
+        dbb(["wal", "fetch", &wal]).arg(d.join("fetched")).arg("--repo").arg(&repo).args(extra).assert_code(128)
+    };
+    let out = fetch(&[]);
+    assert!(out.stderr.contains("not a dbbackup repository") && out.stderr.contains("mounted"), "{}", out.stderr);
+    assert!(!out.stderr.contains("repo init"), "never advise creating a repository: {}", out.stderr);
+
+    // Following the old advice: a new, empty repository there.
+    dbb(["repo", "init", "--repo"]).arg(&repo).assert_success();
+    let out = fetch(&[]);
+    assert!(out.stderr.contains("not bound to any cluster"), "{}", out.stderr);
+    // The source keeps archiving into it: bound to the same cluster, but
+    // another repository (another ID).
+    finish_wal(&c);
+    let out = fetch(&["--repo-id", &id]);
+    assert!(out.stderr.contains(&format!("not {id}")) && out.stderr.contains("re-created"), "{}", out.stderr);
+
+    // The restored copy starts: recovery stops (the server exits), it never promotes.
+    let log = pg_ctl_start(&c, &dir, 1);
+    assert!(log.contains("re-created or replaced"), "{log}");
+    assert!(!dir.join("postmaster.pid").exists());
+    assert!(!log.contains("archive recovery complete") && !log.contains("selected new timeline"), "{log}");
+
+    // The real repository is back: recovery reaches the end, every row there.
+    std::fs::remove_dir_all(&repo).unwrap();
+    std::fs::rename(&real, &repo).unwrap();
+    pg_ctl_start(&c, &dir, 0);
+    let r = Restored { out, dir: dir.clone(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.wait_for("SELECT pg_is_in_recovery()", "f");
+    assert_eq!(r.rows(), "1,2", "{}", r.describe());
+    assert_eq!(r.sql("SHOW archive_mode"), "off");
+}
+
+#[test]
+fn pg15_a_vanished_then_recreated_repository_stops_recovery() {
+    vanished_repository_stops_recovery(PgVersion::V15);
+}
+
+#[test]
+fn pg18_a_vanished_then_recreated_repository_stops_recovery() {
+    vanished_repository_stops_recovery(PgVersion::V18);
+}
+
+/// A repository bound to another cluster: the recovering data directory's
+/// pg_control says which cluster it is, and fetch refuses (exit 128).
+#[test]
+fn fetch_into_a_data_directory_of_another_cluster_is_refused() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    let name = make_archived_segment(&c);
+    let other = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    // As PostgreSQL runs restore_command: in the data directory, %p under pg_wal/.
+    let out = dbb(["wal", "fetch", &name, "pg_wal/RECOVERYXLOG", "--repo"])
+        .arg(&repo)
+        .current_dir(other.data_dir())
+        .assert_code(128);
+    assert!(out.stderr.contains("belongs to the cluster with system identifier"), "{}", out.stderr);
+    assert!(out.stderr.contains(&other.system_identifier().to_string()), "{}", out.stderr);
+    assert!(!other.data_dir().join("pg_wal/RECOVERYXLOG").exists());
+    // The cluster's own data directory gets it.
+    dbb(["wal", "fetch", &name, "pg_wal/RECOVERYXLOG", "--repo"]).arg(&repo).current_dir(c.data_dir()).assert_success();
+}
+
+// ---------------------------------------------------------------------------
+// 2. `--force` reuses a directory; it never turns a mistyped time past the
+//    end of the archive into "recover to the end".
+
+fn force_does_not_mean_past_the_end(version: PgVersion) {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = cluster_with_rows(version, &repo);
+    let dir = d.mkdir("reused");
+    let keep = d.write("reused/old-file", "from the last restore");
+    // A typo: next year.
+    let typo = c.sql("SELECT to_char(now() + interval '1 year', 'YYYY-MM-DD HH24:MI:SS')");
+    let out = dbb(["restore", "pitr", "--force", "--target-time", &typo, "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&dir)
+        .assert_code(1);
+    assert!(out.stderr.contains("in the future") && out.stderr.contains("--target-past-end"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was restored"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "from the last restore");
+    // Asked for explicitly, the end of the archive is what is configured.
+    dbb(["restore", "pitr", "--force", "--target-past-end", "--target-time", &typo, "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&dir)
+        .assert_success();
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("recovery_target_time "), "{auto}");
+    assert!(!keep.exists());
+}
+
+#[test]
+fn pg15_force_does_not_mean_past_the_end() {
+    force_does_not_mean_past_the_end(PgVersion::V15);
+}
+
+#[test]
+fn pg18_force_does_not_mean_past_the_end() {
+    force_does_not_mean_past_the_end(PgVersion::V18);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Exit 0 means the restored files are on disk: every file is fsynced.
+
+#[test]
+fn restore_fsyncs_every_restored_file_and_directory() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let _c = cluster_with_rows(PgVersion::V15, &repo);
+    let dir = d.join("restored");
+    let trace = d.join("fsync.trace");
+    Cmd::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&dir)
+        .assert_success();
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    // Threads interleave: a call may be split into "fsync(5 <unfinished ...>"
+    // and "<... fsync resumed>) = 0"; count completed calls.
+    let synced: usize = calls.lines().filter(|l| l.contains("fsync") && l.trim_end().ends_with("= 0")).count();
+    let (mut files, mut dirs) = (0usize, 0usize);
+    let mut stack = vec![dir.clone()];
+    while let Some(p) = stack.pop() {
+        dirs += 1;
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 900, "a whole data directory: {files} files");
+    assert!(synced >= files + dirs, "{synced} fsync calls for {files} files and {dirs} directories");
+}
