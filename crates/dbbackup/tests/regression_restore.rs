@@ -134,7 +134,7 @@ fn history_with_switch_points_going_backwards_is_followed() {
     c.stop();
 
     // Timeline 2 branches off after X2 and archives into the repository.
-    let r2 = restore_started(&c, &repo, &d.join("r2"), &["--target-xid", &x2]);
+    let r2 = restore_started(&c, &repo, &d.join("r2"), &["--target-xid", &x2, "--archive-mode", "preserve"]);
     let v = r2.promoted();
     assert_eq!(v["recovery"]["timeline"], 2, "{}", r2.describe());
     assert_eq!(r2.sql(ROWS), "1,2,3,4");
@@ -145,7 +145,7 @@ fn history_with_switch_points_going_backwards_is_followed() {
 
     // Back to X1, before timeline 2's branch point, following the latest
     // timeline (2): the new timeline 3 branches from 2 below 2's own branch point.
-    let r3 = restore_started(&c, &repo, &d.join("r3"), &["--target-xid", &x1]);
+    let r3 = restore_started(&c, &repo, &d.join("r3"), &["--target-xid", &x1, "--archive-mode", "preserve"]);
     let v = r3.promoted();
     assert_eq!(v["plan"]["target_timeline"], 2, "{}", r3.describe());
     assert_eq!(v["recovery"]["timeline"], 3, "{}", r3.describe());
@@ -198,7 +198,7 @@ fn a_timeline_without_archived_segments_is_refused_naming_its_parent() {
     c.sql("INSERT INTO t VALUES (2)");
     finish_wal(&c);
 
-    let r = restore_started(&c, &repo, &d.join("r1"), &["--target-name", "branch"]);
+    let r = restore_started(&c, &repo, &d.join("r1"), &["--target-name", "branch", "--archive-mode", "preserve"]);
     assert_eq!(r.promoted()["recovery"]["timeline"], 2, "{}", r.describe());
     r.wait_object(&repo, "00000002.history");
     r.stop();

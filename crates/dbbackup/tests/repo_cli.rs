@@ -188,16 +188,18 @@ fn an_encrypted_repository_needs_its_own_key() {
         .assert_success();
     let fp = json(&out)["encryption"]["key_fingerprint"].as_str().unwrap().to_string();
     assert_eq!(fp.len(), 32);
-    // base64 of the same key works too.
+    // base64 of the same key works too: the key is accepted, and the
+    // repository, bound to no cluster yet, cannot answer "not archived".
     let b64 = d.write("good.b64", "ERERERERERERERERERERERERERERERERERERERERERE=\n");
     let dest = d.join("dest");
-    dbb(["wal", "fetch", "000000010000000000000001"])
+    let out = dbb(["wal", "fetch", "000000010000000000000001"])
         .arg(&dest)
         .arg("--repo")
         .arg(&repo)
         .arg("--encryption-key-file")
         .arg(&b64)
-        .assert_code(1);
+        .assert_code(128);
+    assert!(out.stderr.contains("not bound to any cluster"), "{}", out.stderr);
 
     let out = dbb(["wal", "fetch", "000000010000000000000001"]).arg(&dest).arg("--repo").arg(&repo).assert_code(128);
     assert!(

@@ -40,7 +40,6 @@ impl Drop for TempFile {
 ///
 /// - `expected_id`: the repository ID `restore pitr` wrote into
 ///   restore_command; a repository re-created at the same path differs.
-/// - A repository bound to no cluster has never held WAL.
 /// - `data_dir`: the recovering data directory (PostgreSQL runs
 ///   restore_command there); its `global/pg_control` names the cluster,
 ///   which must be the repository's. An unreadable pg_control skips this
@@ -58,11 +57,7 @@ pub fn check_source(repo: &Repository, expected_id: Option<&str>, data_dir: Opti
             }
         }
     }
-    let Some(own) = repo.identity() else {
-        return Err(Error::identity(format!(
-            "repository {loc} is not bound to any cluster (no WAL was ever archived into it; was it just created?): it cannot be the archive this recovery needs; check that --repo is right and that the repository's file system is mounted"
-        )));
-    };
+    let Some(own) = repo.identity() else { return Ok(()) };
     let control = data_dir
         .map(|d| d.join("global/pg_control"))
         .and_then(|p| fs::read(p).ok())
@@ -77,10 +72,21 @@ pub fn check_source(repo: &Repository, expected_id: Option<&str>, data_dir: Opti
 }
 
 /// Fetches WAL file `name` into `dest`.
+///
+/// "Not archived" (`NotFound`, exit 1, which ends recovery) comes only
+/// from a repository bound to a cluster: one bound to none has never held
+/// a segment (a new repository where the real one should be mounted), so
+/// its "no" is an identity error.
 pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
     let found = find(repo, &wal)?;
     let Some(stored) = found.first() else {
+        if repo.identity().is_none() {
+            return Err(Error::identity(format!(
+                "{name} is not in repository {}, which is not bound to any cluster (no segment was ever archived into it; was it just created?): it cannot be the archive this recovery needs; check that --repo is right and that the repository's file system is mounted",
+                repo.location()
+            )));
+        }
         return Err(Error::not_found(format!("{name} is not in the archive {}", repo.location())));
     };
     if let Some(other) = found.iter().find(|s| s.object.checksum != stored.object.checksum) {
