@@ -31,8 +31,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command accepts.
+/// Options every command accepts (under their own heading in every
+/// command's help, apart from the command's own options).
 #[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// The repository (a local directory)
     #[arg(
@@ -124,9 +126,15 @@ pub enum RestoreCommand {
     /// Restore to a time, transaction, LSN, restore point, or the end of the archive
     #[command(after_help = "Chooses the newest complete backup that can reach the target (or --base-backup), \
         checks that the archive covers the way from it to the target before writing anything, unpacks it in \
-        parallel into --target-dir (absent or empty, mode 0700), and writes recovery.signal and the recovery \
-        settings (restore_command = this binary's `wal fetch`). --auto-start starts the restored server \
-        (--port P to choose its port) and --monitor follows recovery to its end and reports where it stopped.\n\n\
+        parallel into --target-dir (absent or empty, mode 0700), fsyncs every file, and writes recovery.signal \
+        and the recovery settings (restore_command = this binary's `wal fetch`, with the repository's ID). \
+        --auto-start starts the restored server (--port P to choose its port) and --monitor follows recovery \
+        to its end and reports where it stopped.\n\n\
+        The restored copy does not archive (archive_mode = off) unless --archive-mode preserve: a copy archiving \
+        into the repository it came from starts a second live history there. Without --timeline, a repository \
+        whose older timeline kept archiving after a newer one was born is refused: choose with --timeline. A \
+        target time or LSN after the end of the archive is refused unless --target-past-end; --force only \
+        replaces a non-empty target directory.\n\n\
         Target times: YYYY-MM-DD HH:MM:SS[.ffffff][+-HH[:MM]] (local time without an offset) or RFC 3339.\n\n\
         Examples:\n  \
         dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /var/lib/postgresql/15/restored --archive-mode off --auto-start --port 5433 --monitor\n  \

@@ -301,6 +301,54 @@ mod tests {
         catalog_of(segments, size)
     }
 
+    /// A catalog with archive times: `(timeline, segment, seconds)`, plus
+    /// history files `(timeline, seconds)`.
+    fn timed(segments: &[(u32, u64, u64)], histories: &[(u32, u64)], size: SegmentSize) -> Catalog {
+        let at = |s: u64| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + s));
+        let mut c = catalog_of(&segments.iter().map(|&(t, n, _)| (t, n)).collect::<Vec<_>>(), size);
+        for (o, &(_, _, s)) in c.objects.iter_mut().zip(segments) {
+            o.archived_at = at(s);
+        }
+        for &(t, s) in histories {
+            let wal = WalFileName::history(TimelineId(t));
+            let object = ObjectName {
+                original: wal.to_string(),
+                checksum: "0".repeat(64),
+                codec: dbbackup_format::Codec::Zstd,
+                encrypted: false,
+            };
+            c.objects.push(WalObject {
+                stored: StoredWal { path: format!("wal/{object}"), object, stored_size: 1 },
+                wal,
+                archived_at: at(s),
+            });
+        }
+        c.objects.sort_by_key(|o| o.wal.sort_key());
+        c
+    }
+
+    #[test]
+    fn a_parent_archiving_past_the_fork_after_the_child_was_born_is_a_live_fork() {
+        let size = SegmentSize::new(16 << 20).unwrap();
+        let histories = BTreeMap::from([(TimelineId(2), History::parse(TimelineId(2), "1\t0/15000100\tx\n").unwrap())]);
+        // A failover: timeline 1 stopped (its last segments archived before
+        // the promotion, the fork's own segment finished just after).
+        let failover = timed(&[(1, 0x14, 10), (1, 0x15, 21), (1, 0x16, 15), (2, 0x15, 30)], &[(2, 20)], size);
+        assert!(live_forks(&failover, &histories, size).is_empty());
+        // A restored copy: timeline 1 goes on archiving past the fork after
+        // timeline 2's history file arrived.
+        let copy = timed(&[(1, 0x15, 10), (1, 0x16, 25), (1, 0x17, 40), (2, 0x15, 30)], &[(2, 20)], size);
+        let forks = live_forks(&copy, &histories, size);
+        assert_eq!(forks.len(), 1);
+        let f = &forks[0];
+        assert_eq!((f.parent, f.child), (TimelineId(1), TimelineId(2)));
+        assert_eq!(f.parent_last.as_ref().unwrap().0, "000000010000000000000017");
+        assert_eq!(f.child_last.as_ref().unwrap().0, "000000020000000000000015");
+        let text = f.describe();
+        assert!(text.contains("timeline 2 branched off timeline 1 at 0/15000100"), "{text}");
+        assert!(text.contains("000000010000000000000017, archived at 2023-11-14T22:14:00Z"), "{text}");
+    }
+
     #[test]
     fn a_child_timeline_is_expected_from_its_switch_point_unless_retention_removed_it() {
         let size = SegmentSize::new(16 << 20).unwrap();
