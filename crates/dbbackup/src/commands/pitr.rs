@@ -33,7 +33,7 @@ fn offline_pgdata(ctx: &Ctx) -> Option<PathBuf> {
 
 fn show_value(v: &Option<String>) -> String {
     match v {
-        None => "(default)".into(),
+        None => "(reset)".into(),
         Some(s) if s.is_empty() => "''".into(),
         Some(s) => s.clone(),
     }
