@@ -203,8 +203,9 @@ fn swallowed(
         ));
     }
     // `exec` replaces the shell: nothing after it runs (and a failed exec
-    // ends a non-interactive shell with an error).
-    if exec {
+    // ends a non-interactive shell with an error). Not inside a pipeline,
+    // whose commands run in subshells.
+    if exec && start == k {
         return None;
     }
     // The rest of dbbackup's and-or list, then anything after it.
@@ -549,6 +550,7 @@ mod tests {
         assert!(swallow_reason(&format!("{d} && echo ok || true")).contains("`|| true`"));
         assert!(swallow_reason(&format!("test -f /r/%f || {d}")).contains("only when"));
         assert!(swallow_reason(&format!("cp %p /x/%f && {d} || rm /x/%f")).contains("`|| rm /x/%f`"));
+        assert!(swallow_reason(&format!("cat %p | exec {d} || true")).contains("`|| true`"));
         match shape(&format!("{d} || true")) {
             CommandShape::Swallowing { fix, invocations, .. } => {
                 assert!(fix.contains("remove `|| true`"), "{fix}");

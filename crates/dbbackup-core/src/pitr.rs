@@ -471,13 +471,21 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
 pub fn prove_archiving(client: &mut postgres::Client, repo: &Path, timeout: Duration) -> Result<String> {
     use dbbackup_format::WalFileName;
     let loc = repo.display();
-    let row = client
-        .query_one(
-            "SELECT pg_walfile_name(pg_create_restore_point('dbbackup_archive_check')), pg_walfile_name(pg_switch_wal())",
-            &[],
-        )
-        .map_err(|e| Error::server(format!("cannot switch WAL to check archiving: {}", error_text(&e))))?;
-    let name: String = row.get(1);
+    // Something must be written first, or the switch is a no-op that
+    // names an older, already archived segment. A role allowed to switch
+    // WAL may still lack pg_create_restore_point: a commit writes too.
+    if client.batch_execute("SELECT pg_create_restore_point('dbbackup_archive_check')").is_err() {
+        client
+            .batch_execute("SELECT txid_current()")
+            .map_err(|e| Error::server(format!("cannot write WAL to check archiving: {}", error_text(&e))))?;
+    }
+    let row = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).map_err(|e| {
+        Error::server(format!(
+            "cannot switch WAL to check archiving (the role needs EXECUTE on pg_switch_wal()): {}",
+            error_text(&e)
+        ))
+    })?;
+    let name: String = row.get(0);
     let wal = WalFileName::parse(&name).map_err(|e| Error::server(format!("the server returned {e}")))?;
     let storage: std::sync::Arc<dyn crate::storage::Storage> =
         std::sync::Arc::new(crate::storage::LocalStorage::new(repo));
@@ -524,6 +532,19 @@ pub fn prove_archiving(client: &mut postgres::Client, repo: &Path, timeout: Dura
     }
 }
 
+/// The logging collector process of a postmaster: its child whose
+/// command line says `logger`.
+fn logger_of(postmaster: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "PID (comm) STATE PPID ...": comm may hold spaces, so split after ')'.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == postmaster && String::from_utf8_lossy(&cmdline).contains("logger")).then_some(pid)
+    })
+}
+
 /// A restarted server, and where its log went.
 #[derive(Debug, Clone)]
 pub struct Restarted {
@@ -562,7 +583,16 @@ fn log_target(client: &mut postgres::Client, data_dir: &Path) -> Restarted {
             d
         }
     });
-    let stderr = read_postmaster_pid(data_dir).and_then(|pm| std::fs::read_link(format!("/proc/{}/fd/2", pm.pid)).ok());
+    let postmaster = read_postmaster_pid(data_dir).map(|pm| pm.pid);
+    let fd2 = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/2")).ok();
+    // With logging_collector the postmaster's stderr is the collector's
+    // pipe; the logger process keeps the original one (pg_ctl -l's file).
+    let stderr = postmaster.and_then(fd2).map(|p| {
+        if p.is_absolute() {
+            return p;
+        }
+        postmaster.and_then(logger_of).and_then(fd2).filter(|l| l.is_absolute()).unwrap_or(p)
+    });
     let inside = |p: &Path| {
         let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         canon(p).starts_with(canon(data_dir))
@@ -580,10 +610,15 @@ fn log_target(client: &mut postgres::Client, data_dir: &Path) -> Restarted {
             };
         }
         if path.is_absolute() && !text.ends_with(" (deleted)") && std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-            let note = if inside(path) {
-                format!("server log: {}, as before (it is inside the data directory, so every base backup copies it: start the server with a log file outside it){collector_note}", path.display())
+            let what = if collector_note.is_empty() {
+                "server log"
             } else {
-                format!("server log: {}, as before{collector_note}", path.display())
+                "server output before the logging collector starts"
+            };
+            let note = if inside(path) {
+                format!("{what}: {}, as before (it is inside the data directory, so every base backup copies it: start the server with a log file outside it){collector_note}", path.display())
+            } else {
+                format!("{what}: {}, as before{collector_note}", path.display())
             };
             return Restarted { log: path.clone(), note };
         }
