@@ -6,6 +6,7 @@
 //! to talk to a server. This crate never prints: it returns values and
 //! errors for the binary to render.
 
+pub mod archive_command;
 pub mod backup;
 pub mod checksum;
 pub mod codec;

@@ -155,6 +155,15 @@ pub fn server_identity(client: &mut postgres::Client) -> Result<ServerIdentity> 
     })
 }
 
+/// The server's data directory (`SHOW data_directory`: superusers and
+/// pg_read_all_settings members). archive_command runs there.
+pub fn data_directory(client: &mut postgres::Client) -> Result<std::path::PathBuf> {
+    client
+        .query_one("SHOW data_directory", &[])
+        .map(|r| std::path::PathBuf::from(r.get::<_, String>(0)))
+        .map_err(|e| Error::server(format!("cannot read data_directory: {}", error_text(&e))))
+}
+
 /// Runs `pg_ctl <action> -D <data_dir> ... -l <log>` and turns a failure into
 /// an error that carries pg_ctl's own words.
 pub fn run_pg_ctl(pg_ctl: &Path, action: &str, data_dir: &Path, extra: &[&str], log: &Path) -> Result<()> {

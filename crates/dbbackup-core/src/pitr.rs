@@ -9,11 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dbbackup_format::guc::{edit_auto_conf, read_conf_value, shell_join, shell_split, sql_literal};
+use dbbackup_format::guc::{edit_auto_conf, read_conf_value, shell_join, sql_literal};
 use dbbackup_format::Codec;
 
 use crate::error::{Error, Result};
 use crate::pg::error_text;
+
+pub use crate::archive_command::{analyze_archive_command, same_location, CommandShape, Invocation};
 
 /// The settings PITR depends on.
 pub const ARCHIVE_SETTINGS: &[&str] =
@@ -60,6 +62,66 @@ pub fn read_settings(client: &mut postgres::Client) -> Result<BTreeMap<String, S
     Ok(out)
 }
 
+/// A setting as it is in effect, and where its value comes from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InEffect {
+    pub name: String,
+    /// `(disabled)` for archive_command while archive_mode is off.
+    pub value: String,
+    /// pg_settings.source: `default`, `configuration file`, `command line`...
+    pub source: String,
+    pub sourcefile: Option<String>,
+    pub sourceline: Option<i32>,
+    pub pending_restart: bool,
+    /// The value the configuration files give, which a restart applies
+    /// (for a setting waiting for one).
+    pub file_value: Option<String>,
+}
+
+impl InEffect {
+    /// Where the value comes from, for messages: `set in FILE:LINE`.
+    pub fn origin(&self) -> String {
+        match (&self.sourcefile, self.sourceline, self.source.as_str()) {
+            (Some(f), Some(l), _) => format!("set in {f}:{l}"),
+            (Some(f), None, _) => format!("set in {f}"),
+            (None, _, "default") => "the built-in default".into(),
+            (None, _, "command line") => {
+                "set on the server's command line (postgres -c, pg_ctl -o): it outranks every configuration file".into()
+            }
+            (None, _, src) => format!("set by {src}"),
+        }
+    }
+}
+
+/// Reads settings as in effect right now, with their source file and line
+/// (superusers see those).
+pub fn read_in_effect(client: &mut postgres::Client, names: &[&str]) -> Result<BTreeMap<String, InEffect>> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let rows = client
+        .query(
+            "SELECT s.name, s.setting, s.source, s.sourcefile, s.sourceline, s.pending_restart, \
+                    (SELECT f.setting FROM pg_file_settings f WHERE f.name = s.name AND f.error IS NULL ORDER BY f.seqno DESC LIMIT 1) \
+             FROM pg_settings s WHERE s.name = ANY($1)",
+            &[&names],
+        )
+        .map_err(|e| Error::server(format!("cannot read pg_settings: {}", error_text(&e))))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let e = InEffect {
+                name: r.get(0),
+                value: r.get(1),
+                source: r.get(2),
+                sourcefile: r.get(3),
+                sourceline: r.get(4),
+                pending_restart: r.get(5),
+                file_value: r.get(6),
+            };
+            (e.name.clone(), e)
+        })
+        .collect())
+}
+
 /// What the archive_command should run.
 #[derive(Debug, Clone, Default)]
 pub struct ArchiveCommand {
@@ -100,47 +162,6 @@ impl ArchiveCommand {
         }
         shell_join(&w)
     }
-}
-
-/// Whether an archive_command is dbbackup's `wal archive`: a program named
-/// dbbackup, or this very binary, running `wal archive`.
-pub fn is_dbbackup_command(cmd: &str) -> bool {
-    let Some(words) = shell_split(cmd) else { return false };
-    if words.len() < 3 || words[1] != "wal" || words[2] != "archive" {
-        return false;
-    }
-    let program = Path::new(&words[0]);
-    let own = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
-    program.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dbbackup"))
-        || (own.is_some() && program.canonicalize().ok() == own)
-}
-
-/// The repository a dbbackup archive_command writes to.
-pub fn repo_of_command(cmd: &str) -> Option<PathBuf> {
-    option_of_command(cmd, &["--repo", "--archive-dir", "--wal-archive"])
-}
-
-/// The key file a dbbackup archive_command reads.
-pub fn key_file_of_command(cmd: &str) -> Option<PathBuf> {
-    option_of_command(cmd, &["--encryption-key-file"])
-}
-
-fn option_of_command(cmd: &str, flags: &[&str]) -> Option<PathBuf> {
-    let words = shell_split(cmd)?;
-    if !is_dbbackup_command(cmd) {
-        return None;
-    }
-    words.iter().enumerate().find_map(|(i, w)| {
-        for &flag in flags {
-            if w == flag {
-                return words.get(i + 1).map(PathBuf::from);
-            }
-            if let Some(v) = w.strip_prefix(&format!("{flag}=")) {
-                return Some(PathBuf::from(v));
-            }
-        }
-        None
-    })
 }
 
 /// One setting change: `new: None` resets it to the default.
@@ -236,10 +257,25 @@ pub fn apply_online(client: &mut postgres::Client, changes: &[Change]) -> Result
         .map_err(|e| Error::server(format!("pg_reload_conf() failed: {}", error_text(&e))))?;
     // The reload is asynchronous: wait until every change shows, a
     // restart-only one as pending_restart. (archive_command shows as
-    // "(disabled)" while archive_mode is off, and a reset's value is not
-    // known here: those show nothing to wait for.)
+    // "(disabled)" while archive_mode is off.) A reset takes the value the
+    // configuration files give (pg_file_settings reads them afresh: a
+    // postgresql.conf line shows through), else the built-in default;
+    // values from the command line outrank both and are not waited for.
     let changed: Vec<&Change> = changes.iter().filter(|c| c.changed()).collect();
     let names: Vec<String> = changed.iter().map(|c| c.name.clone()).collect();
+    let resets: Vec<String> = changed.iter().filter(|c| c.new.is_none()).map(|c| c.name.clone()).collect();
+    let expected: BTreeMap<String, String> = if resets.is_empty() {
+        BTreeMap::new()
+    } else {
+        client
+            .query(
+                "SELECT s.name, coalesce((SELECT f.setting FROM pg_file_settings f WHERE f.name = s.name AND f.error IS NULL ORDER BY f.seqno DESC LIMIT 1), s.boot_val, '') \
+                 FROM pg_settings s WHERE s.name = ANY($1) AND s.source IN ('default', 'configuration file')",
+                &[&resets],
+            )
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default()
+    };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         let rows = client
@@ -252,7 +288,7 @@ pub fn apply_online(client: &mut postgres::Client, changes: &[Change]) -> Result
                     && match &c.new {
                         Some(v) if c.restart => pending || &setting == v,
                         Some(v) => &setting == v || setting == "(disabled)",
-                        None => true,
+                        None => expected.get(&c.name).is_none_or(|e| &setting == e || setting == "(disabled)"),
                     }
             })
         };
@@ -426,15 +462,195 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
     }
 }
 
-/// Restarts the server with pg_ctl: the server's own bindir first, then PATH.
-pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<PathBuf> {
+/// Proves that archive_command archives into the repository at `repo`:
+/// writes a restore point (so the switch is never a no-op), switches WAL,
+/// and waits until that segment is in the repository. Fails at once when
+/// PostgreSQL reports the segment archived but the repository lacks it
+/// (the command archives elsewhere or swallows a failure), else after
+/// `timeout`. Returns the segment's name.
+pub fn prove_archiving(client: &mut postgres::Client, repo: &Path, timeout: Duration) -> Result<String> {
+    use dbbackup_format::WalFileName;
+    let loc = repo.display();
+    // Something must be written first, or the switch is a no-op that
+    // names an older, already archived segment. A role allowed to switch
+    // WAL may still lack pg_create_restore_point: a commit writes too.
+    if client.batch_execute("SELECT pg_create_restore_point('dbbackup_archive_check')").is_err() {
+        client
+            .batch_execute("SELECT txid_current()")
+            .map_err(|e| Error::server(format!("cannot write WAL to check archiving: {}", error_text(&e))))?;
+    }
+    let row = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).map_err(|e| {
+        Error::server(format!(
+            "cannot switch WAL to check archiving (the role needs EXECUTE on pg_switch_wal()): {}",
+            error_text(&e)
+        ))
+    })?;
+    let name: String = row.get(0);
+    let wal = WalFileName::parse(&name).map_err(|e| Error::server(format!("the server returned {e}")))?;
+    let storage: std::sync::Arc<dyn crate::storage::Storage> =
+        std::sync::Arc::new(crate::storage::LocalStorage::new(repo));
+    // The repository may appear only now (wal archive creates a missing one).
+    let present = || {
+        crate::repo::Repository::open_for_listing(std::sync::Arc::clone(&storage))
+            .ok()
+            .is_some_and(|r| crate::wal::find(&r, &wal).is_ok_and(|f| !f.is_empty()))
+    };
+    let archived = |s: &ArchiverStats| {
+        s.last_archived_wal
+            .as_deref()
+            .is_some_and(|w| w == name || (w.len() == 24 && w[..8] == name[..8] && w > name.as_str()))
+    };
+    let start = Instant::now();
+    loop {
+        if present() {
+            return Ok(name);
+        }
+        let s = archiver_stats(client)?;
+        // archive_command exited 0 for it: had dbbackup stored it here,
+        // it would be here by now.
+        if archived(&s) && !present() {
+            return Err(Error::invalid(format!(
+                "PostgreSQL reports {name} archived, but repository {loc} does not hold it: archive_command archives elsewhere, or exits 0 when dbbackup fails"
+            )));
+        }
+        if start.elapsed() > timeout {
+            let failing = if s.failing {
+                format!(
+                    "; PostgreSQL fails to archive {} ({} failures so far: see the server log)",
+                    s.last_failed_wal.unwrap_or_default(),
+                    s.failed_count
+                )
+            } else {
+                String::new()
+            };
+            return Err(Error::invalid(format!(
+                "{name} did not arrive in repository {loc} within {}s of pg_switch_wal(){failing}: dbbackup cannot tell that archive_command archives into this repository",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The logging collector process of a postmaster: its child whose
+/// command line says `logger`.
+fn logger_of(postmaster: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "PID (comm) STATE PPID ...": comm may hold spaces, so split after ')'.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == postmaster && String::from_utf8_lossy(&cmdline).contains("logger")).then_some(pid)
+    })
+}
+
+/// A restarted server, and where its log went.
+#[derive(Debug, Clone)]
+pub struct Restarted {
+    /// The file pg_ctl's `-l` named.
+    pub log: PathBuf,
+    /// Where the log went, in words (the same file as before, or why not).
+    pub note: String,
+}
+
+/// Restarts the server with pg_ctl (the server's own bindir first, then
+/// PATH), keeping its log where it was: pg_ctl without `-l` would tie the
+/// server to our output, and a log in the data directory is copied into
+/// every base backup.
+pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<Restarted> {
     let bindir: Option<String> =
         client.query_opt("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).ok().flatten().map(|r| r.get(0));
     let pg_ctl =
         bindir.map(|b| Path::new(&b).join("pg_ctl")).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    let target = log_target(client, data_dir);
+    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &target.log)?;
+    Ok(target)
+}
+
+/// Where the restarted server's stderr should go: where the running
+/// postmaster's goes (its file descriptor 2), when that is a file.
+fn log_target(client: &mut postgres::Client, data_dir: &Path) -> Restarted {
+    let show = |client: &mut postgres::Client, name: &str| -> Option<String> {
+        client.query_one(&format!("SHOW {name}"), &[]).ok().map(|r| r.get(0))
+    };
+    let collector = show(client, "logging_collector").is_some_and(|v| v == "on");
+    let log_dir = show(client, "log_directory").map(|d| {
+        let d = PathBuf::from(d);
+        if d.is_relative() {
+            data_dir.join(d)
+        } else {
+            d
+        }
+    });
+    let postmaster = read_postmaster_pid(data_dir).map(|pm| pm.pid);
+    let fd2 = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/2")).ok();
+    // With logging_collector the postmaster's stderr is the collector's
+    // pipe; the logger process keeps the original one (pg_ctl -l's file).
+    let stderr = postmaster.and_then(fd2).map(|p| {
+        if p.is_absolute() {
+            return p;
+        }
+        postmaster.and_then(logger_of).and_then(fd2).filter(|l| l.is_absolute()).unwrap_or(p)
+    });
+    let inside = |p: &Path| {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        canon(p).starts_with(canon(data_dir))
+    };
+    let collector_note = match (&log_dir, collector) {
+        (Some(d), true) => format!("; the server logs through logging_collector into {}", d.display()),
+        _ => String::new(),
+    };
+    if let Some(path) = &stderr {
+        let text = path.to_string_lossy();
+        if path == Path::new("/dev/null") {
+            return Restarted {
+                log: path.clone(),
+                note: format!("the server's output goes to /dev/null, as before{collector_note}"),
+            };
+        }
+        if path.is_absolute() && !text.ends_with(" (deleted)") && std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            let what = if collector_note.is_empty() {
+                "server log"
+            } else {
+                "server output before the logging collector starts"
+            };
+            let note = if inside(path) {
+                format!("{what}: {}, as before (it is inside the data directory, so every base backup copies it: start the server with a log file outside it){collector_note}", path.display())
+            } else {
+                format!("{what}: {}, as before{collector_note}", path.display())
+            };
+            return Restarted { log: path.clone(), note };
+        }
+    }
+    let was = match &stderr {
+        Some(p) => format!("the server's output went to {} (not a file)", p.display()),
+        None => "where the server's output went cannot be read (/proc/PID/fd/2 of the postmaster)".to_string(),
+    };
+    // Not a file (a pipe to systemd, a terminal): choose a file outside
+    // the data directory where we can write.
+    let writable = |p: &Path| std::fs::OpenOptions::new().append(true).create(true).open(p).is_ok();
+    let name = format!("{}.postmaster.log", data_dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let mut candidates = Vec::new();
+    if let (Some(d), true) = (&log_dir, collector) {
+        candidates.push(d.join("postmaster.log"));
+    }
+    if let Some(parent) = data_dir.parent() {
+        candidates.push(parent.join(name));
+    }
+    for c in candidates {
+        if writable(&c) {
+            return Restarted {
+                note: format!("{was}; pg_ctl now writes the server's output to {}{collector_note}", c.display()),
+                log: c,
+            };
+        }
+    }
     let log = data_dir.join("postmaster.log");
-    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &log)?;
-    Ok(log)
+    Restarted {
+        note: format!("{was}; pg_ctl now writes the server's output to {} (inside the data directory, so base backups copy it: start the server with -l FILE outside it){collector_note}", log.display()),
+        log,
+    }
 }
 
 /// How healthy PITR is.
@@ -474,6 +690,20 @@ pub struct RepoHealth {
     pub newest_backup: Option<NewestBackup>,
     /// The highest timeline with archived WAL or a history file.
     pub newest_timeline: Option<u32>,
+    /// Whether the repository holds the file pg_stat_archiver calls last
+    /// archived (null when unknown).
+    pub holds_last_archived: Option<bool>,
+    /// Backups whose WAL is not yet confirmed archived (`pending`).
+    pub pending_backups: Vec<PendingBackup>,
+}
+
+/// A backup whose WAL was not confirmed archived when it finished.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingBackup {
+    pub id: String,
+    pub start_wal: Option<String>,
+    pub stop_wal: Option<String>,
+    pub error: Option<String>,
 }
 
 /// The newest complete base backup, as `pitr status` shows it.
@@ -509,6 +739,9 @@ pub struct StatusOptions {
     /// The key the user gave; without one, the key file archive_command
     /// names is used (encrypted history files must be read for gaps).
     pub keys: crate::keys::KeySource,
+    /// Prove archiving with a real segment (switches WAL): how long to
+    /// wait for it. `None` keeps status read-only.
+    pub prove: Option<Duration>,
 }
 
 /// Gathers the status from the live server and the repository.
@@ -516,6 +749,21 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     use dbbackup_format::{SegmentSize, WalFileName};
 
     let settings = read_settings(client)?;
+    let val = |n: &str| settings.get(n).map(|s| s.value.clone()).unwrap_or_default();
+    // archive_command runs in the data directory: relative paths there.
+    let data_dir: Option<PathBuf> = crate::pg::data_directory(client).ok();
+    let command = val("archive_command");
+    let shape = analyze_archive_command(&command, data_dir.as_deref());
+    let command_repos = shape.repos();
+    let repo_path = opts.repo.clone().or_else(|| command_repos.first().cloned());
+    // The proof comes first, so what follows sees its segment.
+    let mut proof: Option<Result<String>> = None;
+    if let (Some(timeout), Some(repo)) = (opts.prove, &repo_path) {
+        let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
+        if val("archive_mode") != "off" && shape != CommandShape::Empty && !recovering {
+            proof = Some(prove_archiving(client, repo, timeout));
+        }
+    }
     let archiver = archiver_stats(client)?;
     let ident = crate::pg::server_identity(client)?;
     let row = client
@@ -530,7 +778,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     let current_lsn: Option<u64> = row.get::<_, Option<String>>(2).and_then(|s| s.split('.').next()?.parse().ok());
     let mut findings = Vec::new();
     let mut add = |level, message: String, fix: &str| findings.push(Finding { level, message, fix: fix.to_string() });
-    let val = |n: &str| settings.get(n).map(|s| s.value.clone()).unwrap_or_default();
     let pending: Vec<&str> = settings.values().filter(|s| s.pending_restart).map(|s| s.name.as_str()).collect();
 
     if val("wal_level") == "minimal" {
@@ -555,7 +802,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             },
         );
     }
-    let command = val("archive_command");
     let library = val("archive_library");
     if !library.is_empty() {
         add(
@@ -564,26 +810,61 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             "reset archive_library (ALTER SYSTEM RESET archive_library) and reload",
         );
     }
-    if command.is_empty() || command == "(disabled)" {
-        add(Verdict::Error, "archive_command is empty: nothing is archived".into(), "run `dbbackup pitr enable`");
-    } else if !is_dbbackup_command(&command) {
-        add(
-            Verdict::Error,
-            format!("archive_command is not dbbackup's: {command}"),
-            "run `dbbackup pitr enable --force` to archive with dbbackup",
-        );
-    }
-    let command_repo = repo_of_command(&command);
-    if let (Some(given), Some(cmd_repo)) = (&opts.repo, &command_repo) {
-        let same =
-            |a: &Path, b: &Path| a == b || a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
-        if !same(given, cmd_repo) {
-            add(
-                Verdict::Error,
-                format!("archive_command archives into {}, not into {}", cmd_repo.display(), given.display()),
-                "run `dbbackup pitr enable` with this --repo, or check the repository you meant",
-            );
+    let proven = matches!(proof, Some(Ok(_)));
+    match &shape {
+        CommandShape::Empty => {
+            add(Verdict::Error, "archive_command is empty: nothing is archived".into(), "run `dbbackup pitr enable`")
         }
+        CommandShape::Swallowing { reason, fix, .. } => add(
+            Verdict::Error,
+            format!("archive_command can report success when dbbackup fails, so PostgreSQL removes WAL the repository never got: {reason}"),
+            &format!("{fix}, then reload (SELECT pg_reload_conf()); or run `dbbackup pitr enable`, which writes a plain dbbackup command"),
+        ),
+        CommandShape::Opaque { reason } if !proven => add(
+            Verdict::Warning,
+            format!("archive_command is not dbbackup's `wal archive` as far as its text shows ({reason}): dbbackup cannot tell from it where WAL goes: {command}"),
+            "if it is a wrapper around dbbackup, `dbbackup pitr status --prove-archiving --repo REPO` switches WAL once and checks that the segment arrives in the repository; if another tool archives on purpose, dbbackup cannot verify that tool's archive (`dbbackup pitr enable --force` would REPLACE it)",
+        ),
+        CommandShape::Dbbackup(invs) => {
+            let unknown: Vec<&str> = invs.iter().filter_map(|i| i.repo_unknown.as_deref()).collect();
+            if let Some(given) = &opts.repo {
+                if !command_repos.is_empty() && !command_repos.iter().any(|r| same_location(given, r)) {
+                    let named: Vec<String> = command_repos.iter().map(|r| r.display().to_string()).collect();
+                    add(
+                        Verdict::Error,
+                        format!("archive_command archives into {}, not into {}", named.join(" and "), given.display()),
+                        "run `dbbackup pitr enable` with this --repo, or check the repository you meant",
+                    );
+                } else if command_repos.is_empty() && !proven {
+                    add(
+                        Verdict::Warning,
+                        format!(
+                            "archive_command runs dbbackup, but {}: dbbackup cannot tell from the text whether it archives into {}",
+                            unknown.join("; "),
+                            given.display()
+                        ),
+                        "name the repository in archive_command (`dbbackup pitr enable --repo REPO`), or check with `dbbackup pitr status --prove-archiving`",
+                    );
+                }
+            }
+        }
+        CommandShape::Opaque { .. } => {}
+    }
+    match proof {
+        Some(Ok(seg)) => add(
+            Verdict::Ok,
+            format!(
+                "archiving proven: {seg} arrived in repository {} after pg_switch_wal()",
+                repo_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+            "nothing to do",
+        ),
+        Some(Err(e)) => add(
+            Verdict::Error,
+            e.to_string(),
+            "make archive_command archive into this repository (`dbbackup pitr enable --repo REPO`), and read the server log for archive failures",
+        ),
+        None => {}
     }
     if !pending.is_empty() && val("archive_mode") != "off" {
         add(
@@ -643,7 +924,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         );
     }
 
-    let repo_path = opts.repo.clone().or(command_repo);
     let repository = repo_path.map(|p| {
         let storage: std::sync::Arc<dyn crate::storage::Storage> =
             std::sync::Arc::new(crate::storage::LocalStorage::new(&p));
@@ -659,9 +939,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             writable: None,
             newest_backup: None,
             newest_timeline: None,
+            holds_last_archived: None,
+            pending_backups: Vec::new(),
         };
         let given = opts.keys.file.is_some() || std::env::var_os(opts.keys.env_name()).is_some();
-        let keys = match (given, key_file_of_command(&command)) {
+        let keys = match (given, shape.key_file()) {
             (false, Some(file)) => crate::keys::KeySource { file: Some(file), env: None },
             _ => opts.keys.clone(),
         };
@@ -707,7 +989,24 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         if let Err(e) = repo.storage().create(dbbackup_format::object::WAL_DIR) {
                             h.writable = Some(e.to_string());
                         }
+                        // Whatever the command looks like, what PostgreSQL
+                        // calls archived must be here. Only the last file:
+                        // retention never removes it.
+                        let last = archiver.last_archived_wal.as_deref().and_then(|w| WalFileName::parse(w).ok());
+                        if let (Some(last), None) = (last, &h.error) {
+                            h.holds_last_archived = crate::wal::find(&repo, &last).ok().map(|f| !f.is_empty());
+                        }
                         if let Ok((all, _)) = crate::backup::list(&repo) {
+                            h.pending_backups = all
+                                .iter()
+                                .filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Pending)
+                                .map(|m| PendingBackup {
+                                    id: m.id.clone(),
+                                    start_wal: m.start_wal.clone(),
+                                    stop_wal: m.stop_wal.clone(),
+                                    error: m.error.clone(),
+                                })
+                                .collect();
                             h.newest_backup = all
                                 .iter()
                                 .rev()
@@ -768,6 +1067,39 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         &format!("restore this server's history with --timeline {own}; restore inspection copies with --archive-mode off so they do not archive here"),
                     );
                 }
+            }
+            if r.holds_last_archived == Some(false) {
+                let last = archiver.last_archived_wal.clone().unwrap_or_default();
+                let fix = match &shape {
+                    CommandShape::Swallowing { fix, .. } => format!(
+                        "{fix} (see above); then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL"
+                    ),
+                    _ => format!(
+                        "make archive_command archive into {} (`dbbackup pitr enable --repo {}`), then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL (if you just pointed archive_command here, run SELECT pg_switch_wal() and check again)",
+                        r.location, r.location
+                    ),
+                };
+                add(
+                    Verdict::Error,
+                    format!(
+                        "PostgreSQL reports {last} archived at {}, but repository {} does not hold it: WAL is being lost (archive_command swallows failures, or archives elsewhere)",
+                        archiver.last_archived_time.as_deref().unwrap_or("-"),
+                        r.location
+                    ),
+                    &fix,
+                );
+            }
+            for b in &r.pending_backups {
+                add(
+                    Verdict::Warning,
+                    format!(
+                        "backup {} is pending: its WAL ({} to {}) was not confirmed archived when it finished, so it is not restorable yet",
+                        b.id,
+                        b.start_wal.as_deref().unwrap_or("-"),
+                        b.stop_wal.as_deref().unwrap_or("-")
+                    ),
+                    &format!("`dbbackup backup verify {}` completes it once that WAL is archived", b.id),
+                );
             }
             if r.reachable && r.error.is_none() && r.newest_backup.is_none() {
                 // A note, not a warning: right after `pitr enable` this is

@@ -77,6 +77,188 @@ pub fn shell_split(line: &str) -> Option<Vec<String>> {
     Some(words)
 }
 
+/// A piece of a shell command line as `/bin/sh` reads it (see
+/// [`shell_tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellToken {
+    /// A word, its quotes removed. `expands`: it holds `$` outside single
+    /// quotes, so its value is known only when the shell runs it.
+    Word { text: String, expands: bool },
+    /// A control operator: `&&`, `||`, `;` (a newline too), `&` or `|`.
+    Op(&'static str),
+    /// A redirection with its target (`>>/var/log/x`, `2>&1`): it does not
+    /// change a command's exit status.
+    Redirect(String),
+}
+
+/// Splits a shell command line into words, control operators and
+/// redirections, the way `/bin/sh` does for simple command lists. Anything
+/// beyond that (command substitution, subshells, here-documents, `;;`) is
+/// an `Err` naming it: callers treat such a line as one they cannot read.
+pub fn shell_tokens(line: &str) -> Result<Vec<ShellToken>, String> {
+    struct Acc {
+        out: Vec<ShellToken>,
+        cur: String,
+        in_word: bool,
+        quoted: bool,
+        expands: bool,
+        redirect: Option<String>,
+    }
+    impl Acc {
+        fn end_word(&mut self) {
+            if !self.in_word {
+                return;
+            }
+            let text = std::mem::take(&mut self.cur);
+            match self.redirect.take() {
+                Some(op) => self.out.push(ShellToken::Redirect(format!("{op}{text}"))),
+                None => self.out.push(ShellToken::Word { text, expands: self.expands }),
+            }
+            self.in_word = false;
+            self.quoted = false;
+            self.expands = false;
+        }
+        fn op(&mut self, op: &'static str) -> Result<(), String> {
+            self.end_word();
+            if let Some(r) = &self.redirect {
+                return Err(format!("redirection `{r}` has no target"));
+            }
+            self.out.push(ShellToken::Op(op));
+            Ok(())
+        }
+    }
+    let mut a =
+        Acc { out: Vec::new(), cur: String::new(), in_word: false, quoted: false, expands: false, redirect: None };
+    let mut chars = line.chars().peekable();
+    let unterminated = |q: char| format!("unterminated {q} quote");
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                a.in_word = true;
+                a.quoted = true;
+                loop {
+                    match chars.next().ok_or_else(|| unterminated('\''))? {
+                        '\'' => break,
+                        c => a.cur.push(c),
+                    }
+                }
+            }
+            '"' => {
+                a.in_word = true;
+                a.quoted = true;
+                loop {
+                    match chars.next().ok_or_else(|| unterminated('"'))? {
+                        '"' => break,
+                        '\\' => match chars.next().ok_or_else(|| unterminated('"'))? {
+                            '\n' => {}
+                            c @ ('"' | '\\' | '$' | '`') => a.cur.push(c),
+                            c => {
+                                a.cur.push('\\');
+                                a.cur.push(c);
+                            }
+                        },
+                        '`' => return Err("command substitution (`...`)".into()),
+                        '$' if chars.peek() == Some(&'(') => return Err("command substitution $(...)".into()),
+                        '$' => {
+                            a.expands = true;
+                            a.cur.push('$');
+                        }
+                        c => a.cur.push(c),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                // A line continuation.
+                Some('\n') => {}
+                Some(c) => {
+                    a.in_word = true;
+                    a.quoted = true;
+                    a.cur.push(c);
+                }
+                None => return Err("a trailing backslash".into()),
+            },
+            '`' => return Err("command substitution (`...`)".into()),
+            '$' => {
+                if chars.peek() == Some(&'(') {
+                    return Err("command substitution $(...)".into());
+                }
+                a.in_word = true;
+                a.expands = true;
+                a.cur.push('$');
+                if chars.peek() == Some(&'{') {
+                    loop {
+                        match chars.next().ok_or("unterminated ${")? {
+                            '}' => {
+                                a.cur.push('}');
+                                break;
+                            }
+                            c => a.cur.push(c),
+                        }
+                    }
+                }
+            }
+            '#' if !a.in_word => {
+                // A comment, to the end of the line.
+                while chars.peek().is_some_and(|&c| c != '\n') {
+                    chars.next();
+                }
+            }
+            ' ' | '\t' => a.end_word(),
+            '\n' | ';' => {
+                if c == ';' && chars.peek() == Some(&';') {
+                    return Err("`;;`".into());
+                }
+                a.op(";")?;
+            }
+            '&' => {
+                if chars.next_if_eq(&'&').is_some() {
+                    a.op("&&")?;
+                } else {
+                    a.op("&")?;
+                }
+            }
+            '|' => {
+                if chars.next_if_eq(&'|').is_some() {
+                    a.op("||")?;
+                } else {
+                    a.op("|")?;
+                }
+            }
+            '(' | ')' => return Err("a subshell ( ... )".into()),
+            '<' | '>' => {
+                // Digits right before it are the file descriptor (`2>`).
+                let mut op = String::new();
+                if a.in_word && !a.quoted && !a.expands && a.cur.bytes().all(|b| b.is_ascii_digit()) {
+                    op = std::mem::take(&mut a.cur);
+                    a.in_word = false;
+                } else {
+                    a.end_word();
+                }
+                if a.redirect.is_some() {
+                    return Err("a redirection without a target".into());
+                }
+                op.push(c);
+                if c == '<' && chars.peek() == Some(&'<') {
+                    return Err("a here-document (<<)".into());
+                }
+                if let Some(n) = chars.next_if(|&n| n == '>' || n == '&' || n == '|') {
+                    op.push(n);
+                }
+                a.redirect = Some(op);
+            }
+            c => {
+                a.in_word = true;
+                a.cur.push(c);
+            }
+        }
+    }
+    a.end_word();
+    if let Some(r) = a.redirect {
+        return Err(format!("redirection `{r}` has no target"));
+    }
+    Ok(a.out)
+}
+
 /// A value quoted for a configuration file (`postgresql.conf`,
 /// `postgresql.auto.conf`, `recovery.conf`): single quotes, with `'`
 /// doubled and backslashes escaped, as the GUC file parser reads them.
@@ -201,6 +383,53 @@ mod tests {
     }
 
     #[test]
+    fn shell_tokens_split_lists_and_redirections() {
+        use ShellToken::*;
+        let w = |s: &str| Word { text: s.into(), expands: false };
+        assert_eq!(
+            shell_tokens("a 'b c'&&d||e;f|g & h\ni").unwrap(),
+            vec![
+                w("a"),
+                w("b c"),
+                Op("&&"),
+                w("d"),
+                Op("||"),
+                w("e"),
+                Op(";"),
+                w("f"),
+                Op("|"),
+                w("g"),
+                Op("&"),
+                w("h"),
+                Op(";"),
+                w("i")
+            ]
+        );
+        assert_eq!(
+            shell_tokens("x >>/var/log/a 2>&1 <in '2'>f").unwrap(),
+            vec![
+                w("x"),
+                Redirect(">>/var/log/a".into()),
+                Redirect("2>&1".into()),
+                Redirect("<in".into()),
+                w("2"),
+                Redirect(">f".into())
+            ]
+        );
+        assert_eq!(
+            shell_tokens("R=$HOME/r \"${X}y\" 'it''s' # comment || true").unwrap(),
+            vec![
+                Word { text: "R=$HOME/r".into(), expands: true },
+                Word { text: "${X}y".into(), expands: true },
+                w("its")
+            ]
+        );
+        for bad in ["a $(b)", "a `b`", "(a)", "a <<EOF", "a;;", "'open", "a >", "a > && b"] {
+            assert!(shell_tokens(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn guc_quoting() {
         assert_eq!(guc_quote("0/3000028"), "'0/3000028'");
         assert_eq!(guc_quote("it's"), "'it''s'");
@@ -235,7 +464,10 @@ mod tests {
             let line = shell_join(&words);
             let through_guc = guc_unquote(&guc_quote(&line)).unwrap();
             prop_assert_eq!(&through_guc, &line);
-            prop_assert_eq!(shell_split(&through_guc).unwrap(), words);
+            prop_assert_eq!(shell_split(&through_guc).unwrap(), words.clone());
+            let tokens: Vec<ShellToken> =
+                words.iter().map(|w| ShellToken::Word { text: w.clone(), expands: false }).collect();
+            prop_assert_eq!(shell_tokens(&through_guc).unwrap(), tokens);
         }
     }
 }

@@ -238,7 +238,11 @@ pub enum BackupCommand {
     #[command(after_help = "pg_backup_start on one held connection, then the data directory and tablespaces are \
         copied in parallel through the repository's compression and encryption, then pg_backup_stop; the \
         backup is marked complete once every WAL segment from its start to its stop is archived. Prints the \
-        backup ID as the last line of stdout.\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
+        backup ID as the last line of stdout.\n\nRefused first: a server whose archive_command does not archive into \
+        this repository, or can exit 0 when dbbackup fails (`... || true`, `; cmd`, `| cmd`, `&`). When \
+        archive_command's text does not show the repository (a wrapper script, DBBACKUP_REPO from the server's \
+        environment), a real segment proves it: pg_switch_wal(), then the segment must arrive in this repository \
+        within --archive-check-timeout seconds.\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
         0 1 * * *  postgres  dbbackup backup base --config /etc/dbbackup/dbbackup.toml --quiet")]
     Base(BaseArgs),
     /// List backups: ID, status, times, LSNs, timeline, sizes
@@ -315,6 +319,10 @@ pub struct BaseArgs {
     /// How long to wait for the WAL to be archived
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub archive_wait_timeout: u64,
+    /// When archive_command's text does not show that it archives into this repository (a wrapper
+    /// script): how long to wait for the segment that proves it
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub archive_check_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,23 +332,42 @@ pub enum PitrCommand {
         binary's absolute path with the repository and codec options, quoted for the shell and the server) and \
         archive_timeout when given. With the server running it uses ALTER SYSTEM and reloads; with --pgdata and \
         the server stopped it edits postgresql.auto.conf (keeping a copy of the old file). Creates or binds the \
-        repository. When archiving is active, checks one real round trip (pg_switch_wal and pg_stat_archiver).\n\n\
+        repository. When archiving is active, checks one real round trip (pg_switch_wal and pg_stat_archiver). \
+        Refuses to replace another tool's archive_command (or a wrapper script) unless --force; replaces a dbbackup \
+        command in a shape that swallows its failures (`... || true`) and says so. --restart runs pg_ctl restart \
+        with -l pointing where the server logged before (its stderr file), so the log does not move into the data \
+        directory.\n\n\
         Examples:\n  dbbackup pitr enable --repo /backups/pg --restart\n  \
         dbbackup pitr enable --repo /backups/pg --pgdata /var/lib/postgresql/15/main   # server stopped")]
     Enable(EnableArgs),
     /// Turn WAL archiving off (archive_mode = off, archive_command reset)
-    #[command(after_help = "archive_command is reset at once (nothing more is archived); archive_mode = off takes \
-        effect at the next restart (--restart does it).\n\nExample:\n  dbbackup pitr disable --restart")]
+    #[command(
+        after_help = "Resets archive_command with ALTER SYSTEM and reloads; archive_mode = off takes effect at \
+        the next restart (--restart does it). Then reads back from the server what is in effect and says so: an \
+        archive_command also set in postgresql.conf (or an included file, or on the server's command line) stays \
+        in effect, and the message names the file and line. Refuses to turn off archiving that another tool's \
+        archive_command (or archive_library) does, unless --force.\n\nExit status: 0 when nothing is archived any \
+        more (or archive_mode = off waits only for the restart), 1 when archiving goes on.\n\n\
+        Example:\n  dbbackup pitr disable --restart"
+    )]
     Disable {
         /// Restart the server with pg_ctl so the change takes effect
         #[arg(long)]
         restart: bool,
+        /// Turn archiving off even when another tool's archive_command or archive_library does it
+        #[arg(long)]
+        force: bool,
     },
     /// Is PITR healthy? Settings in effect, archiver, lag, repository; verdict ok, warning or error
     #[command(after_help = "Everything comes from the live server (pg_settings, pg_stat_archiver) and the \
         repository, never from configuration file text. The repository is --repo, else the one archive_command \
-        names.\n\nExit status: 0 for ok and warning, 1 for error.\n\nExamples:\n  dbbackup pitr status\n  \
-        dbbackup pitr status --json\n  dbbackup pitr status --watch 10")]
+        names (--repo, DBBACKUP_REPO= or the --config file's repo). Whatever archive_command looks like, the file \
+        pg_stat_archiver reports last archived must be in the repository, else WAL is being lost (error). An \
+        archive_command that can exit 0 when dbbackup fails (`|| true`, `; cmd`, `| cmd`, `&`) is an error; one \
+        whose text does not show where it archives (a wrapper script, another tool) is a warning, which \
+        --prove-archiving settles with a real segment.\n\nExit status: 0 for ok and warning, 1 for error.\n\n\
+        Examples:\n  dbbackup pitr status\n  dbbackup pitr status --json\n  dbbackup pitr status --watch 10\n  \
+        dbbackup pitr status --repo /backups/pg --prove-archiving")]
     Status {
         /// Repeat every SECONDS (at least 1) until interrupted
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -348,6 +375,12 @@ pub enum PitrCommand {
         /// Archive lag (in segments) above which the verdict is a warning
         #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]
         lag_warning: u64,
+        /// Switch WAL once and check that the segment arrives in the repository (writes WAL; not with --watch)
+        #[arg(long, conflicts_with = "watch")]
+        prove_archiving: bool,
+        /// With --prove-archiving: how long to wait for the segment
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        archive_check_timeout: u64,
     },
 }
 
@@ -365,7 +398,7 @@ pub struct EnableArgs {
     /// Create the repository encrypted (needs --encryption-key-file, which archive_command then uses)
     #[arg(long)]
     pub encrypt: bool,
-    /// Restart the server with pg_ctl when a setting needs it
+    /// Restart the server with pg_ctl when a setting needs it (the server log stays where it was)
     #[arg(long)]
     pub restart: bool,
     /// Replace an archive_command set by another tool

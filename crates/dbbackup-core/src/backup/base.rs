@@ -41,6 +41,12 @@ pub struct BaseOptions {
     /// stays `pending` unless that WAL is already there).
     pub wait_archive: bool,
     pub archive_timeout: Duration,
+    /// How long to wait for a segment that proves archiving, when
+    /// archive_command's text cannot tell (a wrapper script).
+    pub archive_check_timeout: Duration,
+    /// The caller already ran [`check_archiving`] (before creating the
+    /// repository): do not switch WAL a second time.
+    pub archiving_checked: bool,
 }
 
 /// Progress, for a progress bar.
@@ -74,11 +80,24 @@ fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
 }
 
 /// Checks that the server archives into the repository at `repo` (before
-/// a backup creates or binds anything there).
-pub fn check_archiving(client: &mut postgres::Client, repo: &Path) -> Result<()> {
+/// a backup creates or binds anything there). An archive_command that
+/// names this repository passes by its text; one that can exit 0 when
+/// dbbackup fails (`... || true`) or names another repository is refused;
+/// one whose text cannot tell (a wrapper script) is proven with a real
+/// segment, waiting up to `proof_timeout`. Returns the segment when it
+/// was proven.
+pub fn check_archiving(client: &mut postgres::Client, repo: &Path, proof_timeout: Duration) -> Result<Option<String>> {
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot query the server"))?;
+    if in_recovery {
+        return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
+    }
     let settings = pitr::read_settings(client)?;
     let mode = settings.get("archive_mode").map(|s| s.value.as_str()).unwrap_or("off");
     let cmd = settings.get("archive_command").map(|s| s.value.clone()).unwrap_or_default();
+    let library = settings.get("archive_library").map(|s| s.value.clone()).unwrap_or_default();
     let loc = repo.display().to_string();
     let fix = format!("run `dbbackup pitr enable --repo {loc}` first (and restart if it says so)");
     if mode == "off" {
@@ -86,18 +105,39 @@ pub fn check_archiving(client: &mut postgres::Client, repo: &Path) -> Result<()>
             "PostgreSQL is not archiving WAL (archive_mode = off): a backup without its WAL cannot be restored; {fix}"
         )));
     }
-    let same = pitr::repo_of_command(&cmd).is_some_and(|p| {
-        let a = p.canonicalize().unwrap_or(p);
-        let b = Path::new(&loc).canonicalize().unwrap_or_else(|_| PathBuf::from(&loc));
-        a == b
-    });
-    if !same {
+    if !library.is_empty() {
         return Err(Error::invalid(format!(
-            "PostgreSQL does not archive into repository {loc} (archive_command: {}); {fix}",
-            if cmd.is_empty() { "''" } else { &cmd }
+            "PostgreSQL archives through archive_library = '{library}', not archive_command: dbbackup's repository {loc} does not get the WAL; reset archive_library (ALTER SYSTEM RESET archive_library) and {fix}"
         )));
     }
-    Ok(())
+    let data_dir: Option<PathBuf> = crate::pg::data_directory(client).ok();
+    let shown = if cmd.is_empty() { "''".to_string() } else { cmd.clone() };
+    match pitr::analyze_archive_command(&cmd, data_dir.as_deref()) {
+        pitr::CommandShape::Empty => Err(Error::invalid(format!(
+            "PostgreSQL does not archive into repository {loc} (archive_command is empty); {fix}"
+        ))),
+        pitr::CommandShape::Swallowing { reason, fix: change, .. } => Err(Error::invalid(format!(
+            "archive_command can report success when dbbackup fails, so PostgreSQL would remove WAL that never reached repository {loc}: {reason} (archive_command: {shown}); {change} and reload, or run `dbbackup pitr enable --repo {loc}`, which writes a plain dbbackup command"
+        ))),
+        pitr::CommandShape::Dbbackup(invs) if invs.iter().any(|i| i.repo.is_some()) => {
+            if invs.iter().filter_map(|i| i.repo.as_deref()).any(|r| pitr::same_location(r, repo)) {
+                Ok(None)
+            } else {
+                Err(Error::invalid(format!(
+                    "PostgreSQL does not archive into repository {loc} (archive_command: {shown}); {fix}"
+                )))
+            }
+        }
+        // A wrapper script, another tool, or dbbackup with a repository
+        // the text does not show: only a real segment can tell.
+        _ => pitr::prove_archiving(client, repo, proof_timeout)
+            .map(Some)
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "cannot confirm from its text that archive_command archives into repository {loc} (archive_command: {shown}), and the check with a real segment failed: {e}; fix archive_command (or {fix}), or give the archiver more time with --archive-check-timeout SECONDS"
+                ))
+            }),
+    }
 }
 
 /// Walks the data directory: directories to recreate, files to copy,
@@ -287,7 +327,11 @@ pub fn take(
     }
     let ident = crate::pg::server_identity(client)?;
     repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
-    check_archiving(client, Path::new(&repo.location()))?;
+    if !opts.archiving_checked {
+        if let Some(seg) = check_archiving(client, Path::new(&repo.location()), opts.archive_check_timeout)? {
+            tracing::info!("archiving proven: {seg} arrived in repository {} after pg_switch_wal()", repo.location());
+        }
+    }
     let data_dir: String = client
         .query_one("SHOW data_directory", &[])
         .map(|r| r.get(0))

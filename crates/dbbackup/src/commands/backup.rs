@@ -79,8 +79,14 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     let mut client = ctx.conn_for_pgdata().connect()?;
     // Refuse before a missing repository is created and bound (an existing
     // one is checked by the backup itself, its cluster identity first).
+    let check_timeout = Duration::from_secs(a.archive_check_timeout);
+    let mut archiving_checked = false;
     if Repository::can_init(ctx.storage()?.as_ref()) {
-        dbbackup_core::backup::base::check_archiving(&mut client, &ctx.repo_path()?)?;
+        let proven = dbbackup_core::backup::base::check_archiving(&mut client, &ctx.repo_path()?, check_timeout)?;
+        if let Some(seg) = proven {
+            ctx.note(format_args!("archiving proven: {seg} arrived in repository {}", ctx.repo_path()?.display()));
+        }
+        archiving_checked = true;
     }
     let mut repo = open_or_create(ctx, &a)?;
     if repo.identity().is_none() {
@@ -102,6 +108,8 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         fast: a.fast,
         wait_archive: !a.no_wait_archive,
         archive_timeout: Duration::from_secs(a.archive_wait_timeout),
+        archive_check_timeout: check_timeout,
+        archiving_checked,
     };
     if !opts.fast {
         ctx.note("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use dbbackup_core::pg::{error_text, server_identity};
-use dbbackup_core::pitr::{self, ArchiveCommand, Change, StatusOptions, StatusReport, Verdict};
+use dbbackup_core::pg::server_identity;
+use dbbackup_core::pitr::{self, ArchiveCommand, Change, CommandShape, StatusOptions, StatusReport, Verdict};
 use dbbackup_core::repo::{check_level, identity_from_pgdata, identity_from_server, InitOptions, Repository};
 use dbbackup_format::meta::ClusterIdentity;
 use serde_json::json;
@@ -18,8 +18,10 @@ use crate::output::{human_bytes, print_json};
 pub fn run(ctx: &Ctx, c: PitrCommand) -> Result<ExitCode> {
     match c {
         PitrCommand::Enable(a) => enable(ctx, a),
-        PitrCommand::Disable { restart } => disable(ctx, restart),
-        PitrCommand::Status { watch, lag_warning } => status(ctx, watch, lag_warning),
+        PitrCommand::Disable { restart, force } => disable(ctx, restart, force),
+        PitrCommand::Status { watch, lag_warning, prove_archiving, archive_check_timeout } => {
+            status(ctx, watch, lag_warning, prove_archiving.then(|| Duration::from_secs(archive_check_timeout)))
+        }
     }
 }
 
@@ -31,7 +33,7 @@ fn offline_pgdata(ctx: &Ctx) -> Option<PathBuf> {
 
 fn show_value(v: &Option<String>) -> String {
     match v {
-        None => "(default)".into(),
+        None => "(reset)".into(),
         Some(s) if s.is_empty() => "''".into(),
         Some(s) => s.clone(),
     }
@@ -116,12 +118,23 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
     .render())
 }
 
-fn refuse_foreign(current: &std::collections::BTreeMap<String, String>, force: bool) -> Result<()> {
+/// Refuses to replace another tool's archive_command (or a wrapper script
+/// dbbackup cannot read) without --force; says so when it replaces a
+/// dbbackup command that swallows failures.
+fn refuse_foreign(
+    current: &std::collections::BTreeMap<String, String>,
+    force: bool,
+    data_dir: Option<&Path>,
+) -> Result<()> {
     let cmd = current.get("archive_command").cloned().unwrap_or_default();
-    if !cmd.is_empty() && cmd != "(disabled)" && !pitr::is_dbbackup_command(&cmd) && !force {
-        bail!(
-            "archive_command is already set by another tool: {cmd}\nrefusing to replace it; run again with --force to archive with dbbackup instead"
-        );
+    match pitr::analyze_archive_command(&cmd, data_dir) {
+        CommandShape::Opaque { reason } if !force => bail!(
+            "archive_command is already set by another tool, or a wrapper dbbackup cannot read ({reason}): {cmd}\nrefusing to replace it; run again with --force to archive with dbbackup instead"
+        ),
+        CommandShape::Swallowing { reason, .. } => println!(
+            "note: the current archive_command can report success when dbbackup fails ({reason}); it is replaced by a plain dbbackup command"
+        ),
+        _ => {}
     }
     Ok(())
 }
@@ -137,7 +150,8 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     let identity = identity_from_server(server_identity(&mut client)?);
     let settings = pitr::read_settings(&mut client)?;
     let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
-    refuse_foreign(&current, a.force)?;
+    let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
+    refuse_foreign(&current, a.force, Some(Path::new(&data_dir)))?;
     let library = current.get("archive_library").cloned().unwrap_or_default();
     if !library.is_empty() && !a.force {
         bail!(
@@ -160,19 +174,27 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
         println!("warning: archive_library = '{library}' is set and wins over archive_command: reset it (ALTER SYSTEM RESET archive_library)");
     }
     let needs_restart = after.values().any(|s| s.pending_restart);
-    let data_dir: String =
-        client.query_one("SHOW data_directory", &[]).map(|r| r.get(0)).map_err(|e| anyhow::anyhow!(error_text(&e)))?;
     let mut restarted = false;
     if needs_restart {
         if a.restart {
             println!("restarting PostgreSQL (pg_ctl restart -D {data_dir})");
-            let log = pitr::restart(&mut client, Path::new(&data_dir))?;
-            println!("restarted; server log: {}", log.display());
+            let r = pitr::restart(&mut client, Path::new(&data_dir))?;
+            println!("restarted; {}", r.note);
             client = conn.connect()?;
             restarted = true;
         } else {
             println!("restart needed: run `pg_ctl restart -D {data_dir}` (or `dbbackup pitr enable --restart`) to start archiving");
         }
+    }
+    // What the server runs now: a value on its command line outranks
+    // ALTER SYSTEM.
+    let eff = pitr::read_in_effect(&mut client, &["archive_command"])?;
+    if let Some(c) = eff.get("archive_command").filter(|c| c.value != "(disabled)" && c.value != command) {
+        bail!(
+            "archive_command in effect is still '{}' ({}), not the one just set: remove it there and reload, then run `dbbackup pitr enable` again",
+            c.value,
+            c.origin()
+        );
     }
     let archiving = pitr::read_settings(&mut client)?.get("archive_mode").is_some_and(|s| s.value != "off");
     let verified = if archiving {
@@ -197,8 +219,9 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
 /// Says so when archiving moves from one dbbackup repository to another:
 /// the old one keeps what it has, and no longer grows.
 fn note_repository_move(current: &std::collections::BTreeMap<String, String>, repo: &Repository) {
-    let old = current.get("archive_command").and_then(|c| pitr::repo_of_command(c));
-    if let Some(old) = old.filter(|o| o.as_path() != std::path::Path::new(&repo.location())) {
+    let old =
+        current.get("archive_command").and_then(|c| pitr::analyze_archive_command(c, None).repos().into_iter().next());
+    if let Some(old) = old.filter(|o| !pitr::same_location(o, Path::new(&repo.location()))) {
         println!(
             "note: archive_command archived into {}; from now on WAL goes to {} (backups in the old repository cannot reach points after this)",
             old.display(),
@@ -217,7 +240,7 @@ fn old_copy(backup: &Option<std::path::PathBuf>) -> String {
 fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> {
     let identity = identity_from_pgdata(pgdata)?;
     let current = pitr::read_offline(pgdata);
-    refuse_foreign(&current, a.force)?;
+    refuse_foreign(&current, a.force, Some(pgdata))?;
     let repo = prepare_repo(ctx, a, identity)?;
     let command = archive_command(ctx, a, &repo)?;
     note_repository_move(&current, &repo);
@@ -229,13 +252,46 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn disable(ctx: &Ctx, restart: bool) -> Result<ExitCode> {
+/// Refuses to turn off archiving that another tool does, without --force.
+fn refuse_foreign_disable(
+    current: &std::collections::BTreeMap<String, String>,
+    force: bool,
+    data_dir: &Path,
+) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    let cmd = current.get("archive_command").cloned().unwrap_or_default();
+    if let CommandShape::Opaque { reason } = pitr::analyze_archive_command(&cmd, Some(data_dir)) {
+        bail!(
+            "archive_command is not dbbackup's ({reason}): {cmd}\nrefusing to turn off archiving that another tool (or a wrapper script) does; run again with --force to turn it off anyway"
+        );
+    }
+    let library = current.get("archive_library").cloned().unwrap_or_default();
+    if !library.is_empty() {
+        bail!(
+            "PostgreSQL archives through archive_library = '{library}', not dbbackup: refusing to turn that archiving off; run again with --force to turn it off anyway"
+        );
+    }
+    Ok(())
+}
+
+fn disable(ctx: &Ctx, restart: bool, force: bool) -> Result<ExitCode> {
     if let Some(pgdata) = offline_pgdata(ctx) {
         let current = pitr::read_offline(&pgdata);
+        refuse_foreign_disable(&current, force, &pgdata)?;
         let changes = pitr::disable_changes(&current);
         let backup = pitr::apply_offline(&pgdata, &changes)?;
         print_changes(&changes, &|_| false);
         println!("the server is stopped: edited postgresql.auto.conf ({})", old_copy(&backup));
+        // postgresql.auto.conf wins over postgresql.conf: a command left
+        // there is unused while archive_mode = off.
+        if let Some(cmd) = pitr::read_offline(&pgdata).get("archive_command").filter(|c| !c.is_empty()) {
+            println!(
+                "note: archive_command is still '{cmd}' in {}: unused while archive_mode = off; remove it there too, or archiving resumes whenever archive_mode is turned on",
+                pgdata.join("postgresql.conf").display()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let conn = ctx.conn_for_pgdata();
@@ -243,31 +299,80 @@ fn disable(ctx: &Ctx, restart: bool) -> Result<ExitCode> {
     pitr::check_privilege(&mut client)?;
     let settings = pitr::read_settings(&mut client)?;
     let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
+    refuse_foreign_disable(&current, force, Path::new(&data_dir))?;
     let changes = pitr::disable_changes(&current);
     pitr::apply_online(&mut client, &changes)?;
     let after = pitr::read_settings(&mut client)?;
     let pending = |n: &str| after.get(n).is_some_and(|s| s.pending_restart);
     print_changes(&changes, &pending);
-    if after.values().any(|s| s.pending_restart) {
-        let data_dir: String = client
-            .query_one("SHOW data_directory", &[])
-            .map(|r| r.get(0))
-            .map_err(|e| anyhow::anyhow!(error_text(&e)))?;
-        if restart {
-            let log = pitr::restart(&mut client, Path::new(&data_dir))?;
-            println!("restarted; server log: {}", log.display());
+    let mut restarted = false;
+    if after.values().any(|s| s.pending_restart) && restart {
+        let r = pitr::restart(&mut client, Path::new(&data_dir))?;
+        println!("restarted; {}", r.note);
+        client = conn.connect()?;
+        restarted = true;
+    }
+    // Read back what is in effect: a value in postgresql.conf (or an
+    // included file, or the command line) survives ALTER SYSTEM RESET.
+    let eff = pitr::read_in_effect(&mut client, &["archive_command", "archive_mode"])?;
+    let (Some(mode), Some(cmd)) = (eff.get("archive_mode"), eff.get("archive_command")) else {
+        bail!("the server does not report archive_mode and archive_command in pg_settings");
+    };
+    let mode_on = mode.value != "off";
+    let cmd_set = !cmd.value.is_empty() && cmd.value != "(disabled)";
+    let archiving = mode_on && cmd_set;
+    let mut ok = true;
+    if archiving {
+        ok = false;
+        let restart_note = if mode.pending_restart {
+            "; a restart stops it too, as archive_mode = off then takes effect (`dbbackup pitr disable --restart`)"
         } else {
-            println!("archive_command is reset now (nothing more is archived); archive_mode = off takes effect at the next restart; until then finished WAL stays in pg_wal, waiting to be archived: restart soon (or `dbbackup pitr disable --restart`)");
+            ""
+        };
+        println!(
+            "archive_command is still '{}' ({}): PostgreSQL keeps archiving until you remove it there and reload (SELECT pg_reload_conf()){restart_note}",
+            cmd.value,
+            cmd.origin()
+        );
+    } else if mode_on && mode.pending_restart {
+        println!("archive_command is empty now: nothing more is archived; archive_mode = off takes effect at the next restart; until then finished WAL stays in pg_wal, waiting to be archived: restart soon (or `dbbackup pitr disable --restart`)");
+    } else if !mode_on {
+        println!("archiving is off: archive_mode = off is in effect");
+        if cmd.file_value.as_deref().is_some_and(|v| !v.is_empty()) {
+            println!(
+                "note: archive_command is still '{}' ({}): unused while archive_mode = off; remove it there too, or archiving resumes whenever archive_mode is turned on",
+                cmd.file_value.as_deref().unwrap_or_default(),
+                cmd.origin()
+            );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if mode_on && !mode.pending_restart {
+        ok = false;
+        println!(
+            "archive_mode stays '{}' after a restart ({}): ALTER SYSTEM cannot override it; remove it there{}",
+            mode.value,
+            mode.origin(),
+            if archiving { "" } else { " (until then, finished WAL piles up in pg_wal: archive_command is empty)" }
+        );
+    }
+    if ctx.g.json {
+        print_json(&json!({
+            "changes": changes,
+            "restarted": restarted,
+            "in_effect": eff,
+            "archiving": archiving,
+        }));
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64) -> Result<ExitCode> {
+fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
     let opts = StatusOptions {
         repo: ctx.g.repo.as_ref().map(|_| ctx.repo_path()).transpose()?,
         lag_warning,
         keys: ctx.keys(),
+        prove,
     };
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
@@ -328,7 +433,11 @@ fn print_status(r: &StatusReport) {
         (Some(w), _, _) => println!("current WAL:     {w}"),
         _ => println!("current WAL:     - (in recovery)"),
     }
-    if let Some(repo) = &r.repository {
+    if let Some(repo) = r.repository.as_ref().filter(|r| !r.reachable) {
+        // No counts: "0 segments, no gaps" would read as an empty, healthy archive.
+        println!("repository:      {}: cannot be read (see the error below)", repo.location);
+    }
+    if let Some(repo) = r.repository.as_ref().filter(|r| r.reachable) {
         let gaps = if repo.gaps.is_empty() { "no gaps".to_string() } else { format!("{} gaps", repo.gaps.len()) };
         println!(
             "repository:      {}: {} segments, newest {}, {gaps}",
