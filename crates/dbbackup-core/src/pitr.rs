@@ -690,6 +690,9 @@ pub struct RepoHealth {
     pub newest_backup: Option<NewestBackup>,
     /// The highest timeline with archived WAL or a history file.
     pub newest_timeline: Option<u32>,
+    /// Forks whose parent kept archiving after the child was born: two
+    /// live histories (see [`crate::wal::catalog::live_forks`]).
+    pub live_forks: Vec<crate::wal::catalog::LiveFork>,
     /// Whether the repository holds the file pg_stat_archiver calls last
     /// archived (null when unknown).
     pub holds_last_archived: Option<bool>,
@@ -939,6 +942,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             writable: None,
             newest_backup: None,
             newest_timeline: None,
+            live_forks: Vec::new(),
             holds_last_archived: None,
             pending_backups: Vec::new(),
         };
@@ -983,6 +987,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                                 }
                             };
                             h.gaps = crate::wal::catalog::gaps(&cat, &hist, size);
+                            h.live_forks = crate::wal::catalog::live_forks(&cat, &hist, size);
                         }
                         // The next segment must be writable, not only the
                         // last one: probe with a temporary object.
@@ -1059,7 +1064,17 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 );
             }
             let server_tli = current_wal.as_deref().and_then(|w| u32::from_str_radix(w.get(..8)?, 16).ok());
-            if let (Some(own), Some(newest)) = (server_tli, r.newest_timeline) {
+            // A newer timeline born from this server's, while this server
+            // kept archiving: two live histories, and restores following
+            // the latest timeline would take the other one.
+            let live = server_tli.and_then(|own| r.live_forks.iter().find(|f| f.parent.0 == own));
+            if let Some(f) = live {
+                add(
+                    Verdict::Error,
+                    format!("the repository holds two live histories: {}; restores that follow the latest timeline would take timeline {}'s rows, not this server's (`restore pitr` refuses without --timeline)", f.describe(), f.child),
+                    &format!("stop the cluster on timeline {} from archiving into this repository (a restored copy? set archive_mode = off there and restart it); restore this server's history with --timeline {}", f.child, f.parent),
+                );
+            } else if let (Some(own), Some(newest)) = (server_tli, r.newest_timeline) {
                 if newest > own {
                     add(
                         Verdict::Warning,

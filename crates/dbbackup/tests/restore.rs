@@ -368,6 +368,13 @@ fn timelines(version: PgVersion) {
     assert_eq!(tls[1]["parent"], 1);
     assert_eq!(tls[1]["last_segment"], seg.as_str());
 
+    // The source is told: an error, not a warning.
+    let out = pitr(&c, &["status", "--json"]).arg("--repo").arg(&repo).output();
+    assert_eq!(out.status, 1, "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["verdict"], "error", "{}", findings(&v));
+    assert!(findings(&v).contains("two live histories: timeline 2 branched off timeline 1"), "{}", findings(&v));
+
     // (a) Timeline 1 kept archiving after timeline 2 was born: two live
     // histories. Without --timeline the restore refuses and names both.
     let out = dbb(["restore", "pitr", "--repo"]).arg(&repo).arg("--target-dir").arg(d.join("r2")).assert_code(1);
