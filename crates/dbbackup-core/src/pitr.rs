@@ -68,6 +68,8 @@ pub struct ArchiveCommand {
     pub compress: Option<Codec>,
     pub compress_level: Option<i32>,
     pub key_file: Option<PathBuf>,
+    /// Pass --allow-shared-key-file (a key on a read-only secret mount).
+    pub allow_shared_key_file: bool,
     pub config: Option<PathBuf>,
 }
 
@@ -93,6 +95,9 @@ impl ArchiveCommand {
         if let Some(k) = &self.key_file {
             w.push("--encryption-key-file".into());
             w.push(k.display().to_string());
+            if self.allow_shared_key_file {
+                w.push("--allow-shared-key-file".into());
+            }
         }
         if let Some(c) = &self.config {
             w.push("--config".into());
@@ -123,6 +128,11 @@ pub fn repo_of_command(cmd: &str) -> Option<PathBuf> {
 /// The key file a dbbackup archive_command reads.
 pub fn key_file_of_command(cmd: &str) -> Option<PathBuf> {
     option_of_command(cmd, &["--encryption-key-file"])
+}
+
+/// Whether a dbbackup archive_command accepts a shared key file.
+pub fn allows_shared_key_file(cmd: &str) -> bool {
+    is_dbbackup_command(cmd) && shell_split(cmd).is_some_and(|w| w.iter().any(|w| w == "--allow-shared-key-file"))
 }
 
 fn option_of_command(cmd: &str, flags: &[&str]) -> Option<PathBuf> {
@@ -662,7 +672,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         };
         let given = opts.keys.file.is_some() || std::env::var_os(opts.keys.env_name()).is_some();
         let keys = match (given, key_file_of_command(&command)) {
-            (false, Some(file)) => crate::keys::KeySource { file: Some(file), env: None },
+            (false, Some(file)) => crate::keys::KeySource {
+                file: Some(file),
+                env: None,
+                allow_shared_file: opts.keys.allow_shared_file || allows_shared_key_file(&command),
+            },
             _ => opts.keys.clone(),
         };
         let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());

@@ -67,6 +67,9 @@ pub struct GlobalOpts {
     /// Environment variable holding the key [default: DBBACKUP_ENCRYPTION_KEY]
     #[arg(long, global = true, value_name = "VAR")]
     pub encryption_key_env: Option<String>,
+    /// Accept a key file that group or others can read (a read-only secret mount); else it must be mode 0600
+    #[arg(long, global = true)]
+    pub allow_shared_key_file: bool,
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     pub json: bool,
