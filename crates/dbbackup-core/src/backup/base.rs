@@ -156,8 +156,11 @@ pub fn check_privileges(client: &mut postgres::Client) -> Result<()> {
     }
     Err(Error::server(format!(
         "role {user} cannot take a base backup: it is not a superuser and lacks {}; nothing was started. \
-         As a superuser, run: {} — or connect as a superuser with --user",
-        missing.join(", "),
+         As a superuser, run: {} Or connect as a superuser with --user",
+        match missing.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => missing.join(""),
+        },
         grants.join(" ")
     )))
 }
