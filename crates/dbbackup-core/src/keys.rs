@@ -87,17 +87,13 @@ impl KeySource {
 
 /// Refuses a key file that group or others can open (the key is every
 /// backup's secret), unless `allow_shared` says it is a shared secret mount.
-/// Symlinks are followed: the target's mode is what protects the key.
+/// Symlinks are followed: the target's mode is what protects the key. Only
+/// regular files: a pipe (`--encryption-key-file <(vault read ...)`) holds
+/// the key only while it is read.
 fn check_key_file(path: &Path, allow_shared: bool) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| read_error(path, &e))?;
-    if !meta.is_file() {
-        return Err(Error::key(format!(
-            "encryption key file {} is not a regular file: give the file holding the key",
-            path.display()
-        )));
-    }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 || allow_shared {
+    if !meta.is_file() || mode & 0o077 == 0 || allow_shared {
         return Ok(());
     }
     let how = if mode & 0o044 != 0 {
@@ -182,7 +178,7 @@ mod tests {
         assert!(source(&link, false).load().unwrap_err().to_string().contains("mode 0644"));
         assert!(source(&link, true).load().is_ok());
         let e = source(d.path(), false).load().unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.contains("cannot read encryption key file"), "{e}");
     }
 
     #[test]
