@@ -156,7 +156,10 @@ impl Repository {
     /// is encrypted.
     pub fn open(storage: Arc<dyn Storage>, keys: &KeySource) -> Result<Repository> {
         let meta = Self::read_meta(storage.as_ref())?;
-        let given = keys.load()?;
+        // The default variable is not read for an unencrypted repository: a
+        // stray (even malformed) one in the server's environment must not
+        // stop archiving. A key the user named is still checked.
+        let given = if meta.encryption.is_none() && !keys.explicit() { None } else { keys.load()? };
         let key = match (&meta.encryption, given) {
             (None, _) => None,
             (Some(enc), None) => {

@@ -102,8 +102,9 @@ fn key_for_an_unencrypted_repository(version: PgVersion) {
         out.stderr
     );
     // ...but the default variable set in the server's environment is not a
-    // reason to stop archiving.
+    // reason to stop archiving, not even a malformed one.
     archive_cmd(&seg, None, &repo).env("DBBACKUP_ENCRYPTION_KEY", "5e".repeat(32)).assert_success();
+    archive_cmd(&seg, None, &repo).env("DBBACKUP_ENCRYPTION_KEY", "left over").assert_success();
     // Nor for a backup: it goes ahead, with a warning.
     let out = backup_cmd(&c, &repo, &[]).env("DBBACKUP_ENCRYPTION_KEY", "5e".repeat(32)).assert_success();
     assert!(
