@@ -28,6 +28,8 @@ pub struct Invocation {
     pub repo_unknown: Option<String>,
     /// The key file it reads.
     pub key_file: Option<PathBuf>,
+    /// It accepts a key file others can read (`--allow-shared-key-file`).
+    pub allow_shared_key_file: bool,
 }
 
 /// What an archive_command is, as far as its text shows.
@@ -75,6 +77,11 @@ impl CommandShape {
     /// The first key file named in the text.
     pub fn key_file(&self) -> Option<PathBuf> {
         self.invocations().iter().find_map(|i| i.key_file.clone())
+    }
+
+    /// Whether the command accepts a shared key file (a read-only secret mount).
+    pub fn allows_shared_key_file(&self) -> bool {
+        self.invocations().iter().any(|i| i.allow_shared_key_file)
     }
 }
 
@@ -337,6 +344,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
     let mut repo: Option<(String, bool, String)> = None;
     let mut config: Option<(String, bool)> = None;
     let mut key_file: Option<(String, bool)> = None;
+    let mut allow_shared_key_file = false;
     let mut j = 0;
     let mut only_positionals = false;
     while j < args.len() {
@@ -359,6 +367,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
             }
             _ => (w.clone(), None),
         };
+        allow_shared_key_file |= name == "--allow-shared-key-file";
         let Some(value) = value else { continue };
         if REPO_OPTIONS.contains(&name.as_str()) {
             repo = Some((value.0, value.1, name));
@@ -386,6 +395,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         repo_source: None,
         repo_unknown: None,
         key_file: None,
+        allow_shared_key_file,
     };
     let expanded = |what: &str, v: &str| format!("{what} {v} holds a variable the shell expands");
     // As the CLI reads them: flag, then environment, then config file.

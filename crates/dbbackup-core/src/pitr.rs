@@ -130,6 +130,8 @@ pub struct ArchiveCommand {
     pub compress: Option<Codec>,
     pub compress_level: Option<i32>,
     pub key_file: Option<PathBuf>,
+    /// Pass --allow-shared-key-file (a key on a read-only secret mount).
+    pub allow_shared_key_file: bool,
     pub config: Option<PathBuf>,
 }
 
@@ -155,6 +157,9 @@ impl ArchiveCommand {
         if let Some(k) = &self.key_file {
             w.push("--encryption-key-file".into());
             w.push(k.display().to_string());
+            if self.allow_shared_key_file {
+                w.push("--allow-shared-key-file".into());
+            }
         }
         if let Some(c) = &self.config {
             w.push("--config".into());
@@ -948,7 +953,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         };
         let given = opts.keys.file.is_some() || std::env::var_os(opts.keys.env_name()).is_some();
         let keys = match (given, shape.key_file()) {
-            (false, Some(file)) => crate::keys::KeySource { file: Some(file), env: None },
+            (false, Some(file)) => crate::keys::KeySource {
+                file: Some(file),
+                env: None,
+                allow_shared_file: opts.keys.allow_shared_file || shape.allows_shared_key_file(),
+            },
             _ => opts.keys.clone(),
         };
         let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());

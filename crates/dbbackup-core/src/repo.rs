@@ -57,6 +57,19 @@ pub fn check_level(codec: Codec, level: Option<i32>) -> Result<()> {
     }
 }
 
+/// Refuses to create an unencrypted repository at `location` when the user
+/// gave a key (a key file, or --encryption-key-env) but not --encrypt.
+pub fn check_init_key_intent(keys: &KeySource, encrypt: bool, location: &str) -> Result<()> {
+    if encrypt || !keys.explicit() {
+        return Ok(());
+    }
+    Err(Error::key(format!(
+        "an encryption key was given ({}) but not --encrypt: repository {location} would be created unencrypted; \
+         add --encrypt to create it encrypted, or leave out the key",
+        keys.given_as()
+    )))
+}
+
 impl Repository {
     /// Creates a new repository. Refuses an existing repository and a
     /// directory holding anything else.
@@ -153,7 +166,10 @@ impl Repository {
     /// is encrypted.
     pub fn open(storage: Arc<dyn Storage>, keys: &KeySource) -> Result<Repository> {
         let meta = Self::read_meta(storage.as_ref())?;
-        let given = keys.load()?;
+        // The default variable is not read for an unencrypted repository: a
+        // stray (even malformed) one in the server's environment must not
+        // stop archiving. A key the user named is still checked.
+        let given = if meta.encryption.is_none() && !keys.explicit() { None } else { keys.load()? };
         let key = match (&meta.encryption, given) {
             (None, _) => None,
             (Some(enc), None) => {
@@ -177,6 +193,23 @@ impl Repository {
             }
         };
         Ok(Repository { storage, meta, key })
+    }
+
+    /// Refuses to store into an unencrypted repository when the user gave a
+    /// key (a key file, or --encryption-key-env): the key says they expect
+    /// encryption, and `what` would silently be stored in the clear. Every
+    /// command that writes into a repository calls this; readers do not (a
+    /// key is harmless there).
+    pub fn check_key_intent(&self, keys: &KeySource, what: &str) -> Result<()> {
+        if self.meta.encryption.is_some() || !keys.explicit() {
+            return Ok(());
+        }
+        Err(Error::key(format!(
+            "repository {} is not encrypted, but an encryption key was given ({}): {what} would be stored unencrypted; \
+             leave out the key, or create an encrypted repository with `dbbackup repo init --encrypt`",
+            self.location(),
+            keys.given_as()
+        )))
     }
 
     /// Opens a repository for reading names and sizes only: no key is

@@ -63,12 +63,15 @@ pub struct GlobalOpts {
     /// The data directory
     #[arg(short = 'D', long, global = true, env = "PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
-    /// File holding the 32-byte encryption key as hex or base64
+    /// File holding the 32-byte encryption key as hex or base64 (mode 0600); refused for a repository that is not encrypted by commands that write into it
     #[arg(long, global = true, value_name = "FILE")]
     pub encryption_key_file: Option<PathBuf>,
     /// Environment variable holding the key [default: DBBACKUP_ENCRYPTION_KEY]
     #[arg(long, global = true, value_name = "VAR")]
     pub encryption_key_env: Option<String>,
+    /// Accept a key file that group or others can read (a read-only secret mount); else it must be mode 0600
+    #[arg(long, global = true)]
+    pub allow_shared_key_file: bool,
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     pub json: bool,
@@ -242,7 +245,11 @@ pub enum BackupCommand {
         this repository, or can exit 0 when dbbackup fails (`... || true`, `; cmd`, `| cmd`, `&`). When \
         archive_command's text does not show the repository (a wrapper script, DBBACKUP_REPO from the server's \
         environment), a real segment proves it: pg_switch_wal(), then the segment must arrive in this repository \
-        within --archive-check-timeout seconds.\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
+        within --archive-check-timeout seconds.\n\n\
+        Needs a superuser, or a role granted EXECUTE on pg_backup_start(text, boolean) and \
+        pg_backup_stop(boolean) and pg_read_all_settings; a role without them is refused before anything is \
+        written, naming the GRANTs. A key given for an unencrypted repository is refused (the backup would be \
+        stored unencrypted).\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
         0 1 * * *  postgres  dbbackup backup base --config /etc/dbbackup/dbbackup.toml --quiet")]
     Base(BaseArgs),
     /// List backups: ID, status, times, LSNs, timeline, sizes
@@ -279,7 +286,9 @@ pub enum BackupCommand {
     #[command(after_help = "Keeps the newest N complete backups (--keep) and/or every point of the last D days \
         recoverable (--keep-days: the backups inside the window plus the newest one before it). WAL from the \
         oldest kept backup's start onward stays, on every timeline, and every history file. Failed, \
-        interrupted and expired backups are removed.\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
+        interrupted and expired backups are removed.\n\n\
+        Prints one line per backup and the WAL summed up: how many objects, their stored size, and the \
+        segment range per timeline (-v also lists every object; --json has the full list).\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
     Expire {
         /// Keep this many newest complete backups
         #[arg(long, value_name = "N")]
@@ -443,7 +452,9 @@ pub struct InitArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Write a new random 32-byte key as hex (file mode 0600)
-    #[command(after_help = "Example:\n  dbbackup key generate --output /etc/dbbackup/key")]
+    #[command(after_help = "Key files must be readable by their owner only: use --output (mode 0600) rather \
+        than a shell redirection, which makes a 0644 file that dbbackup refuses until `chmod 600`.\n\n\
+        Example:\n  dbbackup key generate --output /etc/dbbackup/key")]
     Generate {
         /// Write the key here (refuses to overwrite) instead of stdout
         #[arg(long, short = 'o', value_name = "FILE")]
@@ -490,7 +501,7 @@ pub enum WalCommand {
         stays recoverable, so WAL from the start of the newest backup older than the window onward is kept, \
         on every timeline, and every history file. Backups older than that stay listed but are marked expired (their \
         WAL is gone, restore never uses them) until `backup expire` removes them. With no complete backup nothing \
-        is removed.\n\n\
+        is removed. The WAL removed is summed up as for `backup expire` (-v lists every object).\n\n\
         Example:\n  dbbackup wal cleanup --repo /backups/pg --retention-days 14 --dry-run")]
     Cleanup {
         /// Keep every point of the last N days recoverable

@@ -25,6 +25,7 @@ pub struct FileConfig {
     pgdata: Option<PathBuf>,
     encryption_key_file: Option<PathBuf>,
     encryption_key_env: Option<String>,
+    allow_shared_key_file: Option<bool>,
     json: Option<bool>,
     /// 0 to 2, as many as `-v` flags.
     verbose: Option<u8>,
@@ -60,6 +61,9 @@ pub fn apply(g: &mut GlobalOpts, m: &ArgMatches, f: FileConfig) {
     fill!(encryption_key_file, "encryption_key_file");
     fill!(encryption_key_env, "encryption_key_env");
     // Flags only: a file can turn these on, a flag cannot turn them off.
+    if let (false, Some(v)) = (from_user(m, "allow_shared_key_file"), f.allow_shared_key_file) {
+        g.allow_shared_key_file |= v;
+    }
     if let (false, Some(v)) = (from_user(m, "json"), f.json) {
         g.json |= v;
     }

@@ -36,7 +36,24 @@ impl Ctx {
     }
 
     pub fn keys(&self) -> KeySource {
-        KeySource { file: self.g.encryption_key_file.clone(), env: self.g.encryption_key_env.clone() }
+        KeySource {
+            file: self.g.encryption_key_file.clone(),
+            env: self.g.encryption_key_env.clone(),
+            allow_shared_file: self.g.allow_shared_key_file,
+        }
+    }
+
+    /// The default key variable is set but not used: the repository is not
+    /// encrypted. Not a refusal (the variable may be meant for another
+    /// repository), but an interactive user hears that nothing is encrypted.
+    pub fn warn_unused_default_key(&self, repo_encrypted: bool, what: &str) {
+        let keys = self.keys();
+        if !repo_encrypted && !keys.explicit() && std::env::var_os(keys.env_name()).is_some() {
+            eprintln!(
+                "dbbackup: warning: {} is set, but {what} is not encrypted: the variable is not used",
+                keys.env_name()
+            );
+        }
     }
 
     pub fn open_repo(&self) -> Result<Repository> {

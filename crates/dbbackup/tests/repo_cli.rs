@@ -150,7 +150,7 @@ fn malformed_keys_are_refused_before_any_work() {
         ("b64-16", "AAAAAAAAAAAAAAAAAAAAAA==\n".into(), "base64 of 16 bytes"),
     ];
     for (name, content, expect) in cases {
-        let f = d.write(name, content);
+        let f = private_file(&d, name, content);
         let repo = d.join(format!("repo-{name}"));
         let out =
             dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&f).assert_code(1);
@@ -190,7 +190,7 @@ fn an_encrypted_repository_needs_its_own_key() {
     assert_eq!(fp.len(), 32);
     // base64 of the same key works too: the key is accepted, and the
     // repository, bound to no cluster yet, cannot answer "not archived".
-    let b64 = d.write("good.b64", "ERERERERERERERERERERERERERERERERERERERERERE=\n");
+    let b64 = private_file(&d, "good.b64", "ERERERERERERERERERERERERERERERERERERERERERE=\n");
     let dest = d.join("dest");
     let out = dbb(["wal", "fetch", "000000010000000000000001"])
         .arg(&dest)

@@ -140,6 +140,71 @@ pub fn check_archiving(client: &mut postgres::Client, repo: &Path, proof_timeout
     }
 }
 
+/// An SQL identifier as GRANT needs it: plain lower-case names bare, any
+/// other quoted.
+fn sql_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Checks that the connected role may take a backup, before anything is
+/// written: a superuser, or a role with EXECUTE on the backup functions and
+/// the privileges of pg_read_all_settings (`SHOW data_directory`). A refusal
+/// names the role and the GRANTs that fix it.
+pub fn check_privileges(client: &mut postgres::Client) -> Result<()> {
+    let major: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot query the server"))?;
+    let (start_fn, stop_fn) = if major >= 15 {
+        ("pg_backup_start(text, boolean)", "pg_backup_stop(boolean)")
+    } else {
+        ("pg_start_backup(text, boolean, boolean)", "pg_stop_backup(boolean, boolean)")
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT current_user::text, coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false), \
+                        has_function_privilege('{start_fn}', 'EXECUTE'), has_function_privilege('{stop_fn}', 'EXECUTE'), \
+                        pg_has_role('pg_read_all_settings', 'USAGE')"
+            ),
+            &[],
+        )
+        .map_err(sql_err("cannot check the role's privileges"))?;
+    let (user, superuser, start, stop, settings): (String, bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    if superuser || (start && stop && settings) {
+        return Ok(());
+    }
+    let role = sql_ident(&user);
+    let mut missing = Vec::new();
+    let mut grants = Vec::new();
+    for (ok, f) in [(start, start_fn), (stop, stop_fn)] {
+        if !ok {
+            missing.push(format!("EXECUTE on {f}"));
+            grants.push(format!("GRANT EXECUTE ON FUNCTION {f} TO {role};"));
+        }
+    }
+    if !settings {
+        missing.push("the privileges of pg_read_all_settings (to read data_directory)".to_string());
+        grants.push(format!("GRANT pg_read_all_settings TO {role};"));
+    }
+    Err(Error::server(format!(
+        "role {user} cannot take a base backup: it is not a superuser and lacks {}; nothing was started. \
+         As a superuser, run: {} Or connect as a superuser with --user",
+        match missing.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => missing.join(""),
+        },
+        grants.join(" ")
+    )))
+}
+
 /// Walks the data directory: directories to recreate, files to copy,
 /// tablespaces.
 fn walk(pgdata: &Path) -> Result<(Vec<DirEntry>, Vec<Job>, Vec<Tablespace>)> {
@@ -298,7 +363,9 @@ fn copy_parallel(
 }
 
 /// Takes a base backup. The server connection must be a superuser's (or
-/// have the backup functions granted).
+/// have the backup functions granted: see [`check_privileges`]). A refusal
+/// or a failing `pg_backup_start` leaves no entry; a failure after it
+/// records the backup as `failed`.
 pub fn take(
     repo: &Repository,
     client: &mut postgres::Client,
@@ -325,6 +392,7 @@ pub fn take(
     if in_recovery {
         return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
     }
+    check_privileges(client)?;
     let ident = crate::pg::server_identity(client)?;
     repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
     if !opts.archiving_checked {
@@ -392,7 +460,19 @@ pub fn take(
         files: Vec::new(),
     };
     write_manifest(repo, &m)?;
-    let result = run(repo, client, opts, progress, &mut m, &pgdata, &settings, size, ident.major_version);
+    let mut started = false;
+    let result = run(repo, client, opts, progress, &mut m, &pgdata, &settings, size, ident.major_version, &mut started);
+    if let (Err(e), false) = (&result, started) {
+        // pg_backup_start failed: nothing started, so nothing is recorded
+        // (a `failed` entry would only clutter `backup list`).
+        return match repo.storage().remove_tree(&backup_dir(&m.id)) {
+            Ok(()) => Err(Error::new(e.kind(), format!("{e}; no backup was taken"))),
+            Err(w) => Err(Error::new(
+                e.kind(),
+                format!("{e}; removing its entry {} failed too ({w}): `backup expire` removes it", m.id),
+            )),
+        };
+    }
     if let Err(e) = &result {
         // Leave backup mode (a no-op if it already ended), then record the failure.
         let stop = if ident.major_version >= 15 {
@@ -430,6 +510,7 @@ fn run(
     settings: &CodecSettings,
     size: SegmentSize,
     major: u32,
+    started: &mut bool,
 ) -> Result<()> {
     let start_sql = if major >= 15 {
         "SELECT pg_backup_start($1, $2)::text"
@@ -440,6 +521,7 @@ fn run(
         .query_one(start_sql, &[&m.label, &opts.fast])
         .map(|r| r.get(0))
         .map_err(sql_err("cannot start the backup"))?;
+    *started = true;
     let start_lsn: Lsn = start.parse().map_err(|e| Error::server(format!("{e}")))?;
     let tli: i32 = client
         .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])

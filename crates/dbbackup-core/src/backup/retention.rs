@@ -32,10 +32,60 @@ pub struct Plan {
     pub expire_backups: Vec<Removal>,
     /// WAL objects (repository paths) to remove.
     pub remove_wal: Vec<String>,
+    /// `remove_wal` summed up for people: counts, bytes, ranges.
+    pub wal_summary: WalRemoval,
     /// WAL before this segment position is no longer needed.
     pub wal_kept_from: Option<String>,
     /// Why nothing (or less than asked) is removed.
     pub note: Option<String>,
+}
+
+/// The WAL a plan removes, in a few numbers (a long archive's list runs to
+/// thousands of names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WalRemoval {
+    /// Every object removed, of any kind.
+    pub objects: usize,
+    pub stored_bytes: u64,
+    /// The segments, per timeline.
+    pub ranges: Vec<WalRange>,
+    /// `.backup` files (history files are never removed).
+    pub backup_files: usize,
+    /// `.partial` segments.
+    pub partial_files: usize,
+}
+
+/// The removed segments of one timeline: from `first` to `last`, `segments`
+/// of them (fewer than the span when the archive has gaps there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WalRange {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: usize,
+}
+
+impl WalRemoval {
+    fn add(&mut self, o: &crate::wal::catalog::WalObject) {
+        self.objects += 1;
+        self.stored_bytes += o.stored.stored_size;
+        match o.wal.kind() {
+            WalKind::Segment => {
+                let (tli, name) = (o.wal.timeline().0, o.wal.to_string());
+                match self.ranges.last_mut().filter(|r| r.timeline == tli) {
+                    // The catalog is sorted by timeline and position.
+                    Some(r) => {
+                        r.last = name;
+                        r.segments += 1;
+                    }
+                    None => self.ranges.push(WalRange { timeline: tli, first: name.clone(), last: name, segments: 1 }),
+                }
+            }
+            WalKind::Backup => self.backup_files += 1,
+            WalKind::Partial => self.partial_files += 1,
+            WalKind::History => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,6 +212,7 @@ pub fn plan(
         }
         if o.wal.segment_no(size).is_some_and(|n| n < start) {
             plan.remove_wal.push(o.stored.path.clone());
+            plan.wal_summary.add(o);
         }
     }
     if plan.remove_wal.is_empty() {
@@ -260,6 +311,25 @@ mod tests {
         assert_eq!(p.remove_backups.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["A"]);
         assert_eq!(p.wal_kept_from.as_deref(), Some("000000020000000000000019"));
         assert_eq!(removed(&p), ["000000010000000000000009", "00000001000000000000000A", "000000020000000000000014"]);
+        let s = &p.wal_summary;
+        assert_eq!((s.objects, s.backup_files, s.partial_files), (3, 0, 0));
+        assert_eq!(
+            s.ranges,
+            [
+                WalRange {
+                    timeline: 1,
+                    first: "000000010000000000000009".into(),
+                    last: "00000001000000000000000A".into(),
+                    segments: 2
+                },
+                WalRange {
+                    timeline: 2,
+                    first: "000000020000000000000014".into(),
+                    last: "000000020000000000000014".into(),
+                    segments: 1
+                },
+            ]
+        );
     }
 
     #[test]

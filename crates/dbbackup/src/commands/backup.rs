@@ -8,7 +8,7 @@ use dbbackup_core::backup::base::{take, BaseOptions, Progress};
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
 use dbbackup_core::codec::CodecSettings;
-use dbbackup_core::repo::{check_level, InitOptions, Repository};
+use dbbackup_core::repo::{check_init_key_intent, check_level, InitOptions, Repository};
 use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::manifest::{BackupStatus, Manifest};
 use serde_json::json;
@@ -57,6 +57,7 @@ pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
 fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
     let storage = ctx.storage()?;
     if Repository::read_meta(storage.as_ref()).is_err() && Repository::can_init(storage.as_ref()) {
+        check_init_key_intent(&ctx.keys(), a.encrypt, &storage.location())?;
         let key = ctx.keys().load()?;
         if a.encrypt && key.is_none() {
             bail!("--encrypt needs a key: {}", ctx.keys().hint());
@@ -70,13 +71,20 @@ fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
     }
     let repo = ctx.open_repo()?;
     if a.encrypt && repo.key().is_none() {
-        bail!("--encrypt was given but repository {} is not encrypted", repo.location());
+        bail!(
+            "--encrypt was given but repository {} is not encrypted: encryption is chosen when the repository is created (`dbbackup repo init --encrypt`)",
+            repo.location()
+        );
     }
+    repo.check_key_intent(&ctx.keys(), "the backup")?;
+    ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
     Ok(repo)
 }
 
 fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     let mut client = ctx.conn_for_pgdata().connect()?;
+    // A role that cannot back up is refused before anything is created.
+    dbbackup_core::backup::base::check_privileges(&mut client)?;
     // Refuse before a missing repository is created and bound (an existing
     // one is checked by the backup itself, its cluster identity first).
     let check_timeout = Duration::from_secs(a.archive_check_timeout);
@@ -289,38 +297,84 @@ fn backup_dir_exists(repo: &Repository, id: &str) -> bool {
     repo.storage().list(backup::BACKUPS_DIR).is_ok_and(|l| l.iter().any(|e| e.is_dir && e.name == id))
 }
 
-/// Prints and (unless dry-run) carries out a retention plan.
+/// Prints and (unless dry-run) carries out a retention plan. WAL is shown
+/// as counts, bytes and ranges per timeline (a long archive removes
+/// thousands of objects); `-v` and `--json` list every object.
 pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention::Plan, dry_run: bool) -> Result<()> {
     if ctx.g.json {
         let mut v = serde_json::to_value(plan)?;
         v["dry_run"] = json!(dry_run);
         print_json(&v);
-    } else {
-        let verb = if dry_run { "would remove" } else { "removing" };
-        if let Some(n) = &plan.note {
-            println!("{n}");
+        if !dry_run {
+            retention::apply(repo, all, plan)?;
         }
-        for r in &plan.remove_backups {
-            println!("{verb} backup {} ({})", r.id, r.reason);
-        }
-        for r in &plan.expire_backups {
-            let verb = if dry_run { "would mark" } else { "marking" };
-            println!("{verb} backup {} expired ({}); `dbbackup backup expire` removes it", r.id, r.reason);
-        }
-        for w in &plan.remove_wal {
-            println!("{verb} {w}");
-        }
-        if !plan.keep_backups.is_empty() {
-            println!("keeping backups {}", plan.keep_backups.join(", "));
-        }
-        if let Some(from) = &plan.wal_kept_from {
-            println!("keeping WAL from {from} onward and every history file");
-        }
+        return Ok(());
+    }
+    let verb = if dry_run { "would remove" } else { "removing" };
+    if let Some(n) = &plan.note {
+        println!("{n}");
+    }
+    for r in &plan.remove_backups {
+        println!("{verb} backup {} ({})", r.id, r.reason);
+    }
+    for r in &plan.expire_backups {
+        let verb = if dry_run { "would mark" } else { "marking" };
+        println!("{verb} backup {} expired ({}); `dbbackup backup expire` removes it", r.id, r.reason);
     }
     if !dry_run {
         retention::apply(repo, all, plan)?;
     }
+    if ctx.g.verbose > 0 {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for w in &plan.remove_wal {
+            println!("{verb} {w}");
+        }
+    }
+    if let Some(line) = wal_removal_line(&plan.wal_summary, dry_run, ctx.g.verbose > 0) {
+        println!("{line}");
+    }
+    if !plan.keep_backups.is_empty() {
+        println!("keeping backups {}", plan.keep_backups.join(", "));
+    }
+    if let Some(from) = &plan.wal_kept_from {
+        println!("keeping WAL from {from} onward and every history file");
+    }
     Ok(())
+}
+
+/// "would remove 40 WAL objects (12.0 MiB stored): timeline 1
+/// 000000010000000000000003 to 00000001000000000000002A (40 segments)".
+fn wal_removal_line(s: &retention::WalRemoval, dry_run: bool, verbose: bool) -> Option<String> {
+    if s.objects == 0 {
+        return None;
+    }
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut parts: Vec<String> = s
+        .ranges
+        .iter()
+        .map(|r| {
+            let n = plural(r.segments, "segment", "segments");
+            if r.first == r.last {
+                format!("timeline {} {} ({n})", r.timeline, r.first)
+            } else {
+                format!("timeline {} {} to {} ({n})", r.timeline, r.first, r.last)
+            }
+        })
+        .collect();
+    if s.backup_files > 0 {
+        parts.push(plural(s.backup_files, ".backup file", ".backup files"));
+    }
+    if s.partial_files > 0 {
+        parts.push(plural(s.partial_files, ".partial file", ".partial files"));
+    }
+    Some(format!(
+        "{} {} ({} stored): {}{}",
+        if dry_run { "would remove" } else { "removed" },
+        plural(s.objects, "WAL object", "WAL objects"),
+        human_bytes(s.stored_bytes),
+        parts.join("; "),
+        if dry_run && !verbose { " (-v lists every object)" } else { "" }
+    ))
 }
 
 fn expire(ctx: &Ctx, policy: Policy, dry_run: bool) -> Result<ExitCode> {

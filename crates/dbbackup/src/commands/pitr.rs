@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use dbbackup_core::pg::server_identity;
 use dbbackup_core::pitr::{self, ArchiveCommand, Change, CommandShape, StatusOptions, StatusReport, Verdict};
-use dbbackup_core::repo::{check_level, identity_from_pgdata, identity_from_server, InitOptions, Repository};
+use dbbackup_core::repo::{
+    check_init_key_intent, check_level, identity_from_pgdata, identity_from_server, InitOptions, Repository,
+};
 use dbbackup_format::meta::ClusterIdentity;
 use serde_json::json;
 
@@ -55,13 +57,12 @@ fn prepare_repo(ctx: &Ctx, a: &EnableArgs, identity: ClusterIdentity) -> Result<
     let storage = ctx.storage()?;
     let exists = Repository::read_meta(storage.as_ref()).is_ok();
     if !exists {
+        check_init_key_intent(&ctx.keys(), a.encrypt, &storage.location())?;
         let key = ctx.keys().load()?;
         if a.encrypt && (key.is_none() || ctx.g.encryption_key_file.is_none()) {
             bail!("--encrypt needs --encryption-key-file FILE (archive_command reads the key from it: the server does not see your environment variables); create one with `dbbackup key generate --output FILE`");
         }
-        if !a.encrypt && ctx.g.encryption_key_file.is_some() {
-            bail!("an encryption key was given but not --encrypt: add --encrypt to create an encrypted repository (without it, WAL would be stored unencrypted)");
-        }
+        ctx.warn_unused_default_key(a.encrypt, &format!("the new repository {}", storage.location()));
         let codec = a.compress.unwrap_or_default();
         check_level(codec, a.compress_level)?;
         let repo = Repository::init(
@@ -83,6 +84,8 @@ fn prepare_repo(ctx: &Ctx, a: &EnableArgs, identity: ClusterIdentity) -> Result<
             repo.location()
         );
     }
+    repo.check_key_intent(&ctx.keys(), "WAL")?;
+    ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
     repo.check_identity(&identity, "this cluster")?;
     if repo.identity().is_none() {
         repo.bind(identity)?;
@@ -112,6 +115,7 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
         repo: ctx.repo_path()?,
         compress: a.compress,
         compress_level: a.compress_level,
+        allow_shared_key_file: ctx.g.allow_shared_key_file,
         key_file,
         config,
     }

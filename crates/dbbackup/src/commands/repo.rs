@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use dbbackup_core::pg::server_identity;
-use dbbackup_core::repo::{identity_from_pgdata, identity_from_server, InitOptions, Repository};
+use dbbackup_core::repo::{check_init_key_intent, identity_from_pgdata, identity_from_server, InitOptions, Repository};
 use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::meta::{ClusterIdentity, RepoMeta};
 use dbbackup_format::{Codec, WalKind};
@@ -34,6 +34,8 @@ fn find_identity(ctx: &Ctx) -> Result<Option<ClusterIdentity>> {
 }
 
 fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
+    let storage = ctx.storage()?;
+    check_init_key_intent(&ctx.keys(), a.codec.encrypt, &storage.location())?;
     let key = ctx.keys().load()?;
     let key = match (a.codec.encrypt, key) {
         (true, None) => bail!(
@@ -41,12 +43,8 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
             ctx.keys().env_name()
         ),
         (true, Some(k)) => Some(k),
-        (false, Some(_)) if ctx.g.encryption_key_file.is_some() => {
-            bail!("an encryption key was given but not --encrypt: add --encrypt to create an encrypted repository")
-        }
         (false, _) => None,
     };
-    let storage = ctx.storage()?;
     // Refuse an existing repository before asking the server anything.
     if let Ok(meta) = Repository::read_meta(storage.as_ref()) {
         let _ = meta;
@@ -57,6 +55,7 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
         );
     }
     let identity = find_identity(ctx)?;
+    ctx.warn_unused_default_key(key.is_some(), &format!("the new repository {}", storage.location()));
     let codec = a.codec.compress.unwrap_or_default();
     let repo = Repository::init(storage, InitOptions { codec, level: a.codec.compress_level, key, identity })?;
     if ctx.g.json {

@@ -42,6 +42,9 @@ fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<
         (Some(f), true) => {
             w.push("--encryption-key-file".into());
             w.push(std::path::absolute(f)?.display().to_string());
+            if ctx.g.allow_shared_key_file {
+                w.push("--allow-shared-key-file".into());
+            }
         }
         (None, true) => bail!(
             "the repository is encrypted: give the key with --encryption-key-file so the restored server's restore_command can read WAL (it does not see your environment variables)"

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 use dbbackup_core::codec::CodecSettings;
 use dbbackup_core::error::{Error, ErrorKind};
-use dbbackup_core::repo::{check_level, InitOptions, Repository};
+use dbbackup_core::repo::{check_init_key_intent, check_level, InitOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
@@ -182,6 +182,9 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
                     repo.location()
                 );
             }
+            // Only an explicit key counts here (not the default variable):
+            // see KeySource::explicit.
+            repo.check_key_intent(&ctx.keys(), "WAL")?;
             Ok(repo)
         }
         Err(e) => match e.downcast_ref::<Error>() {
@@ -202,12 +205,10 @@ fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
                         ctx.repo_path()?.display()
                     );
                 }
+                check_init_key_intent(&ctx.keys(), a.encrypt, &ctx.repo_path()?.display().to_string())?;
                 let key = ctx.keys().load()?;
                 if a.encrypt && key.is_none() {
                     bail!("--encrypt needs a key: {}", ctx.keys().hint());
-                }
-                if !a.encrypt && ctx.g.encryption_key_file.is_some() {
-                    bail!("an encryption key was given but not --encrypt: add --encrypt to create repository {} encrypted (without it, WAL would be stored unencrypted)", ctx.repo_path()?.display());
                 }
                 let opts = InitOptions {
                     codec: a.compress.unwrap_or_default(),

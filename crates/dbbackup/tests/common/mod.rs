@@ -86,9 +86,9 @@ pub fn object_for(repo: &Path, name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no object for {name} in {}", repo.display()))
 }
 
-/// Writes a key file owned by the run-as user; returns its path.
+/// Writes a key file (mode 0600) owned by the run-as user; returns its path.
 pub fn key_file(dir: &TestDir, name: &str, hex_byte: u8) -> PathBuf {
-    dir.write(name, format!("{}\n", format!("{hex_byte:02x}").repeat(32)))
+    private_file(dir, name, format!("{}\n", format!("{hex_byte:02x}").repeat(32)))
 }
 
 /// A repository holding two timelines of one cluster, made as a DBA would
@@ -166,4 +166,13 @@ pub fn findings(v: &serde_json::Value) -> String {
         .map(|f| format!("{}: {}", f["level"], f["message"]))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Writes a file only its owner (the run-as user) can read, as key files
+/// must be; returns its path.
+pub fn private_file(dir: &TestDir, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.write(name, contents);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
 }
