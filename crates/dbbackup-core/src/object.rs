@@ -433,9 +433,9 @@ mod tests {
         input: &[u8],
         reader: &mut dyn Read,
     ) -> Result<(Encoded, Vec<u8>)> {
-        let mut w = repo.storage().create("t").unwrap();
+        let mut w = repo.storage().create("t/obj", crate::storage::Commit::Replace).unwrap();
         let enc = encode(repo, w.as_mut(), "obj", settings, &input[..1000], reader, "input")?;
-        w.commit("t/obj", crate::storage::Commit::Replace).unwrap();
+        w.commit().unwrap();
         let mut back = Vec::new();
         open_decoded(repo, "t/obj", settings.codec, repo.key().is_some(), "obj")?.read_to_end(&mut back).unwrap();
         Ok((enc, back))
@@ -470,7 +470,7 @@ mod tests {
         let r = repo(dir.path(), Codec::Zstd, None);
         for threads in [0, 2] {
             let settings = CodecSettings { threads, ..CodecSettings::new(Codec::Zstd, None) };
-            let mut w = r.storage().create("t").unwrap();
+            let mut w = r.storage().create("t/obj", crate::storage::Commit::Replace).unwrap();
             let e = encode(&r, w.as_mut(), "obj", settings, b"head", &mut Failing { ok: 5 }, "the input").unwrap_err();
             assert!(e.to_string().contains("cannot read the input"), "{e}");
         }
@@ -489,7 +489,7 @@ mod tests {
             }
         }
         impl ObjectWriter for Full {
-            fn commit(self: Box<Self>, _: &str, _: crate::storage::Commit) -> crate::storage::StorageResult<()> {
+            fn commit(self: Box<Self>) -> crate::storage::StorageResult<()> {
                 Ok(())
             }
         }

@@ -658,6 +658,19 @@ fn log_target(client: &mut postgres::Client, data_dir: &Path) -> Restarted {
     }
 }
 
+/// Writes and removes a small object under `wal/`: the next segment must
+/// be writable, not only the last one. (A writer that is never committed
+/// proves nothing on an object store, which sends bytes only at commit.)
+fn probe_writable(storage: &dyn crate::storage::Storage) -> crate::storage::StorageResult<()> {
+    // A temporary name: listings skip it, should it be seen mid-probe.
+    let key =
+        format!("{}/{}probe-{}", dbbackup_format::object::WAL_DIR, crate::storage::TEMP_PREFIX, std::process::id());
+    let mut w = storage.create(&key, crate::storage::Commit::Replace)?;
+    w.write_all(b"probe").map_err(|e| crate::storage::StorageError::io(&key, e))?;
+    w.commit()?;
+    storage.remove(&key)
+}
+
 /// How healthy PITR is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -1000,7 +1013,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         }
                         // The next segment must be writable, not only the
                         // last one: probe with a temporary object.
-                        if let Err(e) = repo.storage().create(dbbackup_format::object::WAL_DIR) {
+                        if let Err(e) = probe_writable(repo.storage().as_ref()) {
                             h.writable = Some(e.to_string());
                         }
                         // Whatever the command looks like, what PostgreSQL

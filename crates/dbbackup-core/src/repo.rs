@@ -107,10 +107,12 @@ impl Repository {
                 .as_ref()
                 .map(|k| Encryption { algorithm: "aes-256-gcm".into(), key_fingerprint: k.fingerprint() }),
         };
-        let mut w = storage.create("").map_err(|e| Error::io(format!("cannot create repository {loc}: {e}")))?;
+        let mut w = storage
+            .create(META_FILE, Commit::NoReplace)
+            .map_err(|e| Error::io(format!("cannot create repository {loc}: {e}")))?;
         w.write_all(meta.to_json().as_bytes())
             .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
-        w.commit(META_FILE, Commit::NoReplace).map_err(|e| match e {
+        w.commit().map_err(|e| match e {
             crate::storage::StorageError::AlreadyExists { .. } => {
                 Error::new(ErrorKind::Conflict, format!("repository {loc} already exists: nothing was changed"))
             }
@@ -270,10 +272,13 @@ impl Repository {
             return Ok(());
         }
         meta.cluster = Some(identity);
-        let mut w = self.storage.create("").map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
+        let mut w = self
+            .storage
+            .create(META_FILE, Commit::Replace)
+            .map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
         w.write_all(meta.to_json().as_bytes())
             .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
-        w.commit(META_FILE, Commit::Replace).map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.commit().map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
         self.meta = meta;
         Ok(())
     }

@@ -60,13 +60,12 @@ pub enum Commit {
     Replace,
 }
 
-/// An object being written. Nothing is visible until `commit`; dropping it
-/// uncommitted removes every trace.
+/// An object being written under a key fixed when it was created. Nothing
+/// is visible until `commit`; dropping it uncommitted removes every trace.
 pub trait ObjectWriter: Write + Send {
-    /// Makes the bytes durable, then visible under `path`, which must be in
-    /// the directory given to `create` (the final name of an object can
-    /// depend on its content, known only at the end).
-    fn commit(self: Box<Self>, path: &str, mode: Commit) -> StorageResult<()>;
+    /// Makes the bytes durable, then visible under the key given to
+    /// `create`, as that call's `Commit` mode says.
+    fn commit(self: Box<Self>) -> StorageResult<()>;
 }
 
 /// A held exclusive lock; released on drop.
@@ -80,8 +79,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn root_exists(&self) -> StorageResult<bool>;
     /// Opens an object for streaming reads.
     fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>>;
-    /// Starts writing a new object in directory `dir`.
-    fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>>;
+    /// Starts writing the object `key` (committed as `mode` says).
+    fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>>;
     /// Lists a directory; a missing directory lists as empty.
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>>;
     /// Removes an object; a missing object is not an error.
@@ -160,7 +159,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 struct LocalWriter {
     temp: PathBuf,
-    root: PathBuf,
+    target: PathBuf,
+    key: String,
+    mode: Commit,
     file: Option<File>,
 }
 
@@ -177,8 +178,9 @@ impl Write for LocalWriter {
 }
 
 impl ObjectWriter for LocalWriter {
-    fn commit(mut self: Box<Self>, rel: &str, mode: Commit) -> StorageResult<()> {
-        let target = self.root.join(rel);
+    fn commit(mut self: Box<Self>) -> StorageResult<()> {
+        let (target, rel, mode) = (self.target.clone(), self.key.clone(), self.mode);
+        let rel = rel.as_str();
         let file = self.file.take().expect("open until commit");
         file.sync_all().map_err(|e| StorageError::io(rel, e))?;
         drop(file);
@@ -232,7 +234,9 @@ impl Storage for LocalStorage {
         Ok(Box::new(f))
     }
 
-    fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>> {
+    fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>> {
+        let target = self.full(key);
+        let dir = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let full = self.full(dir);
         self.ensure_dir(&full).map_err(|e| StorageError::io(dir, e))?;
         // A killed process with this PID may have left its temporary
@@ -241,7 +245,9 @@ impl Storage for LocalStorage {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
             let temp = full.join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp) {
-                Ok(file) => return Ok(Box::new(LocalWriter { temp, root: self.root.clone(), file: Some(file) })),
+                Ok(file) => {
+                    return Ok(Box::new(LocalWriter { temp, target, key: key.to_string(), mode, file: Some(file) }))
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
                 Err(e) => {
                     return Err(StorageError::io(
@@ -360,18 +366,18 @@ mod tests {
     fn commit_no_replace_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        let mut w = s.create("a/b").unwrap();
+        let mut w = s.create("a/b/obj", Commit::NoReplace).unwrap();
         w.write_all(b"first").unwrap();
-        w.commit("a/b/obj", Commit::NoReplace).unwrap();
-        let mut w = s.create("a/b").unwrap();
+        w.commit().unwrap();
+        let mut w = s.create("a/b/obj", Commit::NoReplace).unwrap();
         w.write_all(b"second").unwrap();
-        assert!(matches!(w.commit("a/b/obj", Commit::NoReplace), Err(StorageError::AlreadyExists { .. })));
+        assert!(matches!(w.commit(), Err(StorageError::AlreadyExists { .. })));
         assert_eq!(s.read_all("a/b/obj").unwrap(), b"first");
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1);
-        let mut w = s.create("a/b").unwrap();
+        let mut w = s.create("a/b/obj", Commit::Replace).unwrap();
         w.write_all(b"third").unwrap();
-        w.commit("a/b/obj", Commit::Replace).unwrap();
+        w.commit().unwrap();
         assert_eq!(s.read_all("a/b/obj").unwrap(), b"third");
     }
 
@@ -385,9 +391,9 @@ mod tests {
         for n in from..from + 50 {
             fs::write(dir.path().join("w").join(format!("{TEMP_PREFIX}{}.{n}", std::process::id())), b"junk").unwrap();
         }
-        let mut w = s.create("w").unwrap();
+        let mut w = s.create("w/obj", Commit::NoReplace).unwrap();
         w.write_all(b"new").unwrap();
-        w.commit("w/obj", Commit::NoReplace).unwrap();
+        w.commit().unwrap();
         assert_eq!(s.read_all("w/obj").unwrap(), b"new");
     }
 
@@ -395,7 +401,7 @@ mod tests {
     fn only_idle_temporary_objects_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        let mut live = s.create("w").unwrap();
+        let mut live = s.create("w/obj2", Commit::NoReplace).unwrap();
         live.write_all(b"still being written").unwrap();
         let killed = dir.path().join("w").join(format!("{TEMP_PREFIX}999999.0"));
         fs::write(&killed, b"left by a killed archiver").unwrap();
@@ -405,7 +411,7 @@ mod tests {
         assert_eq!(s.remove_stale_temps("w", std::time::Duration::from_secs(3600)).unwrap(), 1);
         assert!(!killed.exists());
         assert_eq!(fs::read_dir(dir.path().join("w")).unwrap().count(), 2, "the live temp and the object stay");
-        live.commit("w/obj2", Commit::NoReplace).unwrap();
+        live.commit().unwrap();
         assert_eq!(s.remove_stale_temps("missing", std::time::Duration::ZERO).unwrap(), 0);
     }
 
@@ -413,7 +419,7 @@ mod tests {
     fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        let mut w = s.create("x").unwrap();
+        let mut w = s.create("x/obj", Commit::NoReplace).unwrap();
         w.write_all(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 0);

@@ -44,6 +44,7 @@ struct Faulty {
 }
 
 struct FaultyWriter {
+    key: String,
     inner: Box<dyn ObjectWriter>,
     budget: Arc<AtomicU64>,
     fail_commit: bool,
@@ -64,11 +65,14 @@ impl Write for FaultyWriter {
 }
 
 impl ObjectWriter for FaultyWriter {
-    fn commit(self: Box<Self>, path: &str, mode: Commit) -> StorageResult<()> {
+    fn commit(self: Box<Self>) -> StorageResult<()> {
         if self.fail_commit {
-            return Err(StorageError::Io { path: path.into(), source: io::Error::other("injected: fsync failed") });
+            return Err(StorageError::Io {
+                path: self.key.clone(),
+                source: io::Error::other("injected: fsync failed"),
+            });
         }
-        self.inner.commit(path, mode)
+        self.inner.commit()
     }
 }
 
@@ -82,9 +86,14 @@ impl Storage for Faulty {
     fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>> {
         self.inner.open(path)
     }
-    fn create(&self, dir: &str) -> StorageResult<Box<dyn ObjectWriter>> {
+    fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>> {
         let budget = Arc::new(AtomicU64::new(self.fail_after.load(Ordering::SeqCst)));
-        Ok(Box::new(FaultyWriter { inner: self.inner.create(dir)?, budget, fail_commit: self.fail_commit }))
+        Ok(Box::new(FaultyWriter {
+            key: key.to_string(),
+            inner: self.inner.create(key, mode)?,
+            budget,
+            fail_commit: self.fail_commit,
+        }))
     }
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
         self.inner.list(dir)

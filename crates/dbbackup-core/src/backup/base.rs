@@ -308,10 +308,12 @@ fn store_entry(
     let encrypted = repo.key().is_some();
     let object = object_rel(rel, settings.codec, encrypted);
     let full = format!("{}/{object}", backup_dir(id));
-    let dir = full.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
-    let mut w = repo.storage().create(&dir).map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+    let mut w = repo
+        .storage()
+        .create(&full, Commit::NoReplace)
+        .map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
     let enc = encode(repo, w.as_mut(), &file_aad(id, rel), *settings, &[], reader, rel)?;
-    w.commit(&full, Commit::NoReplace).map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+    w.commit().map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
     progress.done_bytes.fetch_add(enc.plain_size, Ordering::Relaxed);
     let mtime = jiff::Timestamp::from_second(mtime).map(|t| t.to_string()).unwrap_or_default();
     Ok(FileEntry {

@@ -32,10 +32,12 @@ pub fn backup_dir(id: &str) -> String {
 /// Writes (replaces) a backup's manifest durably.
 pub fn write_manifest(repo: &Repository, m: &Manifest) -> Result<()> {
     let dir = backup_dir(&m.id);
-    let mut w = repo.storage().create(&dir).map_err(|e| Error::from(e).context("cannot write backup manifest"))?;
+    let mut w = repo
+        .storage()
+        .create(&format!("{dir}/{MANIFEST}"), Commit::Replace)
+        .map_err(|e| Error::from(e).context("cannot write backup manifest"))?;
     w.write_all(m.to_json().as_bytes()).map_err(|e| Error::io(format!("cannot write manifest of {}: {e}", m.id)))?;
-    w.commit(&format!("{dir}/{MANIFEST}"), Commit::Replace)
-        .map_err(|e| Error::from(e).context(format!("cannot write manifest of backup {}", m.id)))
+    w.commit().map_err(|e| Error::from(e).context(format!("cannot write manifest of backup {}", m.id)))
 }
 
 pub fn read_manifest(repo: &Repository, id: &str) -> Result<Manifest> {

@@ -1,12 +1,14 @@
 //! `wal archive`: PostgreSQL's `archive_command`.
 //!
-//! read → validate the segment header → compress → encrypt → write a
-//! temporary object → fsync → link under the final name (never replacing)
-//! → fsync the directory. Success is returned only after all of it; any
-//! doubt is an error so PostgreSQL retries.
+//! read → validate the segment header → checksum (the object's name holds
+//! it) → compress → encrypt → write the object under its final key, never
+//! replacing (on a local disk: temporary file, fsync, link, fsync of the
+//! directory; on an object store: the acknowledged upload). Success is
+//! returned only after all of it; any doubt is an error so PostgreSQL
+//! retries.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::object::read_full;
 use std::path::Path;
@@ -73,21 +75,24 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
         })?;
     }
 
-    // A retry of an already archived file: compare checksums without
-    // compressing anything.
+    // The object's name holds the checksum, so it is known before a byte
+    // is stored (an object store has no rename). A retry of an already
+    // archived file stops here, without compressing anything.
+    let mut h = Checksum::new();
+    h.update(&first);
+    hash_rest(&mut file, &mut h).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
+    let checksum = h.hex();
     let existing = find(repo, &wal)?;
     if !existing.is_empty() {
-        let mut h = Checksum::new();
-        h.update(&first);
-        hash_rest(&mut file, &mut h).map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
-        let checksum = h.hex();
         return settle_duplicate(repo, &wal, &existing, &checksum, source, codec);
     }
+    file.seek(SeekFrom::Start(first.len() as u64))
+        .map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
 
     // Two workers compress zstd frames while this thread reads and
     // checksums (see `object::encode`).
     let settings = CodecSettings { threads: 2, ..codec.unwrap_or_else(|| repo.codec_settings()) };
-    store(repo, &wal, source, &first, &mut file, size, settings)
+    store(repo, &wal, source, &first, &mut file, size, &checksum, settings)
 }
 
 fn hash_rest(r: &mut impl Read, h: &mut Checksum) -> io::Result<u64> {
@@ -196,12 +201,8 @@ fn settle_duplicate(
                 File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
             let size = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
             let settings = CodecSettings { codec: same.object.codec, ..codec.unwrap_or_else(|| repo.codec_settings()) };
-            let out = write_object(repo, wal, source, &[], &mut f, size, settings)?;
-            if out.1 != checksum {
-                return Err(Error::io(format!("{} changed while it was being archived", source.display())));
-            }
-            let w = out.0;
-            w.commit_replace(&same.path)?;
+            let pending = write_object(repo, wal, source, &[], &mut f, size, checksum, settings, Commit::Replace)?;
+            pending.writer.commit().map_err(Error::from)?;
             Ok(Archived::Repaired { path: same.path.clone(), checksum: checksum.to_string(), damage: e.to_string() })
         }
         Err(e) => Err(e),
@@ -216,20 +217,16 @@ pub fn verify_object(repo: &Repository, stored: &StoredWal) -> Result<()> {
 /// A written, not yet committed object.
 struct Pending {
     writer: Box<dyn ObjectWriter>,
-    object: ObjectName,
-    dir: String,
+    path: String,
     original_size: u64,
     stored_size: u64,
 }
 
-impl Pending {
-    fn commit_replace(self, path: &str) -> Result<()> {
-        self.writer.commit(path, Commit::Replace).map_err(Error::from)
-    }
-}
-
-/// Streams `first` + the rest of `file` through the codec pipeline into a
-/// new temporary object. Returns it with the plaintext checksum.
+/// Streams `first` + the rest of `file` through the codec pipeline into
+/// the object named after `checksum` (not yet committed). The file must
+/// still have that checksum and `expected_size`: it may not change while
+/// it is archived.
+#[allow(clippy::too_many_arguments)]
 fn write_object(
     repo: &Repository,
     wal: &WalFileName,
@@ -237,31 +234,35 @@ fn write_object(
     first: &[u8],
     file: &mut File,
     expected_size: u64,
+    checksum: &str,
     settings: CodecSettings,
-) -> Result<(Pending, String)> {
-    let dir = wal_dir_for(wal);
-    let mut writer = repo
-        .storage()
-        .create(&dir)
-        .map_err(|e| Error::from(e).context(format!("cannot write to repository {}", repo.location())))?;
+    mode: Commit,
+) -> Result<Pending> {
     let name = wal.to_string();
-    let enc = encode(repo, writer.as_mut(), &name, settings, first, file, &source.display().to_string())?;
-    if enc.plain_size != expected_size {
-        return Err(Error::io(format!(
-            "{} changed size while it was being archived ({expected_size} bytes, then {})",
-            source.display(),
-            enc.plain_size
-        )));
-    }
     let object = ObjectName {
-        original: name,
-        checksum: enc.checksum.clone(),
+        original: name.clone(),
+        checksum: checksum.to_string(),
         codec: settings.codec,
         encrypted: repo.key().is_some(),
     };
-    Ok((Pending { writer, object, dir, original_size: enc.plain_size, stored_size: enc.stored_size }, enc.checksum))
+    let path = format!("{}/{object}", wal_dir_for(wal));
+    let mut writer = repo
+        .storage()
+        .create(&path, mode)
+        .map_err(|e| Error::from(e).context(format!("cannot write to repository {}", repo.location())))?;
+    let enc = encode(repo, writer.as_mut(), &name, settings, first, file, &source.display().to_string())?;
+    if enc.plain_size != expected_size || enc.checksum != checksum {
+        return Err(Error::io(format!(
+            "{} changed while it was being archived ({expected_size} bytes with checksum {checksum}, then {} bytes with checksum {})",
+            source.display(),
+            enc.plain_size,
+            enc.checksum
+        )));
+    }
+    Ok(Pending { writer, path, original_size: enc.plain_size, stored_size: enc.stored_size })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn store(
     repo: &Repository,
     wal: &WalFileName,
@@ -269,9 +270,11 @@ fn store(
     first: &[u8],
     file: &mut File,
     size: u64,
+    checksum: &str,
     settings: CodecSettings,
 ) -> Result<Archived> {
-    let (pending, checksum) = write_object(repo, wal, source, first, file, size, settings)?;
+    let pending = write_object(repo, wal, source, first, file, size, checksum, settings, Commit::NoReplace)?;
+    let checksum = checksum.to_string();
     // The duplicate check and the link happen under one lock, so two
     // archivers of one name (even with different codecs) store one object.
     let _lock = repo
@@ -283,10 +286,10 @@ fn store(
         drop(pending);
         return settle_duplicate(repo, wal, &existing, &checksum, source, Some(settings));
     }
-    let path = format!("{}/{}", pending.dir, pending.object);
-    let pending_dir = pending.dir.clone();
+    let path = pending.path.clone();
+    let pending_dir = wal_dir_for(wal);
     let (original_size, stored_size) = (pending.original_size, pending.stored_size);
-    let committed = pending.writer.commit(&path, Commit::NoReplace);
+    let committed = pending.writer.commit();
     // Temporary objects of archivers killed mid-write, an hour idle.
     let _ = repo.storage().remove_stale_temps(&pending_dir, std::time::Duration::from_secs(3600));
     match committed {
