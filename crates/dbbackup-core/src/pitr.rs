@@ -658,6 +658,64 @@ fn log_target(client: &mut postgres::Client, data_dir: &Path) -> Restarted {
     }
 }
 
+/// Refuses to archive a server into a repository that holds another
+/// cluster's history on this server's timeline: a restored copy promoted
+/// onto the timeline number another copy (or the source) already archived
+/// there would mix two histories under one timeline, and a later restore
+/// would replay one's segments into the other's. Compared with what this
+/// server still has in pg_wal: the timeline's history file and the newest
+/// archived segment; a segment archived beyond this server's position is
+/// another history by itself.
+pub fn check_same_history(client: &mut postgres::Client, repo: &crate::repo::Repository) -> Result<()> {
+    use dbbackup_format::{Lsn, WalFileName, WalKind};
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                    (pg_current_wal_lsn() - '0/0')::text, current_setting('data_directory')",
+            &[],
+        )
+        .map_err(|e| Error::server(error_text(&e)))?;
+    let (Some(current), Some(pos)) = (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)) else {
+        return Ok(());
+    };
+    let data_dir = PathBuf::from(row.get::<_, String>(2));
+    let Some(size) = repo.segment_size() else { return Ok(()) };
+    let Ok(current) = WalFileName::parse(&current) else { return Ok(()) };
+    let tli = current.timeline();
+    let here = size.segment_of(Lsn(pos.split('.').next().and_then(|p| p.parse().ok()).unwrap_or(0)));
+    let cat = crate::wal::catalog::Catalog::scan(repo)?;
+    let loc = repo.location();
+    let other = |what: String| {
+        Err(Error::identity(format!(
+            "repository {loc} already holds timeline {tli} of another history: {what}; this server is probably a restored copy promoted onto the same timeline number as another cluster that archives there: archive it into another repository (an inspection copy should not archive at all)"
+        )))
+    };
+    let own_checksum =
+        |name: &str| std::fs::read(data_dir.join("pg_wal").join(name)).ok().map(|b| crate::checksum::of(&b));
+    if tli.0 > 1 {
+        let hist = WalFileName::history(tli);
+        let stored = crate::wal::find(repo, &hist)?;
+        if let (Some(stored), Some(own)) = (stored.first(), own_checksum(&hist.to_string())) {
+            if stored.object.checksum != own {
+                return other(format!("its {hist} differs from this server's (another fork point)"));
+            }
+        }
+    }
+    let newest = cat.iter_kind(WalKind::Segment).filter(|o| o.wal.timeline() == tli).last();
+    if let Some(o) = newest {
+        let n = o.wal.segment_no(size).unwrap_or(0);
+        if n > here {
+            return other(format!("it holds {} there, beyond this server's current WAL file {current}", o.wal));
+        }
+        if let Some(own) = own_checksum(&o.wal.to_string()) {
+            if own != o.stored.object.checksum {
+                return other(format!("its {} differs from this server's own copy in pg_wal", o.wal));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes and removes a small object under `wal/`: the next segment must
 /// be writable, not only the last one. (A writer that is never committed
 /// proves nothing on an object store, which sends bytes only at commit.)
@@ -1090,6 +1148,17 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             // kept archiving: two live histories, and restores following
             // the latest timeline would take the other one.
             let live = server_tli.and_then(|own| r.live_forks.iter().find(|f| f.parent.0 == own));
+            // ... and the other side: this server's timeline is the one
+            // born from a history that went on (a restored copy archiving
+            // into its source's repository).
+            let born_here = server_tli.and_then(|own| r.live_forks.iter().find(|f| f.child.0 == own));
+            if let Some(f) = born_here {
+                add(
+                    Verdict::Error,
+                    format!("this server archives a second live history into the repository: {}; restores that follow the latest timeline take this server's rows instead of timeline {}'s", f.describe(), f.parent),
+                    &format!("if this server is a copy (an inspection copy, a test), stop it archiving here (`dbbackup pitr disable`) and restore timeline {} with --timeline {}; if it is the new primary, stop the cluster still archiving timeline {}", f.parent, f.parent, f.parent),
+                );
+            }
             if let Some(f) = live {
                 add(
                     Verdict::Error,

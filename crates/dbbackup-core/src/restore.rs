@@ -547,8 +547,57 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     })
 }
 
+/// What `--force` may replace: an old restore or data directory, never
+/// something a slip of the path would destroy. Refused: a directory inside
+/// a data directory (its `pg_wal`, say), one holding another data
+/// directory, a running server or a dbbackup repository anywhere below it,
+/// and the repository being restored from, or any directory around it.
+fn check_replaceable(dir: &Path, repo_root: Option<&Path>) -> Result<()> {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let target = canon(dir);
+    let refuse = |why: String| {
+        Err(Error::invalid(format!(
+            "--force refuses to replace the contents of {}: {why}; choose another --target-dir (nothing was changed)",
+            dir.display()
+        )))
+    };
+    if let Some(repo) = repo_root.map(canon) {
+        if repo.starts_with(&target) || target.starts_with(&repo) {
+            return refuse(format!("the repository {} is there", repo.display()));
+        }
+    }
+    let is_data_dir = |d: &Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
+    if let Some(outer) = target.ancestors().skip(1).find(|a| is_data_dir(a)) {
+        return refuse(format!("it is inside the data directory {}", outer.display()));
+    }
+    let mut stack = vec![target.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            // Symlinks are removed, never followed.
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                if e.file_name() == META_FILE_NAME {
+                    return refuse(format!("it holds a dbbackup repository at {}", d.display()));
+                }
+                continue;
+            }
+            if crate::pitr::read_postmaster_pid(&p).is_some() {
+                return refuse(format!("a server is running in {}", p.display()));
+            }
+            if is_data_dir(&p) {
+                return refuse(format!("it holds another data directory, {}", p.display()));
+            }
+            stack.push(p);
+        }
+    }
+    Ok(())
+}
+
+const META_FILE_NAME: &str = dbbackup_format::meta::META_FILE;
+
 /// Prepares the target directory: absent or empty, unless `force`.
-fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+fn prepare_dir(dir: &Path, force: bool, repo_root: Option<&Path>) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(rd) => {
             let names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
@@ -563,6 +612,7 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
                 if crate::pitr::read_postmaster_pid(dir).is_some() {
                     return Err(Error::invalid(format!("a server is running in {}: stop it first", dir.display())));
                 }
+                check_replaceable(dir, repo_root)?;
                 for n in names {
                     let p = dir.join(n);
                     let r = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
@@ -639,7 +689,9 @@ pub fn extract(repo: &Repository, plan: &RestorePlan, opts: &RestoreOptions) -> 
         Source::Path { .. } => BTreeMap::new(),
     };
     let created = !dir.exists();
-    prepare_dir(dir, opts.force)?;
+    let repo_location = repo.location();
+    let repo_root = Path::new(&repo_location);
+    prepare_dir(dir, opts.force, repo_root.is_absolute().then_some(repo_root))?;
     let done = match &plan.source {
         Source::Repo(m) => extract_repo(repo, m, opts, &spc_dirs),
         Source::Path { path, .. } => extract_path(path, dir),
@@ -1104,10 +1156,16 @@ pub fn monitor(
             let shut = find_line(&lines, &["database system is shut down"]).is_some();
             let reached = stopped.is_some() && fatal.is_none();
             let (lsn, time, file) = replay_end_from_log(&lines);
+            // restore_command's own words say why it stopped recovery.
+            let cause = find_line(&lines, &["dbbackup: "]).map(|l| l[l.find("dbbackup: ").unwrap_or(0)..].to_string());
             let detail = match (fatal, file) {
                 (Some(f), Some(file)) => Some(format!("{f} (the last WAL file restored was {file})")),
                 (f, _) => f.or(stopped),
-            };
+            }
+            .map(|d| match &cause {
+                Some(c) if !reached => format!("{d}; {c}"),
+                _ => d,
+            });
             return Ok(RecoveryOutcome {
                 state: if reached && shut { "shut down".into() } else { "failed".into() },
                 target_reached: reached,

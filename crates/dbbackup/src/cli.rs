@@ -198,8 +198,8 @@ pub struct RestoreArgs {
     /// What the server does at the target
     #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
-    /// Timeline to follow: latest, current (the backup's) or a number [default: latest, refused when two
-    /// timelines are both alive]
+    /// Timeline to follow: latest, current (the backup's) or a number [default: the latest; when two
+    /// timelines are both alive, left out it is refused, while an explicit `latest` follows the newest]
     #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
     pub timeline: Option<dbbackup_core::restore::TimelineChoice>,
     /// Stop just after the target (default) or, with =false, just before it

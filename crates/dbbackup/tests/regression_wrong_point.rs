@@ -213,3 +213,81 @@ fn restore_fsyncs_every_restored_file_and_directory() {
     assert!(files > 900, "a whole data directory: {files} files");
     assert!(synced >= files + dirs, "{synced} fsync calls for {files} files and {dirs} directories");
 }
+
+// ---------------------------------------------------------------------------
+// `--force` replaces an old restore, never what a slip of the path would
+// destroy: a running cluster, a data directory around or below the target,
+// the repository itself.
+
+#[test]
+fn force_never_replaces_a_cluster_or_a_repository() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = cluster_with_rows(PgVersion::V15, &repo);
+    let stopped = Cluster::new({
+        let mut o = ClusterOptions::new(PgVersion::V15);
+        o.start = false;
+        o
+    });
+    let force = |target: &Path, why: &str| {
+        let out = dbb(["restore", "pitr", "--force", "--target-immediate", "--repo"])
+            .arg(&repo)
+            .arg("--target-dir")
+            .arg(target)
+            .assert_code(1);
+        assert!(out.stderr.contains("--force refuses to replace the contents of"), "{}", out.stderr);
+        assert!(out.stderr.contains(why) && out.stderr.contains("nothing was changed"), "{why}: {}", out.stderr);
+    };
+    // The directory holding the repository, and the repository itself.
+    force(d.path(), "the repository");
+    force(&repo, "the repository");
+    // Around a running cluster, and inside one.
+    force(c.dir().path(), "a server is running in");
+    force(&c.data_dir().join("pg_wal"), "inside the data directory");
+    // Around a stopped cluster's data directory.
+    force(stopped.dir().path(), "holds another data directory");
+    assert!(repo.join("dbbackup.json").exists());
+    assert_eq!(c.sql("SELECT count(*) FROM t"), "2");
+    assert!(stopped.data_dir().join("PG_VERSION").exists());
+    // An old restore is what --force is for.
+    let old = d.join("old");
+    dbb(["restore", "pitr", "--repo"]).arg(&repo).arg("--target-dir").arg(&old).assert_success();
+    dbb(["restore", "pitr", "--force", "--target-immediate", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&old)
+        .assert_success();
+}
+
+// ---------------------------------------------------------------------------
+// A restored copy promoted onto the timeline number another copy already
+// archived must not start archiving into that repository: the two
+// histories would mix under one timeline.
+
+#[test]
+fn pitr_enable_refuses_a_copy_onto_a_timeline_another_copy_archived() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = cluster_with_rows(PgVersion::V15, &repo);
+    c.stop();
+    // An inspection copy (not archiving) promotes to timeline 2 and is written to.
+    let r4 = restore(&c, &repo, &d.join("r4"), &[]);
+    r4.promoted();
+    r4.sql("INSERT INTO t VALUES (200)");
+    r4.sql("SELECT pg_switch_wal()");
+    // A second copy, archiving, also promotes to timeline 2 and archives it.
+    let r5 = restore(&c, &repo, &d.join("r5"), &["--archive-mode", "preserve"]);
+    assert_eq!(r5.promoted()["recovery"]["timeline"], 2, "{}", r5.describe());
+    r5.sql("INSERT INTO t VALUES (300)");
+    let seg = r5.finish_wal();
+    assert!(seg.starts_with("00000002"), "{seg}");
+    r5.stop();
+    // Archiving the first copy into the same repository is refused.
+    let out = dbb(["pitr", "enable", "--repo"])
+        .arg(&repo)
+        .args(["--host", &r4.sock.display().to_string(), "--port", &r4.port.to_string()])
+        .assert_code(1);
+    assert!(out.stderr.contains("already holds timeline 2 of another history"), "{}", out.stderr);
+    assert!(out.stderr.contains("archive it into another repository"), "{}", out.stderr);
+    assert_eq!(r4.sql("SHOW archive_mode"), "off", "nothing was changed");
+}

@@ -352,12 +352,21 @@ fn timelines(version: PgVersion) {
     let seg = r1.sql("SELECT pg_walfile_name(pg_switch_wal())");
     assert!(seg.starts_with("00000002"), "{seg}");
     wait_archived_on(&r1, &seg);
-    r1.stop();
-    drop(r1);
 
     // Timeline 1 goes on on the source.
     c.sql("INSERT INTO t VALUES (3)");
     finish_wal(&c);
+
+    // The copy is told it archives a second live history.
+    let out = dbb(["pitr", "status", "--json", "--repo"])
+        .arg(&repo)
+        .args(["--host", &r1.sock.display().to_string(), "--port", &r1.port.to_string()])
+        .output();
+    let v = json(&out);
+    assert_eq!(v["verdict"], "error", "{}", findings(&v));
+    assert!(findings(&v).contains("this server archives a second live history"), "{}", findings(&v));
+    r1.stop();
+    drop(r1);
 
     let tl = json(&dbb(["wal", "timeline", "--json", "--repo"]).arg(&repo).assert_success());
     let tls = tl["timelines"].as_array().unwrap();

@@ -163,6 +163,7 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
         );
     }
     let repo = prepare_repo(ctx, &a, identity)?;
+    pitr::check_same_history(&mut client, &repo)?;
     let command = archive_command(ctx, &a, &repo)?;
     note_repository_move(&current, &repo);
     let mut changes = pitr::enable_changes(&current, &command, a.archive_timeout);

@@ -227,7 +227,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
             } else if detail.contains("ended before configured recovery target was reached") {
                 match opts.target {
                     Target::Time(_) => "; no transaction in the archive committed after the target time, so PostgreSQL cannot tell it got there: if nothing was written between the last commit and that time, the end of the archive is the state you want (restore again without a target), else archive the source's current WAL first (SELECT pg_switch_wal())",
-                    _ => "; the target is not in the archive after the backup: check it, or archive the source's current WAL first (SELECT pg_switch_wal())",
+                    _ => "; the target is not in the archive after the backup: check it; a restore point or transaction from before the backup restored is never seen (choose an older one with --base-backup ID, see `dbbackup backup list`); or archive the source's current WAL first (SELECT pg_switch_wal())",
                 }
             } else {
                 ""
