@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
-    /// The repository (a local directory)
+    /// The repository: a directory, or s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], az://CONTAINER[/PREFIX]
     #[arg(
         long,
         global = true,
@@ -84,6 +84,9 @@ pub struct GlobalOpts {
     /// Print help
     #[arg(long, global = true, action = ArgAction::Help)]
     pub help: Option<bool>,
+    /// Object-store settings (the config file's `[s3]`, `[gcs]`, `[azure]`).
+    #[arg(skip)]
+    pub stores: dbbackup_core::storage::location::StoreSettings,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,8 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::Deserialize;
 
+use dbbackup_core::storage::location::{AzureSettings, GcsSettings, S3Settings};
+
 use crate::cli::GlobalOpts;
 
 /// Keys accepted in the config file (the long option names).
@@ -30,6 +32,9 @@ pub struct FileConfig {
     /// 0 to 2, as many as `-v` flags.
     verbose: Option<u8>,
     quiet: Option<bool>,
+    s3: Option<S3Settings>,
+    gcs: Option<GcsSettings>,
+    azure: Option<AzureSettings>,
 }
 
 pub fn load(path: &Path) -> Result<FileConfig> {
@@ -73,4 +78,7 @@ pub fn apply(g: &mut GlobalOpts, m: &ArgMatches, f: FileConfig) {
     if let (false, Some(v)) = (from_user(m, "quiet"), f.quiet) {
         g.quiet |= v;
     }
+    g.stores.s3 = f.s3.unwrap_or_default();
+    g.stores.gcs = f.gcs.unwrap_or_default();
+    g.stores.azure = f.azure.unwrap_or_default();
 }

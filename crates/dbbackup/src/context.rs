@@ -8,7 +8,8 @@ use dbbackup_core::keys::KeySource;
 use dbbackup_core::pg::ConnOptions;
 use dbbackup_core::pitr::read_postmaster_pid;
 use dbbackup_core::repo::Repository;
-use dbbackup_core::storage::{LocalStorage, Storage};
+use dbbackup_core::storage::location::{open_storage, Location};
+use dbbackup_core::storage::Storage;
 
 use crate::cli::GlobalOpts;
 
@@ -23,16 +24,39 @@ impl Ctx {
         Ctx { g, port_on_cli }
     }
 
-    /// The repository path, made absolute.
-    pub fn repo_path(&self) -> Result<PathBuf> {
-        let path = self.g.repo.as_ref().ok_or_else(|| {
-            anyhow!("no repository given: use --repo PATH, the DBBACKUP_REPO variable, or `repo` in the --config file")
+    /// The repository's location (`--repo`: a path or an object-store URL).
+    pub fn location(&self) -> Result<Location> {
+        let repo = self.g.repo.as_ref().ok_or_else(|| {
+            anyhow!(
+                "no repository given: use --repo PATH|s3://BUCKET/PREFIX|gs://...|az://..., the DBBACKUP_REPO variable, or `repo` in the --config file"
+            )
         })?;
-        Ok(if path.is_absolute() { path.clone() } else { std::env::current_dir()?.join(path) })
+        Ok(Location::parse(&repo.to_string_lossy(), &std::env::current_dir()?)?)
+    }
+
+    /// The repository as it is written into commands and messages: a local
+    /// path made absolute, or the object-store URL.
+    pub fn repo_path(&self) -> Result<PathBuf> {
+        Ok(match self.location()? {
+            Location::Local(p) => p,
+            other => PathBuf::from(other.to_string()),
+        })
     }
 
     pub fn storage(&self) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(LocalStorage::new(self.repo_path()?)))
+        Ok(open_storage(&self.location()?, &self.g.stores)?)
+    }
+
+    /// An object-store repository's settings and secrets reach the server's
+    /// archive_command and restore_command only through the config file.
+    pub fn config_for_server_commands(&self) -> Result<()> {
+        if self.location()?.is_object_store() && self.g.config.is_none() {
+            anyhow::bail!(
+                "repository {} is in an object store: give its settings with --config FILE, which the server's commands then read (secrets never go into archive_command or restore_command, where every role could read them)",
+                self.location()?
+            );
+        }
+        Ok(())
     }
 
     pub fn keys(&self) -> KeySource {

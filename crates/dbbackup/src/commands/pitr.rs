@@ -95,6 +95,7 @@ fn prepare_repo(ctx: &Ctx, a: &EnableArgs, identity: ClusterIdentity) -> Result<
 }
 
 fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<String> {
+    ctx.config_for_server_commands()?;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let key_file = match (&ctx.g.encryption_key_file, repo.key()) {

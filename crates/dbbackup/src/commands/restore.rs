@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, c: RestoreCommand) -> Result<ExitCode> {
 }
 
 fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<String> {
+    ctx.config_for_server_commands()?;
     let encrypted = repo.key().is_some();
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let exe = exe.canonicalize().unwrap_or(exe);

@@ -1,10 +1,23 @@
-//! Where repository bytes live: the `Storage` trait and its local
-//! filesystem implementation.
+//! Where repository bytes live: the `Storage` trait, its local filesystem
+//! implementation (here), object stores ([`remote`]) and the parsing of
+//! `--repo` locations ([`location`]).
 //!
-//! The trait's promise is the one every invariant rests on: an object is
-//! visible under its name only after all its bytes are durable, and a
-//! no-replace commit never overwrites an existing object. Paths are
-//! repository-relative with `/` separators.
+//! The trait is shaped by what object stores can promise: keys (not
+//! paths; `/`-separated, repository-relative), a write whose key is fixed
+//! up front and that becomes visible only when committed, streaming reads,
+//! one-level listings, deletes, and named locks. The promise every
+//! invariant rests on: an object is visible under its key only after all
+//! its bytes are durable, and a no-replace commit never overwrites an
+//! existing object.
+//!
+//! - Local directory: a temporary file beside the key, fsync, `link(2)`
+//!   (no-replace: fails on an existing name) or `rename(2)`, fsync of the
+//!   directory; locks are `flock`s.
+//! - Object stores: see [`remote`] (an acknowledged upload; no-replace by
+//!   conditional PUT plus a HEAD; locks are leases).
+
+pub mod location;
+pub mod remote;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

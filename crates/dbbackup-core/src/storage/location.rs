@@ -1,0 +1,330 @@
+//! Where a repository is: `--repo` parsed into a location, and the
+//! settings (config file tables `[s3]`, `[gcs]`, `[azure]`, then the
+//! stores' standard environment variables) that open it.
+//!
+//! Secrets are read from the config file or from files it names, or from
+//! the environment; never from the command line. A secret file others can
+//! read is refused, as a key file is.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{ClientOptions, RetryConfig};
+use serde::Deserialize;
+
+use super::remote::ObjectStorage;
+use super::{LocalStorage, Storage};
+use crate::error::{Error, Result};
+
+/// A parsed `--repo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+    Gcs { bucket: String, prefix: String },
+    Azure { container: String, prefix: String },
+}
+
+impl Location {
+    /// Parses a location: a path (made absolute against `cwd`), `file://`,
+    /// `s3://`, `gs://` or `az://` (`azure://` too).
+    pub fn parse(s: &str, cwd: &Path) -> Result<Location> {
+        let bucket_prefix = |rest: &str, scheme: &str| -> Result<(String, String)> {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::invalid(format!(
+                    "repository location {s:?} names no bucket: write {scheme}://BUCKET[/PREFIX]"
+                )));
+            }
+            Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = bucket_prefix(rest, "s3")?;
+            return Ok(Location::S3 { bucket, prefix });
+        }
+        if let Some(rest) = s.strip_prefix("gs://") {
+            let (bucket, prefix) = bucket_prefix(rest, "gs")?;
+            return Ok(Location::Gcs { bucket, prefix });
+        }
+        if let Some(rest) = s.strip_prefix("az://").or_else(|| s.strip_prefix("azure://")) {
+            let (container, prefix) = bucket_prefix(rest, "az")?;
+            return Ok(Location::Azure { container, prefix });
+        }
+        let path = match s.strip_prefix("file://") {
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            Some(_) => {
+                return Err(Error::invalid(format!("repository location {s:?}: a file:// URL needs an absolute path")))
+            }
+            None => {
+                if let Some((scheme, _)) = s.split_once("://") {
+                    return Err(Error::invalid(format!(
+                        "repository location {s:?}: unknown scheme {scheme}:// (use a path, file://, s3://, gs:// or az://)"
+                    )));
+                }
+                PathBuf::from(s)
+            }
+        };
+        Ok(Location::Local(if path.is_absolute() { path } else { cwd.join(path) }))
+    }
+
+    /// The local directory, for a local repository.
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Location::Local(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn is_object_store(&self) -> bool {
+        !matches!(self, Location::Local(_))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |f: &mut std::fmt::Formatter<'_>, scheme: &str, b: &str, p: &str| {
+            if p.is_empty() {
+                write!(f, "{scheme}://{b}")
+            } else {
+                write!(f, "{scheme}://{b}/{p}")
+            }
+        };
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, prefix } => url(f, "s3", bucket, prefix),
+            Location::Gcs { bucket, prefix } => url(f, "gs", bucket, prefix),
+            Location::Azure { container, prefix } => url(f, "az", container, prefix),
+        }
+    }
+}
+
+/// `[s3]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub session_token: Option<String>,
+    /// Plain http to an endpoint that is not on this host.
+    pub allow_http: Option<bool>,
+}
+
+/// `[gcs]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GcsSettings {
+    pub service_account_file: Option<PathBuf>,
+    /// An emulator's base URL (fake-gcs-server).
+    pub endpoint: Option<String>,
+    /// No credentials at all (an emulator).
+    pub anonymous: Option<bool>,
+}
+
+/// `[azure]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AzureSettings {
+    pub account: Option<String>,
+    pub access_key: Option<String>,
+    pub access_key_file: Option<PathBuf>,
+    pub sas_token: Option<String>,
+    pub sas_token_file: Option<PathBuf>,
+    pub endpoint: Option<String>,
+    pub use_emulator: Option<bool>,
+}
+
+/// Every store's settings, as the config file gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub s3: S3Settings,
+    pub gcs: GcsSettings,
+    pub azure: AzureSettings,
+}
+
+/// Reads a secret from a file only its owner can read.
+fn secret_file(path: &Path, what: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::invalid(format!("cannot read {what} file {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.is_file() && mode & 0o077 != 0 {
+        return Err(Error::invalid(format!(
+            "{what} file {} can be read by group or others (mode {mode:04o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read {what} file {}: {e}", path.display())))?;
+    Ok(text.trim().to_string())
+}
+
+/// Whether an http:// endpoint stays on this host.
+fn loopback(endpoint: &str) -> bool {
+    let host = endpoint.trim_start_matches("http://").split(['/', ':']).next().unwrap_or_default();
+    host == "localhost" || host == "[" || host.starts_with("127.") || endpoint.starts_with("http://[::1]")
+}
+
+fn check_http(endpoint: &str, allow: bool, table: &str) -> Result<bool> {
+    if !endpoint.starts_with("http://") {
+        return Ok(false);
+    }
+    if !loopback(endpoint) && !allow {
+        return Err(Error::invalid(format!(
+            "[{table}] endpoint {endpoint} is plain http to another host: credentials and data would cross the network unencrypted; use https, or set allow-http = true in [{table}] if the network is trusted"
+        )));
+    }
+    Ok(true)
+}
+
+fn client_options(http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_allow_http(http)
+}
+
+/// Retries of temporary failures (5xx, timeouts, resets), with backoff,
+/// inside a bounded time: then the error is final.
+fn retry() -> RetryConfig {
+    RetryConfig { max_retries: 6, retry_timeout: Duration::from_secs(60), ..Default::default() }
+}
+
+/// Opens the storage behind a location.
+pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn Storage>> {
+    let url = loc.to_string();
+    let store_err = |e: object_store::Error| Error::invalid(format!("repository {url}: {e}"));
+    match loc {
+        Location::Local(p) => Ok(Arc::new(LocalStorage::new(p))),
+        Location::S3 { bucket, prefix } => {
+            let s = &settings.s3;
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let mut http = false;
+            if let Some(e) = &s.endpoint {
+                http = check_http(e, s.allow_http.unwrap_or(false), "s3")?;
+                b = b.with_endpoint(e);
+            }
+            if let Some(r) = &s.region {
+                b = b.with_region(r);
+            }
+            if let Some(v) = s.path_style {
+                b = b.with_virtual_hosted_style_request(!v);
+            }
+            if let Some(k) = &s.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            let secret = match (&s.secret_access_key, &s.secret_access_key_file) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(f)) => Some(secret_file(f, "[s3] secret-access-key")?),
+                _ => None,
+            };
+            if let Some(v) = secret {
+                b = b.with_secret_access_key(v);
+            }
+            if let Some(t) = &s.session_token {
+                b = b.with_token(t);
+            }
+            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+        }
+        Location::Gcs { bucket, prefix } => {
+            let s = &settings.gcs;
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let mut http = false;
+            if let Some(e) = &s.endpoint {
+                http = check_http(e, false, "gcs")?;
+                b = b.with_base_url(e.trim_end_matches('/'));
+            }
+            if let Some(f) = &s.service_account_file {
+                secret_file(f, "[gcs] service-account")?;
+                b = b.with_service_account_path(f.display().to_string());
+            }
+            if s.anonymous.unwrap_or(false) {
+                b = b.with_skip_signature(true);
+            }
+            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+        }
+        Location::Azure { container, prefix } => {
+            let s = &settings.azure;
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+            let mut http = false;
+            if let Some(a) = &s.account {
+                b = b.with_account(a);
+            }
+            let key = match (&s.access_key, &s.access_key_file) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(f)) => Some(secret_file(f, "[azure] access-key")?),
+                _ => None,
+            };
+            if let Some(k) = key {
+                b = b.with_access_key(k);
+            }
+            let sas = match (&s.sas_token, &s.sas_token_file) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(f)) => Some(secret_file(f, "[azure] sas-token")?),
+                _ => None,
+            };
+            if let Some(t) = sas {
+                let pairs: Vec<(String, String)> = t
+                    .trim_start_matches('?')
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                b = b.with_sas_authorization(pairs);
+            }
+            if let Some(e) = &s.endpoint {
+                http = check_http(e, false, "azure")?;
+                b = b.with_endpoint(e.clone()).with_allow_http(http);
+            }
+            if s.use_emulator.unwrap_or(false) {
+                b = b.with_use_emulator(true);
+                http = true;
+            }
+            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_print_back() {
+        let cwd = Path::new("/home/pg");
+        for (s, want) in [
+            ("/backups/pg", Location::Local("/backups/pg".into())),
+            ("rel/repo", Location::Local("/home/pg/rel/repo".into())),
+            ("file:///backups/pg", Location::Local("/backups/pg".into())),
+            ("s3://bucket", Location::S3 { bucket: "bucket".into(), prefix: "".into() }),
+            ("s3://bucket/main/pg/", Location::S3 { bucket: "bucket".into(), prefix: "main/pg".into() }),
+            ("gs://b/p", Location::Gcs { bucket: "b".into(), prefix: "p".into() }),
+            ("az://c/p", Location::Azure { container: "c".into(), prefix: "p".into() }),
+        ] {
+            assert_eq!(Location::parse(s, cwd).unwrap(), want, "{s}");
+        }
+        assert_eq!(Location::parse("s3://bucket/main/", cwd).unwrap().to_string(), "s3://bucket/main");
+        for bad in ["s3://", "ftp://x/y", "file://relative", "gs:///p"] {
+            let e = Location::parse(bad, cwd).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_allowed() {
+        assert!(check_http("http://127.0.0.1:3900", false, "s3").unwrap());
+        assert!(check_http("http://localhost:3900", false, "s3").unwrap());
+        assert!(!check_http("https://s3.example.com", false, "s3").unwrap());
+        let e = check_http("http://10.0.0.5:3900", false, "s3").unwrap_err().to_string();
+        assert!(e.contains("allow-http"), "{e}");
+        assert!(check_http("http://10.0.0.5:3900", true, "s3").unwrap());
+    }
+}

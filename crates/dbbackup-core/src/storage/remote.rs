@@ -1,0 +1,479 @@
+//! A repository in an object store (S3 and S3-compatible stores, GCS,
+//! Azure) through the `object_store` crate.
+//!
+//! What the store promises, and what this backend adds:
+//! - An object is visible only once its upload was acknowledged: a single
+//!   PUT, or a multipart upload completed at `commit`. Nothing partial is
+//!   ever visible under a key; an uncommitted writer aborts its upload.
+//! - "Never replace": a conditional PUT (`If-None-Match: *`) where the
+//!   store honours it, and a HEAD before every no-replace write, since some
+//!   (Garage 2.5.0) ignore the condition. The race left between two
+//!   writers of one key is closed one level up: archived WAL objects are
+//!   named after their content, so two writers of one key write the same
+//!   bytes, and a differing duplicate has another key and is found.
+//! - No locks exist in object stores: a lock is a lease object that names
+//!   its holder and an expiry, renewed while held and removed on release.
+//! - Requests time out and are retried with backoff inside a bounded time
+//!   by `object_store` itself; what still fails is an error (never a "not
+//!   found"), so `wal fetch` stops recovery rather than ending it.
+//!
+//! Memory stays bounded: reads stream, writes go out in parts of
+//! [`PART_SIZE`], at most one part buffered.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::{Commit, Entry, LockGuard, ObjectWriter, Storage, StorageError, StorageResult, TEMP_PREFIX};
+
+/// Size of one part of a multipart upload (and of the single-PUT limit).
+pub const PART_SIZE: usize = 8 << 20;
+
+/// How long a lock lease lasts without renewal; it is renewed every third.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// The runtime every object-store request runs on. Callers are plain
+/// threads (archive, backup workers), which block on it.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dbbackup-io")
+            .enable_all()
+            .build()
+            .expect("the I/O runtime starts")
+    })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// A repository under `prefix` in an object store.
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix of the repository, without a trailing `/` ("" for the
+    /// bucket's root).
+    prefix: String,
+    /// The location as the user wrote it (`s3://bucket/prefix`).
+    url: String,
+}
+
+impl fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectStorage({})", self.url)
+    }
+}
+
+impl ObjectStorage {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, url: String) -> ObjectStorage {
+        ObjectStorage { store, prefix: prefix.trim_matches('/').to_string(), url }
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        let rel = rel.trim_matches('/');
+        match (self.prefix.is_empty(), rel.is_empty()) {
+            (true, _) => ObjPath::from(rel),
+            (false, true) => ObjPath::from(self.prefix.as_str()),
+            (false, false) => ObjPath::from(format!("{}/{rel}", self.prefix)),
+        }
+    }
+
+    /// The repository-relative name of a listed key.
+    fn rel<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix).map(|r| r.trim_start_matches('/')).unwrap_or(full)
+        }
+    }
+
+    /// Every key under `dir` (recursively), repository-relative.
+    fn list_all(&self, dir: &str) -> StorageResult<Vec<String>> {
+        let prefix = self.key(dir);
+        let mut stream = self.store.list(Some(&prefix));
+        let mut out = Vec::new();
+        block_on(async {
+            while let Some(m) = stream.next().await {
+                let m = m.map_err(|e| listing_error(dir, e))?;
+                out.push(self.rel(m.location.as_ref()).to_string());
+            }
+            Ok::<(), StorageError>(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Turns a store error into ours. `NotFound` stays "not found" only for
+/// objects: callers decide what a missing object means.
+fn error(rel: &str, e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound { path: rel.to_string() },
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            StorageError::AlreadyExists { path: rel.to_string() }
+        }
+        e => StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e)) },
+    }
+}
+
+/// A listing never answers "not found": an empty prefix lists as empty,
+/// and a missing bucket is an error (a "no" there would read as "not
+/// archived" to `wal fetch`).
+fn listing_error(rel: &str, e: object_store::Error) -> StorageError {
+    StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e)) }
+}
+
+/// `object_store` errors nest their causes over several lines.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Storage for ObjectStorage {
+    fn location(&self) -> String {
+        self.url.clone()
+    }
+
+    fn root_exists(&self) -> StorageResult<bool> {
+        let prefix = (!self.prefix.is_empty()).then(|| ObjPath::from(self.prefix.as_str()));
+        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref())).map_err(|e| listing_error("", e))?;
+        Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
+    }
+
+    fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>> {
+        let got = block_on(self.store.get(&self.key(path))).map_err(|e| error(path, e))?;
+        Ok(Box::new(StreamReader { stream: got.into_stream(), chunk: Bytes::new(), path: path.to_string() }))
+    }
+
+    fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>> {
+        Ok(Box::new(RemoteWriter {
+            store: Arc::clone(&self.store),
+            key: self.key(key),
+            rel: key.to_string(),
+            mode,
+            buf: Vec::new(),
+            upload: None,
+            check_first: mode == Commit::NoReplace,
+        }))
+    }
+
+    fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
+        let prefix = self.key(dir);
+        let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref())).map_err(|e| listing_error(dir, e))?;
+        let name = |full: &str| self.rel(full).rsplit('/').next().unwrap_or_default().to_string();
+        let mut out: Vec<Entry> = listed
+            .common_prefixes
+            .iter()
+            .map(|p| Entry { name: name(p.as_ref()), size: 0, modified: None, is_dir: true })
+            .chain(listed.objects.iter().map(|m| Entry {
+                name: name(m.location.as_ref()),
+                size: m.size,
+                modified: Some(SystemTime::from(m.last_modified)),
+                is_dir: false,
+            }))
+            .filter(|e| !e.name.starts_with(TEMP_PREFIX))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> StorageResult<()> {
+        match block_on(self.store.delete(&self.key(path))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(error(path, e)),
+        }
+    }
+
+    fn lock(&self, name: &str) -> StorageResult<Box<dyn LockGuard>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(g) = self.try_lock(name)? {
+                return Ok(g);
+            }
+            // A crashed holder's lease runs out after LEASE.
+            if started.elapsed() > LEASE * 10 {
+                return Err(StorageError::Io {
+                    path: name.to_string(),
+                    source: io::Error::other(format!(
+                        "still held by another process after {} s (see the lease object {name})",
+                        started.elapsed().as_secs()
+                    )),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn try_lock(&self, name: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
+        Lease::try_take(Arc::clone(&self.store), self.key(name), name)
+    }
+
+    fn remove_tree(&self, dir: &str) -> StorageResult<()> {
+        for rel in self.list_all(dir)? {
+            self.remove(&rel)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a GET's body stream as `Read`.
+struct StreamReader {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+    path: String,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => return Err(io::Error::other(format!("{}: {}", self.path, one_line(&e)))),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Writes one object: a single PUT when it fits in a part, else a
+/// multipart upload, one part in flight at a time.
+struct RemoteWriter {
+    store: Arc<dyn ObjectStore>,
+    key: ObjPath,
+    rel: String,
+    mode: Commit,
+    buf: Vec<u8>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// No-replace: look for an existing object before uploading anything.
+    check_first: bool,
+}
+
+impl RemoteWriter {
+    fn exists(&self) -> io::Result<bool> {
+        match block_on(self.store.head(&self.key)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(io::Error::other(format!("{}: {}", self.rel, one_line(&e)))),
+        }
+    }
+
+    fn send_part(&mut self) -> io::Result<()> {
+        if self.upload.is_none() {
+            if self.check_first && self.exists()? {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: already exists", self.rel)));
+            }
+            let up = block_on(self.store.put_multipart(&self.key))
+                .map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e))))?;
+            self.upload = Some(up);
+        }
+        let part = PutPayload::from(std::mem::take(&mut self.buf));
+        let up = self.upload.as_mut().expect("started above");
+        block_on(up.put_part(part)).map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e))))
+    }
+}
+
+impl Write for RemoteWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = PART_SIZE - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PART_SIZE {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for RemoteWriter {
+    fn commit(mut self: Box<Self>) -> StorageResult<()> {
+        let rel = self.rel.clone();
+        let no_replace = self.mode == Commit::NoReplace;
+        if no_replace && self.head_says_exists()? {
+            return Err(StorageError::AlreadyExists { path: rel });
+        }
+        match self.upload.take() {
+            None => {
+                let mode = if no_replace { PutMode::Create } else { PutMode::Overwrite };
+                let bytes = Bytes::from(std::mem::take(&mut self.buf));
+                let opts = PutOptions { mode, ..Default::default() };
+                match block_on(self.store.put_opts(&self.key, PutPayload::from(bytes.clone()), opts)) {
+                    Ok(_) => Ok(()),
+                    // A store configured without conditional writes: the
+                    // HEAD above is the check.
+                    Err(object_store::Error::NotImplemented { .. }) if no_replace => {
+                        block_on(self.store.put(&self.key, PutPayload::from(bytes)))
+                            .map(|_| ())
+                            .map_err(|e| error(&rel, e))
+                    }
+                    Err(e) => Err(error(&rel, e)),
+                }
+            }
+            Some(mut up) => {
+                if !self.buf.is_empty() {
+                    let part = PutPayload::from(std::mem::take(&mut self.buf));
+                    if let Err(e) = block_on(up.put_part(part)) {
+                        let _ = block_on(up.abort());
+                        return Err(error(&rel, e));
+                    }
+                }
+                block_on(up.complete()).map(|_| ()).map_err(|e| {
+                    let _ = block_on(up.abort());
+                    error(&rel, e)
+                })
+            }
+        }
+    }
+}
+
+impl RemoteWriter {
+    fn head_says_exists(&self) -> StorageResult<bool> {
+        self.exists().map_err(|e| StorageError::Io { path: self.rel.clone(), source: e })
+    }
+}
+
+impl Drop for RemoteWriter {
+    fn drop(&mut self) {
+        // Uncommitted: the parts uploaded so far go.
+        if let Some(mut up) = self.upload.take() {
+            let _ = block_on(up.abort());
+        }
+    }
+}
+
+/// A lock in a store without locks: an object naming its holder and when
+/// the lease ends, renewed by a thread while held, removed on release.
+struct Lease {
+    store: Arc<dyn ObjectStore>,
+    key: ObjPath,
+    token: String,
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockGuard for Lease {}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseBody {
+    token: String,
+    host: String,
+    pid: u32,
+    /// Seconds since the epoch.
+    expires: u64,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Lease {
+    fn body(token: &str) -> PutPayload {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let b =
+            LeaseBody { token: token.to_string(), host, pid: std::process::id(), expires: now_s() + LEASE.as_secs() };
+        PutPayload::from(serde_json::to_vec(&b).expect("a lease serializes"))
+    }
+
+    fn read(store: &dyn ObjectStore, key: &ObjPath, rel: &str) -> StorageResult<Option<LeaseBody>> {
+        let got = match block_on(store.get(key)) {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(error(rel, e)),
+        };
+        let bytes = block_on(got.bytes()).map_err(|e| error(rel, e))?;
+        // An unreadable lease (torn, foreign) counts as expired.
+        Ok(Some(serde_json::from_slice(&bytes).unwrap_or(LeaseBody {
+            token: String::new(),
+            host: String::new(),
+            pid: 0,
+            expires: 0,
+        })))
+    }
+
+    fn try_take(store: Arc<dyn ObjectStore>, key: ObjPath, rel: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
+        if let Some(held) = Self::read(store.as_ref(), &key, rel)? {
+            if held.expires > now_s() {
+                return Ok(None);
+            }
+            // Expired: its holder died. Remove it, then race for it.
+            let _ = block_on(store.delete(&key));
+        }
+        let mut t = [0u8; 16];
+        getrandom::fill(&mut t)
+            .map_err(|e| StorageError::Io { path: rel.into(), source: io::Error::other(e.to_string()) })?;
+        let token = hex::encode(t);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match block_on(store.put_opts(&key, Self::body(&token), opts)) {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(error(rel, e)),
+        }
+        // A store that ignores conditional writes let the last writer win:
+        // the lease is ours only if it still names us.
+        std::thread::sleep(Duration::from_millis(50));
+        match Self::read(store.as_ref(), &key, rel)? {
+            Some(b) if b.token == token => {}
+            _ => return Ok(None),
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (store, key, token, stop) = (Arc::clone(&store), key.clone(), token.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let step = Duration::from_millis(250);
+                let mut waited = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited >= LEASE / 3 {
+                        waited = Duration::ZERO;
+                        let _ = block_on(store.put(&key, Self::body(&token)));
+                    }
+                }
+            })
+        };
+        Ok(Some(Box::new(Lease { store, key, token, stop, renewer: Some(renewer) })))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.renewer.take() {
+            let _ = h.join();
+        }
+        // Only our own lease is removed.
+        if let Ok(Some(b)) = Self::read(self.store.as_ref(), &self.key, self.key.as_ref()) {
+            if b.token == self.token {
+                let _ = block_on(self.store.delete(&self.key));
+            }
+        }
+    }
+}
