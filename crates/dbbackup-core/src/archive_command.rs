@@ -382,9 +382,11 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         return Simple::Other(format!("{program} {sub}").trim().to_string());
     }
     let resolve = |p: &str| {
+        let url = p.contains("://");
         let p = PathBuf::from(p);
         match cwd {
-            Some(d) if p.is_relative() => d.join(p),
+            // An object-store URL is not a relative path.
+            Some(d) if p.is_relative() && !url => d.join(p),
             _ => p,
         }
     };
@@ -468,6 +470,16 @@ fn read_config(file: &Path) -> std::result::Result<(Option<String>, Option<Strin
 /// Whether two repository locations are the same directory (through
 /// symlinks and relative paths).
 pub fn same_location(a: &Path, b: &Path) -> bool {
+    // Object-store URLs compare as parsed (`s3://b/p/` is `s3://b/p`).
+    let url = |p: &Path| {
+        let s = p.to_string_lossy();
+        s.contains("://")
+            .then(|| crate::storage::location::Location::parse(&s, Path::new("/")).ok().map(|l| l.to_string()))
+            .flatten()
+    };
+    if let (Some(x), Some(y)) = (url(a), url(b)) {
+        return x == y;
+    }
     let canon =
         |p: &Path| p.canonicalize().unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     a == b || canon(a) == canon(b)

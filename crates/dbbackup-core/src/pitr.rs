@@ -473,9 +473,13 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
 /// PostgreSQL reports the segment archived but the repository lacks it
 /// (the command archives elsewhere or swallows a failure), else after
 /// `timeout`. Returns the segment's name.
-pub fn prove_archiving(client: &mut postgres::Client, repo: &Path, timeout: Duration) -> Result<String> {
+pub fn prove_archiving(
+    client: &mut postgres::Client,
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    timeout: Duration,
+) -> Result<String> {
     use dbbackup_format::WalFileName;
-    let loc = repo.display();
+    let loc = storage.location();
     // Something must be written first, or the switch is a no-op that
     // names an older, already archived segment. A role allowed to switch
     // WAL may still lack pg_create_restore_point: a commit writes too.
@@ -492,8 +496,6 @@ pub fn prove_archiving(client: &mut postgres::Client, repo: &Path, timeout: Dura
     })?;
     let name: String = row.get(0);
     let wal = WalFileName::parse(&name).map_err(|e| Error::server(format!("the server returned {e}")))?;
-    let storage: std::sync::Arc<dyn crate::storage::Storage> =
-        std::sync::Arc::new(crate::storage::LocalStorage::new(repo));
     // The repository may appear only now (wal archive creates a missing one).
     let present = || {
         crate::repo::Repository::open_for_listing(std::sync::Arc::clone(&storage))
@@ -821,6 +823,8 @@ pub struct StatusOptions {
     /// Prove archiving with a real segment (switches WAL): how long to
     /// wait for it. `None` keeps status read-only.
     pub prove: Option<Duration>,
+    /// How to reach an object-store repository.
+    pub stores: crate::storage::location::StoreSettings,
 }
 
 /// Gathers the status from the live server and the repository.
@@ -840,7 +844,10 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     if let (Some(timeout), Some(repo)) = (opts.prove, &repo_path) {
         let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
         if val("archive_mode") != "off" && shape != CommandShape::Empty && !recovering {
-            proof = Some(prove_archiving(client, repo, timeout));
+            proof = Some(
+                crate::storage::location::open_path(repo, &opts.stores)
+                    .and_then(|storage| prove_archiving(client, &storage, timeout)),
+            );
         }
     }
     let archiver = archiver_stats(client)?;
@@ -1004,8 +1011,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     }
 
     let repository = repo_path.map(|p| {
-        let storage: std::sync::Arc<dyn crate::storage::Storage> =
-            std::sync::Arc::new(crate::storage::LocalStorage::new(&p));
+        let opened_storage = crate::storage::location::open_path(&p, &opts.stores);
         let mut h = RepoHealth {
             location: p.display().to_string(),
             reachable: false,
@@ -1030,6 +1036,13 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 allow_shared_file: opts.keys.allow_shared_file || shape.allows_shared_key_file(),
             },
             _ => opts.keys.clone(),
+        };
+        let storage = match opened_storage {
+            Ok(s) => s,
+            Err(e) => {
+                h.error = Some(e.to_string());
+                return h;
+            }
         };
         let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());
         let opened = if encrypted && given {

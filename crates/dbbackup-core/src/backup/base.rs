@@ -86,7 +86,13 @@ fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
 /// one whose text cannot tell (a wrapper script) is proven with a real
 /// segment, waiting up to `proof_timeout`. Returns the segment when it
 /// was proven.
-pub fn check_archiving(client: &mut postgres::Client, repo: &Path, proof_timeout: Duration) -> Result<Option<String>> {
+pub fn check_archiving(
+    client: &mut postgres::Client,
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    proof_timeout: Duration,
+) -> Result<Option<String>> {
+    let location = storage.location();
+    let repo = Path::new(&location);
     let in_recovery: bool = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .map(|r| r.get(0))
@@ -130,7 +136,7 @@ pub fn check_archiving(client: &mut postgres::Client, repo: &Path, proof_timeout
         }
         // A wrapper script, another tool, or dbbackup with a repository
         // the text does not show: only a real segment can tell.
-        _ => pitr::prove_archiving(client, repo, proof_timeout)
+        _ => pitr::prove_archiving(client, storage, proof_timeout)
             .map(Some)
             .map_err(|e| {
                 Error::invalid(format!(
@@ -398,7 +404,7 @@ pub fn take(
     let ident = crate::pg::server_identity(client)?;
     repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
     if !opts.archiving_checked {
-        if let Some(seg) = check_archiving(client, Path::new(&repo.location()), opts.archive_check_timeout)? {
+        if let Some(seg) = check_archiving(client, repo.storage(), opts.archive_check_timeout)? {
             tracing::info!("archiving proven: {seg} arrived in repository {} after pg_switch_wal()", repo.location());
         }
     }

@@ -195,6 +195,12 @@ fn retry() -> RetryConfig {
     RetryConfig { max_retries: 6, retry_timeout: Duration::from_secs(60), ..Default::default() }
 }
 
+/// Opens the repository written as `repo` (a path or a URL, as it appears
+/// in archive_command or a report).
+pub fn open_path(repo: &Path, settings: &StoreSettings) -> Result<Arc<dyn Storage>> {
+    open_storage(&Location::parse(&repo.to_string_lossy(), Path::new("/"))?, settings)
+}
+
 /// Opens the storage behind a location.
 pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn Storage>> {
     let url = loc.to_string();

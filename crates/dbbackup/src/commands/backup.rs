@@ -90,7 +90,7 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     let check_timeout = Duration::from_secs(a.archive_check_timeout);
     let mut archiving_checked = false;
     if Repository::can_init(ctx.storage()?.as_ref()) {
-        let proven = dbbackup_core::backup::base::check_archiving(&mut client, &ctx.repo_path()?, check_timeout)?;
+        let proven = dbbackup_core::backup::base::check_archiving(&mut client, &ctx.storage()?, check_timeout)?;
         if let Some(seg) = proven {
             ctx.note(format_args!("archiving proven: {seg} arrived in repository {}", ctx.repo_path()?.display()));
         }

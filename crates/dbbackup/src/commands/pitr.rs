@@ -379,6 +379,7 @@ fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duratio
         lag_warning,
         keys: ctx.keys(),
         prove,
+        stores: ctx.g.stores.clone(),
     };
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
