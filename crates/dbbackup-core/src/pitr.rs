@@ -498,7 +498,7 @@ pub fn prove_archiving(
     let wal = WalFileName::parse(&name).map_err(|e| Error::server(format!("the server returned {e}")))?;
     // The repository may appear only now (wal archive creates a missing one).
     let present = || {
-        crate::repo::Repository::open_for_listing(std::sync::Arc::clone(&storage))
+        crate::repo::Repository::open_for_listing(std::sync::Arc::clone(storage))
             .ok()
             .is_some_and(|r| crate::wal::find(&r, &wal).is_ok_and(|f| !f.is_empty()))
     };
