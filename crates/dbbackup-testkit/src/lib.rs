@@ -11,6 +11,8 @@
 //!   venv under `DBBACKUP_CACHE` (default `/var/cache/dbbackup`).
 //! - `DBBACKUP_KEEP_TESTDIRS=1`: keep temp directories (paths printed on
 //!   stderr) for post-mortems.
+//!
+//! Object stores (Garage, Azurite, fake-gcs-server): see [`stores`].
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,6 +26,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+pub mod stores;
+pub use stores::{Azurite, FakeGcs, Garage};
 
 /// The PostgreSQL versions every PITR test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
