@@ -285,11 +285,13 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                     .collect();
                 b = b.with_sas_authorization(pairs);
             }
+            // An explicit endpoint (an emulator's account URL,
+            // http://127.0.0.1:10000/devstoreaccount1) wins: object_store's
+            // emulator mode reads its URL only from the environment.
             if let Some(e) = &s.endpoint {
                 http = check_http(e, false, "azure")?;
                 b = b.with_endpoint(e.clone()).with_allow_http(http);
-            }
-            if s.use_emulator.unwrap_or(false) {
+            } else if s.use_emulator.unwrap_or(false) {
                 b = b.with_use_emulator(true);
                 http = true;
             }

@@ -1,0 +1,192 @@
+//! Repositories in object stores, against real servers: Garage (S3) for
+//! the whole PITR story on PostgreSQL 15 and 18, and the write protocol on
+//! a store that ignores conditional writes; Azurite (Azure) for archive,
+//! fetch, backup and restore.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use dbbackup_testkit::stores::{Azurite, Garage};
+
+/// A private config file the `postgres` user can read.
+fn config(d: &TestDir, body: &str) -> PathBuf {
+    private_file(d, "dbbackup.toml", body)
+}
+
+/// A cluster whose archive_command is `dbbackup wal archive %p %f --config FILE`.
+fn cluster_on(version: PgVersion, cfg: &Path) -> Cluster {
+    let mut opts = ClusterOptions::new(version);
+    opts.extra_conf = vec![
+        "archive_mode = on".into(),
+        format!("archive_command = '{} wal archive %p %f --config {}'", bin().display(), cfg.display()),
+    ];
+    Cluster::new(opts)
+}
+
+fn with_config(cfg: &Path, args: &[&str]) -> Cmd {
+    let mut c = dbb(args);
+    c.arg("--config").arg(cfg);
+    c
+}
+
+/// Archive, backup, writes, a restore to a time and to the end, on S3.
+fn pitr_story_on_s3(version: PgVersion) {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let cfg = config(&d, &g.config_toml("pg/main"));
+    let c = cluster_on(version, &cfg);
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let out = with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    let id = out.stdout.lines().last().unwrap().trim().to_string();
+    c.sql("INSERT INTO t VALUES (1)");
+    let t1 = c.sql("SELECT now()");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.sql("INSERT INTO t VALUES (2)");
+    finish_wal(&c);
+
+    // The catalog commands see the same repository.
+    let info = json(&with_config(&cfg, &["repo", "info", "--json"]).assert_success());
+    assert!(info["repository"].as_str().unwrap().starts_with("s3://"), "{info}");
+    let list = json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success());
+    assert_eq!(list[0]["id"], id.as_str(), "{list}");
+    assert_eq!(list[0]["status"], "complete", "{list}");
+    with_config(&cfg, &["wal", "verify"]).assert_success();
+    with_config(&cfg, &["backup", "verify", &id]).assert_success();
+    let v = json(&with_config(&cfg, &["pitr", "status", "--json"]).args(c.conn_args()).output());
+    assert_eq!(v["verdict"], "ok", "{}", findings(&v));
+
+    // A restore to a time between the two rows, then one to the end.
+    let dir = d.join("restored");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor", "--target-time", &t1])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir: dir.clone(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1", "{}", r.describe());
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("--config") && !auto.contains("secret"), "{auto}");
+    r.stop();
+
+    let end = d.join("end");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .arg("--target-dir")
+        .arg(&end)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir: end, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1,2", "{}", r.describe());
+}
+
+#[test]
+fn pg15_pitr_story_on_s3() {
+    pitr_story_on_s3(PgVersion::V15);
+}
+
+#[test]
+fn pg18_pitr_story_on_s3() {
+    pitr_story_on_s3(PgVersion::V18);
+}
+
+/// Garage ignores `If-None-Match: *`: an archived WAL object is still never
+/// replaced, and a differing duplicate is refused naming both checksums.
+#[test]
+fn a_differing_duplicate_is_refused_on_a_store_without_conditional_writes() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let cfg = config(&d, &g.config_toml("dup"));
+    let c = cluster_on(PgVersion::V15, &cfg);
+    let name = make_archived_segment(&c);
+    let listed = json(&with_config(&cfg, &["wal", "list", "--json"]).assert_success());
+    let stored = listed.as_array().unwrap().iter().find(|o| o["name"] == name.as_str()).unwrap().clone();
+
+    // The same name with other content: the archived segment, fetched
+    // back, with one byte changed past its page header.
+    let copy = d.join(&name);
+    with_config(&cfg, &["wal", "fetch", &name]).arg(&copy).assert_success();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[20000] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    chown_to_run_user(&copy);
+    let out = with_config(&cfg, &["wal", "archive"]).arg(&copy).arg(&name).assert_code(1);
+    assert!(out.stderr.contains("already archived with different content"), "{}", out.stderr);
+    assert!(out.stderr.contains(stored["checksum_blake3"].as_str().unwrap()), "{}", out.stderr);
+    // Identical content succeeds without a rewrite.
+    with_config(&cfg, &["wal", "fetch", &name]).arg(d.join("same")).assert_success();
+    chown_to_run_user(&d.join("same"));
+    with_config(&cfg, &["wal", "archive"]).arg(d.join("same")).arg(&name).assert_success();
+    let after = json(&with_config(&cfg, &["wal", "list", "--json"]).assert_success());
+    let objects: Vec<_> = after.as_array().unwrap().iter().filter(|o| o["name"] == name.as_str()).collect();
+    assert_eq!(objects.len(), 1, "{after}");
+    assert_eq!(objects[0]["checksum_blake3"], stored["checksum_blake3"]);
+}
+
+/// Bad input: one clear line, non-zero, nothing created.
+#[test]
+fn object_store_mistakes_are_one_clear_line() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let unknown = dbb(["repo", "info", "--repo", "ftp://x/y"]).assert_code(1);
+    assert!(unknown.stderr.contains("unknown scheme ftp://"), "{}", unknown.stderr);
+    let missing = config(&d, &g.config_toml("p").replace(g.bucket(), "no-such-bucket"));
+    let out = with_config(&missing, &["repo", "init"]).assert_code(1);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let wrong =
+        private_file(&d, "wrong.toml", g.config_toml("p").replace(g.secret_access_key(), "0".repeat(64).as_str()));
+    let out = with_config(&wrong, &["repo", "init"]).assert_code(1);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    // Plain http to another host without allow-http.
+    let far = private_file(&d, "far.toml", g.config_toml("p").replace("127.0.0.1", "192.0.2.1"));
+    let out = with_config(&far, &["repo", "info"]).assert_code(1);
+    assert!(out.stderr.contains("allow-http"), "{}", out.stderr);
+    // A secret file others can read.
+    let secret = d.write("secret", g.secret_access_key());
+    let body = g.config_toml("p").replace(
+        &format!("secret-access-key = \"{}\"", g.secret_access_key()),
+        &format!("secret-access-key-file = \"{}\"", secret.display()),
+    );
+    let shared = private_file(&d, "shared.toml", body);
+    let out = with_config(&shared, &["repo", "init"]).assert_code(1);
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+    // Nothing was created: the bucket's prefix is still empty.
+    let ok = config(&d, &g.config_toml("p"));
+    let out = with_config(&ok, &["repo", "info"]).assert_code(1);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+}
+
+/// Archive, fetch, backup, verify and restore on Azure (Azurite).
+#[test]
+fn archive_backup_restore_on_azure() {
+    let a = Azurite::start();
+    let d = TestDir::new();
+    let cfg = config(&d, &a.config_toml("pg"));
+    let c = cluster_on(PgVersion::V15, &cfg);
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    c.sql("INSERT INTO t VALUES (1)");
+    let last = finish_wal(&c);
+    with_config(&cfg, &["wal", "verify"]).assert_success();
+    with_config(&cfg, &["backup", "verify", "latest"]).assert_success();
+    with_config(&cfg, &["wal", "fetch", &last]).arg(d.join("got")).assert_success();
+    let dir = d.join("restored");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1", "{}", r.describe());
+}
