@@ -190,3 +190,30 @@ fn archive_backup_restore_on_azure() {
     r.promoted();
     assert_eq!(r.rows(), "1", "{}", r.describe());
 }
+
+/// `pitr enable` on S3 writes `--config FILE` into archive_command, never a
+/// secret; a config file holding a secret must be private.
+#[test]
+fn pitr_enable_on_s3_names_the_config_file_never_a_secret() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let cfg = config(&d, &g.config_toml("enabled"));
+    let c = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    // Without --config, the server could not reach the store.
+    let out = dbb(["pitr", "enable", "--repo", &format!("s3://{}/enabled", g.bucket())]).args(c.conn_args()).output();
+    assert_ne!(out.status, 0, "{out:?}");
+    let out = with_config(&cfg, &["pitr", "enable", "--restart"]).args(c.conn_args()).assert_success();
+    assert!(out.stdout.contains("archiving works"), "{}", out.stdout);
+    let cmd = c.sql("SHOW archive_command");
+    assert!(cmd.contains(&format!("--config {}", cfg.display())), "{cmd}");
+    assert!(!cmd.contains(g.secret_access_key()) && !cmd.contains(g.access_key_id()), "{cmd}");
+    let v = json(&with_config(&cfg, &["pitr", "status", "--json"]).args(c.conn_args()).output());
+    assert_ne!(v["verdict"], "error", "{}", findings(&v));
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+
+    // The same file readable by others is refused, with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = with_config(&cfg, &["repo", "info"]).assert_code(2);
+    assert!(out.stderr.contains("chmod 600") && out.stderr.contains("object-store secret"), "{}", out.stderr);
+}
