@@ -132,7 +132,8 @@ fn listing_error(rel: &str, e: object_store::Error) -> StorageError {
     StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e)) }
 }
 
-/// `object_store` errors nest their causes over several lines.
+/// `object_store` errors nest their causes over several lines and quote
+/// the store's XML: one line, led by what it means for the DBA.
 fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -144,7 +145,56 @@ fn one_line(e: &dyn std::error::Error) -> String {
         }
         src = c.source();
     }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let raw = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // <Code>NoSuchBucket</Code><Message>Bucket not found</Message> -> "NoSuchBucket: Bucket not found".
+    let tag = |t: &str| {
+        let open = format!("<{t}>");
+        let start = raw.find(&open)? + open.len();
+        Some(raw[start..].split("</").next()?.to_string())
+    };
+    let detail = match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => {
+            let cut = raw.find("<?xml").or_else(|| raw.find("<Error>")).unwrap_or(raw.len());
+            format!("{}{c}: {m}", &raw[..cut])
+        }
+        _ => raw.clone(),
+    };
+    match explain(&raw) {
+        Some(what) => format!("{what} ({detail})"),
+        None => detail,
+    }
+}
+
+/// What a store's error means, for the common mistakes.
+fn explain(raw: &str) -> Option<&'static str> {
+    let has = |needles: &[&str]| needles.iter().any(|n| raw.contains(n));
+    if has(&["NoSuchBucket", "ContainerNotFound", "The specified container does not exist", "bucket does not exist"]) {
+        Some("the bucket (or container) does not exist: check its name in --repo, and the endpoint and region")
+    } else if has(&["PermanentRedirect", "AuthorizationHeaderMalformed", "IncorrectEndpoint", "wrong region"]) {
+        Some("the bucket is in another region: set region in [s3] to the bucket's")
+    } else if has(&[
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AuthenticationFailed",
+        "403 Forbidden",
+        "401 Unauthorized",
+    ]) {
+        Some("access denied: check the credentials (access key and secret) and the permissions on the bucket")
+    } else if has(&["certificate", "InvalidCertificate", "tls handshake", "TLS"]) {
+        Some("TLS failure talking to the store: check the endpoint's certificate and its https:// or http:// scheme")
+    } else if has(&[
+        "Connection refused",
+        "dns error",
+        "connect error",
+        "timed out",
+        "operation timed out",
+        "error sending request",
+    ]) {
+        Some("cannot reach the store (retried): check the endpoint, that the store is up, and the network")
+    } else {
+        None
+    }
 }
 
 impl Storage for ObjectStorage {
