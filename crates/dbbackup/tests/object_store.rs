@@ -225,3 +225,69 @@ fn pitr_enable_on_s3_names_the_config_file_never_a_secret() {
     let out = with_config(&cfg, &["repo", "info"]).assert_code(2);
     assert!(out.stderr.contains("chmod 600") && out.stderr.contains("object-store secret"), "{}", out.stderr);
 }
+
+/// A three-node Garage (replication 3): with one node down, archiving,
+/// backups and restores go on; with two down, archiving fails and
+/// PostgreSQL retries (never a success for a segment not stored); once the
+/// nodes are back, the segment arrives and nothing is lost.
+#[test]
+fn garage_nodes_failing_lose_nothing() {
+    let mut g = Garage::cluster3();
+    let d = TestDir::new();
+    let cfg = config(&d, &g.config_toml("ha"));
+    let c = cluster_on(PgVersion::V15, &cfg);
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+
+    // One node down.
+    g.stop_node(2);
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    c.sql("INSERT INTO t VALUES (1)");
+    finish_wal(&c);
+    let dir = d.join("one-down");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1", "{}", r.describe());
+    r.stop();
+
+    // Two nodes down: no quorum. The segment is not archived, and
+    // PostgreSQL keeps it and retries.
+    g.stop_node(1);
+    c.sql("INSERT INTO t VALUES (2)");
+    let seg = c.switch_wal();
+    let start = std::time::Instant::now();
+    loop {
+        let failed = c.sql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver");
+        if failed == seg {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(240), "no archive failure seen:\n{}", c.log_tail(20));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_ne!(c.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"), seg);
+    assert!(c.data_dir().join("pg_wal").join(&seg).exists(), "PostgreSQL keeps the segment");
+
+    // Back: the retry stores it, and the archive is whole.
+    g.start_node(1);
+    g.start_node(2);
+    c.wait_archived(&seg, std::time::Duration::from_secs(300));
+    with_config(&cfg, &["wal", "verify"]).assert_success();
+    let dir = d.join("all-back");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1,2", "{}", r.describe());
+}
