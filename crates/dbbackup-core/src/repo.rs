@@ -70,6 +70,75 @@ pub fn check_init_key_intent(keys: &KeySource, encrypt: bool, location: &str) ->
     )))
 }
 
+/// What a writer that creates a missing repository asks for (`wal
+/// archive`, `backup base`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub codec: Option<Codec>,
+    pub level: Option<i32>,
+    /// `--encrypt`: the repository must be (or be created) encrypted.
+    pub encrypt: bool,
+    /// What would be stored ("WAL", "the backup"), for messages.
+    pub what: &'static str,
+    /// Evidence that this cluster archived before (a `.done` file in
+    /// `pg_wal/archive_status`): then a missing local repository whose place
+    /// is an empty directory is not created (an unmounted file system).
+    pub archived_before: Option<String>,
+}
+
+/// Opens the repository, or creates a missing one with the writer's
+/// options; the encryption rules (a key implies intent, `--encrypt` needs
+/// a key and an encrypted repository) hold either way. Concurrent creators
+/// agree on one repository.
+pub fn open_or_create(storage: Arc<dyn Storage>, keys: &KeySource, o: &CreateOptions) -> Result<Repository> {
+    let loc = storage.location();
+    let checked = |repo: Repository| -> Result<Repository> {
+        if o.encrypt && repo.key().is_none() {
+            return Err(Error::invalid(format!(
+                "--encrypt was given but repository {loc} is not encrypted: encryption is chosen when the repository is created (`dbbackup repo init --encrypt`)"
+            )));
+        }
+        repo.check_key_intent(keys, o.what)?;
+        Ok(repo)
+    };
+    let first = match Repository::open(Arc::clone(&storage), keys) {
+        Ok(repo) => return checked(repo),
+        Err(e) if e.kind() == ErrorKind::NotFound => e,
+        Err(e) => return Err(e),
+    };
+    if !Repository::can_init(storage.as_ref()) {
+        return Err(first);
+    }
+    // A repository path that is an empty directory or sits in one, for a
+    // cluster that has archived before: a file system that is not mounted.
+    // A new repository there would split the archive.
+    let path = std::path::Path::new(&loc);
+    let empty_dir = |d: &std::path::Path| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_none());
+    let bare = path.is_absolute() && (path.is_dir() || path.parent().is_some_and(empty_dir));
+    if let Some(done) = o.archived_before.as_ref().filter(|_| bare) {
+        return Err(Error::invalid(format!(
+            "repository {loc} does not exist and its place is an empty directory, but this cluster has archived WAL before ({done}): refusing to create a new one there (is its file system unmounted?); to start a new repository there on purpose, create it first with `dbbackup repo init --repo {loc}`"
+        )));
+    }
+    check_init_key_intent(keys, o.encrypt, &loc)?;
+    let key = keys.load()?;
+    if o.encrypt && key.is_none() {
+        return Err(Error::key(format!("--encrypt needs a key: {}", keys.hint())));
+    }
+    let codec = o.codec.unwrap_or_default();
+    check_level(codec, o.level)?;
+    let init = InitOptions { codec, level: o.level, key: if o.encrypt { key } else { None }, identity: None };
+    match Repository::init(Arc::clone(&storage), init) {
+        Ok(r) => {
+            tracing::info!("created repository {loc}");
+            Ok(r)
+        }
+        // Another writer created it first.
+        Err(e) if e.kind() == ErrorKind::Conflict => checked(Repository::open(storage, keys)?),
+        Err(e) => Err(e),
+    }
+}
+
 impl Repository {
     /// Creates a new repository. Refuses an existing repository and a
     /// directory holding anything else.

@@ -8,7 +8,7 @@ use dbbackup_core::backup::base::{take, BaseOptions, Progress};
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
 use dbbackup_core::codec::CodecSettings;
-use dbbackup_core::repo::{check_init_key_intent, check_level, InitOptions, Repository};
+use dbbackup_core::repo::{check_level, CreateOptions, Repository};
 use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::manifest::{BackupStatus, Manifest};
 use serde_json::json;
@@ -55,28 +55,14 @@ pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
 }
 
 fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
-    let storage = ctx.storage()?;
-    if Repository::read_meta(storage.as_ref()).is_err() && Repository::can_init(storage.as_ref()) {
-        check_init_key_intent(&ctx.keys(), a.encrypt, &storage.location())?;
-        let key = ctx.keys().load()?;
-        if a.encrypt && key.is_none() {
-            bail!("--encrypt needs a key: {}", ctx.keys().hint());
-        }
-        let codec = a.compress.unwrap_or_default();
-        check_level(codec, a.compress_level)?;
-        return Ok(Repository::init(
-            storage,
-            InitOptions { codec, level: a.compress_level, key: if a.encrypt { key } else { None }, identity: None },
-        )?);
-    }
-    let repo = ctx.open_repo()?;
-    if a.encrypt && repo.key().is_none() {
-        bail!(
-            "--encrypt was given but repository {} is not encrypted: encryption is chosen when the repository is created (`dbbackup repo init --encrypt`)",
-            repo.location()
-        );
-    }
-    repo.check_key_intent(&ctx.keys(), "the backup")?;
+    let o = CreateOptions {
+        codec: a.compress,
+        level: a.compress_level,
+        encrypt: a.encrypt,
+        what: "the backup",
+        archived_before: None,
+    };
+    let repo = dbbackup_core::repo::open_or_create(ctx.storage()?, &ctx.keys(), &o)?;
     ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
     Ok(repo)
 }

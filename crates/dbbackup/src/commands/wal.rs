@@ -5,10 +5,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use dbbackup_core::codec::CodecSettings;
-use dbbackup_core::error::{Error, ErrorKind};
-use dbbackup_core::repo::{check_init_key_intent, check_level, InitOptions, Repository};
+use dbbackup_core::error::ErrorKind;
+use dbbackup_core::repo::{check_level, CreateOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
@@ -174,63 +174,14 @@ fn verify(ctx: &Ctx, jobs: usize) -> Result<ExitCode> {
 
 /// Opens the repository, creating a missing one with the archive's options.
 fn open_or_create(ctx: &Ctx, a: &ArchiveArgs) -> Result<Repository> {
-    match ctx.open_repo() {
-        Ok(repo) => {
-            if a.encrypt && repo.key().is_none() {
-                bail!(
-                    "--encrypt was given but repository {} is not encrypted: encryption is chosen when the repository is created",
-                    repo.location()
-                );
-            }
-            // Only an explicit key counts here (not the default variable):
-            // see KeySource::explicit.
-            repo.check_key_intent(&ctx.keys(), "WAL")?;
-            Ok(repo)
-        }
-        Err(e) => match e.downcast_ref::<Error>() {
-            Some(err) if err.kind() == ErrorKind::NotFound && Repository::can_init(ctx.storage()?.as_ref()) => {
-                // A cluster that has archived before, and a repository path
-                // that is an empty directory or sits in one: that looks like
-                // a file system that is not mounted, and a new repository in
-                // its place would split the archive (WAL "archived" into it
-                // would be missing from the real one). A new path elsewhere
-                // (archive_command switched to a new repository) is created.
-                let path = ctx.repo_path()?;
-                let empty_dir = |d: &std::path::Path| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_none());
-                let bare = path.is_dir() || path.parent().is_some_and(empty_dir);
-                if let Some(done) = archived_before(&a.path).filter(|_| bare) {
-                    bail!(
-                        "repository {} does not exist and its place is an empty directory, but this cluster has archived WAL before ({done}): refusing to create a new one there (is its file system unmounted?); to start a new repository there on purpose, create it first with `dbbackup repo init --repo {}`",
-                        ctx.repo_path()?.display(),
-                        ctx.repo_path()?.display()
-                    );
-                }
-                check_init_key_intent(&ctx.keys(), a.encrypt, &ctx.repo_path()?.display().to_string())?;
-                let key = ctx.keys().load()?;
-                if a.encrypt && key.is_none() {
-                    bail!("--encrypt needs a key: {}", ctx.keys().hint());
-                }
-                let opts = InitOptions {
-                    codec: a.compress.unwrap_or_default(),
-                    level: a.compress_level,
-                    key: if a.encrypt { key } else { None },
-                    identity: None,
-                };
-                match Repository::init(ctx.storage()?, opts) {
-                    Ok(r) => {
-                        tracing::info!("created repository {}", r.location());
-                        Ok(r)
-                    }
-                    // Another archiver created it first.
-                    Err(e) if e.kind() == ErrorKind::Conflict => ctx.open_repo(),
-                    Err(e) => Err(e.into()),
-                }
-            }
-            // Another archiver may have created it since our first look.
-            Some(err) if err.kind() == ErrorKind::NotFound => ctx.open_repo().map_err(|_| e),
-            _ => Err(e),
-        },
-    }
+    let o = CreateOptions {
+        codec: a.compress,
+        level: a.compress_level,
+        encrypt: a.encrypt,
+        what: "WAL",
+        archived_before: archived_before(&a.path),
+    };
+    Ok(dbbackup_core::repo::open_or_create(ctx.storage()?, &ctx.keys(), &o)?)
 }
 
 /// A `.done` file beside the segment being archived (PostgreSQL's
