@@ -291,3 +291,51 @@ fn garage_nodes_failing_lose_nothing() {
     r.promoted();
     assert_eq!(r.rows(), "1,2", "{}", r.describe());
 }
+
+/// An encrypted repository on S3 through its whole life: init, archive,
+/// two backups, expiry (leases for the lock, deletes by prefix), verify,
+/// and a restore whose restore_command reads the key and the config.
+#[test]
+fn encrypted_repository_with_retention_on_s3() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let key = key_file(&d, "key", 0x42);
+    let body = format!("{}encryption-key-file = \"{}\"\n", g.config_toml("enc"), key.display());
+    // `encryption-key-file` is a top-level key: put it before the tables.
+    let (top, tables) = body.split_once("\n[s3]").unwrap();
+    let (tables, key_line) = tables.rsplit_once("encryption-key-file").unwrap();
+    let cfg = config(&d, &format!("{top}\nencryption-key-file{key_line}\n[s3]{tables}"));
+    with_config(&cfg, &["repo", "init", "--encrypt"]).assert_success();
+    let c = cluster_on(PgVersion::V15, &cfg);
+    c.sql("CREATE TABLE t(i int)");
+    make_archived_segment(&c);
+    let first = with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    let first = first.stdout.lines().last().unwrap().trim().to_string();
+    c.sql("INSERT INTO t VALUES (1)");
+    finish_wal(&c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    c.sql("INSERT INTO t VALUES (2)");
+    finish_wal(&c);
+
+    let out = with_config(&cfg, &["backup", "expire", "--keep", "1"]).assert_success();
+    assert!(out.stdout.contains(&first) || out.stderr.contains(&first), "{out:?}");
+    let list = json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success());
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_ne!(list[0]["id"], first.as_str());
+    with_config(&cfg, &["wal", "verify"]).assert_success();
+    let objects = json(&with_config(&cfg, &["wal", "list", "--json"]).assert_success());
+    assert!(objects.as_array().unwrap().iter().all(|o| o["encrypted"] == true), "{objects}");
+
+    let dir = d.join("restored");
+    let port = free_port();
+    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    r.promoted();
+    assert_eq!(r.rows(), "1,2", "{}", r.describe());
+}
