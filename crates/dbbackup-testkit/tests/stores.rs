@@ -209,6 +209,23 @@ fn garage_errors_for_missing_bucket_wrong_key_and_dead_endpoint() {
     let e = expect_err("garage: get with an unknown key id", rt.block_on(unknown.get(&p)));
     assert!(matches!(e, OsError::PermissionDenied { .. } | OsError::Unauthenticated { .. }), "{e:?}");
 
+    // The region is part of the signature: Garage wants its own.
+    let wrong_region = AmazonS3Builder::new()
+        .with_endpoint(g.endpoint())
+        .with_region("us-east-1")
+        .with_bucket_name(g.bucket())
+        .with_access_key_id(g.access_key_id())
+        .with_secret_access_key(g.secret_access_key())
+        .with_client_options(client_options())
+        .with_retry(quick_retry())
+        .build()
+        .unwrap();
+    let e = expect_err(
+        "garage: put signed for another region",
+        rt.block_on(wrong_region.put(&p, PutPayload::from_static(b"x"))),
+    );
+    assert!(matches!(e, OsError::Generic { .. }) && e.to_string().contains("AuthorizationHeaderMalformed"), "{e:?}");
+
     let dead = s3(&dead_endpoint(), g.bucket(), g.access_key_id(), g.secret_access_key());
     let t = Instant::now();
     let e = expect_err("garage: put to a dead endpoint", rt.block_on(dead.put(&p, PutPayload::from_static(b"x"))));
