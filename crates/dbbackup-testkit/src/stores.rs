@@ -567,6 +567,15 @@ api_bind_addr = "127.0.0.1:{admin}"
                 tail(&self.nodes[i].log(), 40)
             );
         }
+        // Reconnect both ways at once: left alone, a node that saw this
+        // one die retries it only about half a minute later.
+        for j in 0..self.nodes.len() {
+            if j != i && self.nodes[j].proc.is_some() {
+                let (id_i, id_j) = (self.nodes[i].id.clone(), self.nodes[j].id.clone());
+                self.cli(i, &["node", "connect", &id_j]);
+                self.cli(j, &["node", "connect", &id_i]);
+            }
+        }
         let up = self.nodes.iter().filter(|n| n.proc.is_some()).count();
         for j in 0..self.nodes.len() {
             if self.nodes[j].proc.is_some() {
