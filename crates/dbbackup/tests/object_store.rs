@@ -31,6 +31,20 @@ fn with_config(cfg: &Path, args: &[&str]) -> Cmd {
     c
 }
 
+/// `restore pitr --json --auto-start --monitor <args>` of `c`'s repository
+/// (named by the config file) into `dir`, on a free port.
+fn restore_on(cfg: &Path, c: &Cluster, dir: &Path, args: &[&str]) -> Restored {
+    let port = free_port();
+    let out = with_config(cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
+}
+
 /// Archive, backup, writes, a restore to a time and to the end, on S3.
 fn pitr_story_on_s3(version: PgVersion) {
     let g = Garage::single();
@@ -60,14 +74,7 @@ fn pitr_story_on_s3(version: PgVersion) {
 
     // A restore to a time between the two rows, then one to the end.
     let dir = d.join("restored");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor", "--target-time", &t1])
-        .arg("--target-dir")
-        .arg(&dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir: dir.clone(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &dir, &["--target-time", &t1]);
     r.promoted();
     assert_eq!(r.rows(), "1", "{}", r.describe());
     let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
@@ -75,14 +82,7 @@ fn pitr_story_on_s3(version: PgVersion) {
     r.stop();
 
     let end = d.join("end");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .arg("--target-dir")
-        .arg(&end)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir: end, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &end, &[]);
     r.promoted();
     assert_eq!(r.rows(), "1,2", "{}", r.describe());
 }
@@ -187,14 +187,7 @@ fn archive_backup_restore_on_azure() {
     with_config(&cfg, &["backup", "verify", "latest"]).assert_success();
     with_config(&cfg, &["wal", "fetch", &last]).arg(d.join("got")).assert_success();
     let dir = d.join("restored");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .arg("--target-dir")
-        .arg(&dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &dir, &[]);
     r.promoted();
     assert_eq!(r.rows(), "1", "{}", r.describe());
 }
@@ -245,14 +238,7 @@ fn garage_nodes_failing_lose_nothing() {
     c.sql("INSERT INTO t VALUES (1)");
     finish_wal(&c);
     let dir = d.join("one-down");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .arg("--target-dir")
-        .arg(&dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &dir, &[]);
     r.promoted();
     assert_eq!(r.rows(), "1", "{}", r.describe());
     r.stop();
@@ -280,14 +266,7 @@ fn garage_nodes_failing_lose_nothing() {
     c.wait_archived(&seg, std::time::Duration::from_secs(300));
     with_config(&cfg, &["wal", "verify"]).assert_success();
     let dir = d.join("all-back");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .arg("--target-dir")
-        .arg(&dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &dir, &[]);
     r.promoted();
     assert_eq!(r.rows(), "1,2", "{}", r.describe());
 }
@@ -328,14 +307,7 @@ fn encrypted_repository_with_retention_on_s3() {
     assert!(objects.as_array().unwrap().iter().all(|o| o["encrypted"] == true), "{objects}");
 
     let dir = d.join("restored");
-    let port = free_port();
-    let out = with_config(&cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .arg("--target-dir")
-        .arg(&dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    let r = Restored { out, dir, sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() };
+    let r = restore_on(&cfg, &c, &dir, &[]);
     r.promoted();
     assert_eq!(r.rows(), "1,2", "{}", r.describe());
 }

@@ -79,6 +79,18 @@ fn sql_err(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     move |e| Error::server(format!("{what}: {}", error_text(&e)))
 }
 
+/// Base backups are taken on the primary.
+fn refuse_standby(client: &mut postgres::Client) -> Result<()> {
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map(|r| r.get(0))
+        .map_err(sql_err("cannot query the server"))?;
+    if in_recovery {
+        return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
+    }
+    Ok(())
+}
+
 /// Checks that the server archives into the repository at `repo` (before
 /// a backup creates or binds anything there). An archive_command that
 /// names this repository passes by its text; one that can exit 0 when
@@ -93,13 +105,7 @@ pub fn check_archiving(
 ) -> Result<Option<String>> {
     let location = storage.location();
     let repo = Path::new(&location);
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .map(|r| r.get(0))
-        .map_err(sql_err("cannot query the server"))?;
-    if in_recovery {
-        return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
-    }
+    refuse_standby(client)?;
     let settings = pitr::read_settings(client)?;
     let mode = settings.get("archive_mode").map(|s| s.value.as_str()).unwrap_or("off");
     let cmd = settings.get("archive_command").map(|s| s.value.clone()).unwrap_or_default();
@@ -393,13 +399,7 @@ pub fn take(
                 ),
             )
         })?;
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .map(|r| r.get(0))
-        .map_err(sql_err("cannot query the server"))?;
-    if in_recovery {
-        return Err(Error::invalid("the server is a standby (in recovery): take base backups on the primary"));
-    }
+    refuse_standby(client)?;
     check_privileges(client)?;
     let ident = crate::pg::server_identity(client)?;
     repo.check_identity(&crate::repo::identity_from_server(ident), "this server")?;
