@@ -315,6 +315,18 @@ impl Repository {
         self.identity().and_then(|c| SegmentSize::new(c.wal_segment_size))
     }
 
+    /// What `--compress[=ALG]` and `--compress-level N` ask of one write:
+    /// `None` for the repository's default; a codec without a level takes
+    /// that codec's default level, a level alone the repository's codec.
+    pub fn codec_choice(&self, codec: Option<Codec>, level: Option<i32>) -> Result<Option<CodecSettings>> {
+        if codec.is_none() && level.is_none() {
+            return Ok(None);
+        }
+        let codec = codec.unwrap_or(self.meta.compression.algorithm);
+        check_level(codec, level)?;
+        Ok(Some(CodecSettings::new(codec, level)))
+    }
+
     /// The repository's default codec settings.
     pub fn codec_settings(&self) -> CodecSettings {
         CodecSettings::new(self.meta.compression.algorithm, Some(self.meta.compression.level))

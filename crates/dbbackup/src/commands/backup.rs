@@ -7,8 +7,7 @@ use anyhow::{bail, Result};
 use dbbackup_core::backup::base::{take, BaseOptions, Progress};
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
-use dbbackup_core::codec::CodecSettings;
-use dbbackup_core::repo::{check_level, CreateOptions, Repository};
+use dbbackup_core::repo::{CreateOptions, Repository};
 use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::manifest::{BackupStatus, Manifest};
 use serde_json::json;
@@ -87,14 +86,7 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         let ident = dbbackup_core::pg::server_identity(&mut client)?;
         repo.bind(dbbackup_core::repo::identity_from_server(ident))?;
     }
-    let codec = match (a.compress, a.compress_level) {
-        (None, None) => None,
-        (c, l) => {
-            let codec = c.unwrap_or(repo.meta().compression.algorithm);
-            check_level(codec, l)?;
-            Some(CodecSettings::new(codec, l))
-        }
-    };
+    let codec = repo.codec_choice(a.compress, a.compress_level)?;
     let opts = BaseOptions {
         label: a.label,
         jobs: a.jobs.max(1),

@@ -6,9 +6,8 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use dbbackup_core::codec::CodecSettings;
 use dbbackup_core::error::ErrorKind;
-use dbbackup_core::repo::{check_level, CreateOptions, Repository};
+use dbbackup_core::repo::{CreateOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
@@ -209,14 +208,7 @@ fn run_archive(ctx: &Ctx, a: ArchiveArgs) -> Result<ExitCode> {
             .to_string(),
     };
     let mut repo = open_or_create(ctx, &a).map_err(|e| anyhow!("wal archive {name}: {e:#}"))?;
-    let codec = match (a.compress, a.compress_level) {
-        (None, None) => None,
-        (c, l) => {
-            let codec = c.unwrap_or(repo.meta().compression.algorithm);
-            check_level(codec, l)?;
-            Some(CodecSettings::new(codec, l.or((c.is_none()).then_some(repo.meta().compression.level))))
-        }
-    };
+    let codec = repo.codec_choice(a.compress, a.compress_level)?;
     let outcome = archive(&mut repo, &a.path, &name, codec).map_err(|e| anyhow!("wal archive {name}: {e}"))?;
     match outcome {
         Archived::Stored { path, original_size, stored_size, .. } => {
