@@ -11,7 +11,7 @@
 //!
 //! - [`FaultProxy::fail_next`], [`FaultProxy::fail_all`]: answer matching
 //!   requests `503 Slow Down` with S3's XML error body, without forwarding;
-//! - [`FaultProxy::delay`]: hold every response for a while;
+//! - [`FaultProxy::delay`]: hold every (matching) response for a while;
 //! - [`FaultProxy::cut_gets`]: close the connection K bytes into the body of
 //!   matching object GETs (a request failing half way);
 //! - [`FaultProxy::lag_listings`]: LIST answers (`GET ?list-type=2`) leave
@@ -93,7 +93,7 @@ pub struct Seen {
 struct Faults {
     /// 503 rules, first match wins; `remaining: None` fails until cleared.
     fail: Vec<(Match, Option<usize>)>,
-    delay: Option<Duration>,
+    delay: Option<(Match, Duration)>,
     cut: Option<(Match, u64)>,
     /// Listings lag: these `BUCKET/KEY`s, written since, are left out.
     lagging: Option<HashSet<String>>,
@@ -218,10 +218,11 @@ impl FaultProxy {
         lock(&self.shared.faults).fail.clear();
     }
 
-    /// Holds every response for `d` before relaying it (the request has
-    /// reached the store by then). `Duration::ZERO`: no delay.
-    pub fn delay(&self, d: Duration) {
-        lock(&self.shared.faults).delay = (!d.is_zero()).then_some(d);
+    /// Holds the response to every request matching `m` for `d` before
+    /// relaying it: the request has reached the store by then (a PUT is
+    /// stored), only the answer is late. `Duration::ZERO`: no delay.
+    pub fn delay(&self, d: Duration, m: Match) {
+        lock(&self.shared.faults).delay = (!d.is_zero()).then_some((m, d));
     }
 
     /// Cuts the response to every object GET (not listings) matching `m`:
@@ -715,7 +716,8 @@ fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io:
                 .filter(|_| status == 200 || status == 206)
                 .map(|(_, k)| *k);
             let hidden = f.lagging.clone().filter(|_| is_list && status == 200);
-            (f.delay, cut, hidden)
+            let delay = f.delay.as_ref().filter(|(m, _)| m.matches(&method, &decoded)).map(|(_, d)| *d);
+            (delay, cut, hidden)
         };
         let mut injected = Vec::new();
         if let Some(d) = delay {
@@ -885,7 +887,7 @@ mod tests {
         assert!(xml.contains("<Key>p/a</Key>") && !xml.contains("<Key>p/b</Key>"), "{xml}");
         assert!(xml.contains("<KeyCount>1</KeyCount>"), "{xml}");
 
-        p.delay(Duration::from_millis(300));
+        p.delay(Duration::from_millis(300), Match::any());
         let t = Instant::now();
         client(&p, &["GET /b/x HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert!(t.elapsed() >= Duration::from_millis(300));
