@@ -241,7 +241,8 @@ impl FaultProxy {
     /// this call (a PUT, or a completed multipart upload) is left out of
     /// every LIST answer until [`FaultProxy::fresh_listings`]. GET and HEAD
     /// of the object itself still find it, as on a store whose listing
-    /// index trails its data.
+    /// index trails its data. Only `<Contents>` entries are hidden, not
+    /// `<CommonPrefixes>`: a "directory" made only of new objects still shows.
     pub fn lag_listings(&self) {
         lock(&self.shared.faults).lagging = Some(HashSet::new());
     }
