@@ -12,7 +12,9 @@
 //! - `DBBACKUP_KEEP_TESTDIRS=1`: keep temp directories (paths printed on
 //!   stderr) for post-mortems.
 //!
-//! Object stores (Garage, Azurite, fake-gcs-server): see [`stores`].
+//! Object stores (Garage, Azurite, fake-gcs-server): see [`stores`]; faults
+//! between dbbackup and a store (503 storms, slowness, cut responses,
+//! lagging listings): see [`fault_proxy`].
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -27,7 +29,9 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod fault_proxy;
 pub mod stores;
+pub use fault_proxy::{FaultProxy, Injected, Match};
 pub use stores::{Azurite, FakeGcs, Garage};
 
 /// The PostgreSQL versions every PITR test runs on.

@@ -112,6 +112,9 @@ pub struct S3Settings {
     pub session_token: Option<String>,
     /// Plain http to an endpoint that is not on this host.
     pub allow_http: Option<bool>,
+    /// Seconds one request may take before it counts as failed (and is
+    /// retried); default [`REQUEST_TIMEOUT`].
+    pub request_timeout: Option<u64>,
 }
 
 /// `[gcs]` in the config file.
@@ -182,11 +185,25 @@ fn check_http(endpoint: &str, allow: bool, table: &str) -> Result<bool> {
     Ok(true)
 }
 
-fn client_options(http: bool) -> ClientOptions {
-    ClientOptions::new()
-        .with_timeout(Duration::from_secs(60))
-        .with_connect_timeout(Duration::from_secs(10))
-        .with_allow_http(http)
+/// How long one request may take, unless `request-timeout` says.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting may take (at most the request timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_options(http: bool, timeout: Duration) -> ClientOptions {
+    ClientOptions::new().with_timeout(timeout).with_connect_timeout(CONNECT_TIMEOUT.min(timeout)).with_allow_http(http)
+}
+
+/// `request-timeout` (seconds) of a table, checked.
+fn request_timeout(secs: Option<u64>, table: &str) -> Result<Duration> {
+    match secs {
+        None => Ok(REQUEST_TIMEOUT),
+        Some(0) => Err(Error::invalid(format!(
+            "[{table}] request-timeout = 0: a request needs at least 1 second; remove the setting for the default of {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
 }
 
 /// Retries of temporary failures (5xx, timeouts, resets), with backoff,
@@ -235,7 +252,9 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             if let Some(t) = &s.session_token {
                 b = b.with_token(t);
             }
-            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            let timeout = request_timeout(s.request_timeout, "s3")?;
+            let store =
+                b.with_client_options(client_options(http, timeout)).with_retry(retry()).build().map_err(store_err)?;
             Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
         }
         Location::Gcs { bucket, prefix } => {
@@ -253,7 +272,11 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             if s.anonymous.unwrap_or(false) {
                 b = b.with_skip_signature(true);
             }
-            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            let store = b
+                .with_client_options(client_options(http, REQUEST_TIMEOUT))
+                .with_retry(retry())
+                .build()
+                .map_err(store_err)?;
             Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
         }
         Location::Azure { container, prefix } => {
@@ -295,7 +318,11 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 b = b.with_use_emulator(true);
                 http = true;
             }
-            let store = b.with_client_options(client_options(http)).with_retry(retry()).build().map_err(store_err)?;
+            let store = b
+                .with_client_options(client_options(http, REQUEST_TIMEOUT))
+                .with_retry(retry())
+                .build()
+                .map_err(store_err)?;
             Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
         }
     }
@@ -334,5 +361,13 @@ mod tests {
         let e = check_http("http://10.0.0.5:3900", false, "s3").unwrap_err().to_string();
         assert!(e.contains("allow-http"), "{e}");
         assert!(check_http("http://10.0.0.5:3900", true, "s3").unwrap());
+    }
+
+    #[test]
+    fn request_timeout_defaults_and_refuses_zero() {
+        assert_eq!(request_timeout(None, "s3").unwrap(), REQUEST_TIMEOUT);
+        assert_eq!(request_timeout(Some(5), "s3").unwrap(), Duration::from_secs(5));
+        let e = request_timeout(Some(0), "s3").unwrap_err().to_string();
+        assert!(e.contains("[s3] request-timeout = 0"), "{e}");
     }
 }

@@ -183,6 +183,8 @@ fn explain(raw: &str) -> Option<&'static str> {
         Some("access denied: check the credentials (access key and secret) and the permissions on the bucket")
     } else if has(&["certificate", "InvalidCertificate", "tls handshake", "TLS"]) {
         Some("TLS failure talking to the store: check the endpoint's certificate and its https:// or http:// scheme")
+    } else if has(&["error reading a body", "body error", "end of file before message length reached"]) {
+        Some("the transfer from the store broke off half way (retried): check the network and the store's health, then try again")
     } else if has(&[
         "Connection refused",
         "dns error",
@@ -298,7 +300,16 @@ impl Read for StreamReader {
             match block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(b)) => self.chunk = b,
-                Some(Err(e)) => return Err(io::Error::other(format!("{}: {}", self.path, one_line(&e)))),
+                // A transfer that failed half way (after object_store's own
+                // resumes) says nothing about the stored bytes: not `Other`,
+                // which decoding reads as a corrupt object (and `wal
+                // archive` would then "repair" a good one by rewriting it).
+                Some(Err(e)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("{}: {}", self.path, one_line(&e)),
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.chunk.len());
