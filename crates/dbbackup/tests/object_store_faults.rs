@@ -322,4 +322,7 @@ fn a_lagging_listing_is_recorded() {
     let out = with_config(&s.direct, &["wal", "fetch", &seg]).arg(&dest).assert_code(128);
     assert!(out.stderr.contains("archived twice with different content"), "{}", out.stderr);
     assert!(!dest.exists());
+    // `wal verify` reports it (the weekly check must not say "ok").
+    let out = with_config(&s.direct, &["wal", "verify"]).assert_code(1);
+    assert!(out.stdout.contains(&format!("{seg} is archived twice with different content")), "{}", out.stdout);
 }

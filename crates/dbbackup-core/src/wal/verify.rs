@@ -67,6 +67,24 @@ pub fn verify(repo: &Repository, cat: &Catalog, jobs: usize) -> Result<VerifyRep
         }
     });
     let (verified, original_bytes, mut problems) = results.into_inner().expect("threads joined");
+    // One WAL name archived twice with different content: `wal fetch`
+    // refuses to choose (exit 128), so recovery stops there.
+    let mut by_name: std::collections::BTreeMap<String, Vec<&crate::wal::catalog::WalObject>> = Default::default();
+    for o in &cat.objects {
+        by_name.entry(o.wal.to_string()).or_default().push(o);
+    }
+    for (name, objs) in by_name.iter().filter(|(_, v)| v.len() > 1) {
+        if objs.iter().any(|o| o.stored.object.checksum != objs[0].stored.object.checksum) {
+            problems.push(Problem {
+                path: objs[1].stored.path.clone(),
+                error: format!(
+                    "{name} is archived twice with different content ({} and {}): `wal fetch` refuses it, so recovery stops there; find which cluster archived the second copy (two clusters archiving into one repository?), keep the right one and remove the other",
+                    objs[0].stored.path,
+                    objs[1].stored.path
+                ),
+            });
+        }
+    }
     problems.sort_by(|a, b| a.path.cmp(&b.path));
 
     // Gaps need the history files; a corrupt one is reported, not fatal.
