@@ -183,6 +183,17 @@ fn explain(raw: &str) -> Option<&'static str> {
         Some("access denied: check the credentials (access key and secret) and the permissions on the bucket")
     } else if has(&["certificate", "InvalidCertificate", "tls handshake", "TLS"]) {
         Some("TLS failure talking to the store: check the endpoint's certificate and its https:// or http:// scheme")
+    } else if has(&[
+        "SlowDown",
+        "ServiceUnavailable",
+        "503 Service Unavailable",
+        "Could not reach quorum",
+        "500 Internal Server Error",
+        "502 Bad Gateway",
+    ]) {
+        Some("the store is overloaded or unavailable (retried with backoff, still failing): wait, or check the store's health")
+    } else if has(&["operation timed out"]) {
+        Some("the store did not answer within the request timeout (retried): check that it is up and not overloaded, or raise request-timeout")
     } else if has(&["error reading a body", "body error", "end of file before message length reached"]) {
         Some("the transfer from the store broke off half way (retried): check the network and the store's health, then try again")
     } else if has(&[
