@@ -126,6 +126,8 @@ pub struct GcsSettings {
     pub endpoint: Option<String>,
     /// No credentials at all (an emulator).
     pub anonymous: Option<bool>,
+    /// As in `[s3]`.
+    pub request_timeout: Option<u64>,
 }
 
 /// `[azure]` in the config file.
@@ -139,6 +141,8 @@ pub struct AzureSettings {
     pub sas_token_file: Option<PathBuf>,
     pub endpoint: Option<String>,
     pub use_emulator: Option<bool>,
+    /// As in `[s3]`.
+    pub request_timeout: Option<u64>,
 }
 
 /// Every store's settings, as the config file gives them.
@@ -273,7 +277,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 b = b.with_skip_signature(true);
             }
             let store = b
-                .with_client_options(client_options(http, REQUEST_TIMEOUT))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?))
                 .with_retry(retry())
                 .build()
                 .map_err(store_err)?;
@@ -319,7 +323,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 http = true;
             }
             let store = b
-                .with_client_options(client_options(http, REQUEST_TIMEOUT))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "azure")?))
                 .with_retry(retry())
                 .build()
                 .map_err(store_err)?;
