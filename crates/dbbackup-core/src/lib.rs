@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod info;
 pub mod keys;
 pub mod object;
 pub mod par;
