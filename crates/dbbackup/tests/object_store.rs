@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use dbbackup_testkit::stores::{Azurite, Garage};
@@ -13,36 +13,6 @@ use dbbackup_testkit::stores::{Azurite, Garage};
 /// A private config file the `postgres` user can read.
 fn config(d: &TestDir, body: &str) -> PathBuf {
     private_file(d, "dbbackup.toml", body)
-}
-
-/// A cluster whose archive_command is `dbbackup wal archive %p %f --config FILE`.
-fn cluster_on(version: PgVersion, cfg: &Path) -> Cluster {
-    let mut opts = ClusterOptions::new(version);
-    opts.extra_conf = vec![
-        "archive_mode = on".into(),
-        format!("archive_command = '{} wal archive %p %f --config {}'", bin().display(), cfg.display()),
-    ];
-    Cluster::new(opts)
-}
-
-fn with_config(cfg: &Path, args: &[&str]) -> Cmd {
-    let mut c = dbb(args);
-    c.arg("--config").arg(cfg);
-    c
-}
-
-/// `restore pitr --json --auto-start --monitor <args>` of `c`'s repository
-/// (named by the config file) into `dir`, on a free port.
-fn restore_on(cfg: &Path, c: &Cluster, dir: &Path, args: &[&str]) -> Restored {
-    let port = free_port();
-    let out = with_config(cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
-        .args(args)
-        .arg("--target-dir")
-        .arg(dir)
-        .args(["--port", &port.to_string()])
-        .timeout(std::time::Duration::from_secs(300))
-        .output();
-    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
 }
 
 /// Archive, backup, writes, a restore to a time and to the end, on S3.

@@ -42,22 +42,6 @@ fn store(prefix: &str, s3_extra: &str) -> Store {
     Store { proxy, d, cfg, direct, _garage: g }
 }
 
-/// A cluster whose archive_command is `dbbackup wal archive %p %f --config FILE`.
-fn cluster_on(version: PgVersion, cfg: &Path) -> Cluster {
-    let mut opts = ClusterOptions::new(version);
-    opts.extra_conf = vec![
-        "archive_mode = on".into(),
-        format!("archive_command = '{} wal archive %p %f --config {}'", bin().display(), cfg.display()),
-    ];
-    Cluster::new(opts)
-}
-
-fn with_config(cfg: &Path, args: &[&str]) -> Cmd {
-    let mut c = dbb(args);
-    c.arg("--config").arg(cfg);
-    c
-}
-
 /// `pg_stat_archiver`: failed_count, last_failed_wal, last_archived_wal.
 fn archiver(c: &Cluster) -> (u64, String, String) {
     let row = c.sql(

@@ -176,3 +176,37 @@ pub fn private_file(dir: &TestDir, name: &str, contents: impl AsRef<[u8]>) -> Pa
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
+
+// Object-store repositories: every command names the repository through
+// a config file (`--config`), as archive_command does.
+
+/// A cluster whose archive_command is `dbbackup wal archive %p %f --config FILE`.
+pub fn cluster_on(version: PgVersion, cfg: &Path) -> Cluster {
+    let mut opts = ClusterOptions::new(version);
+    opts.extra_conf = vec![
+        "archive_mode = on".into(),
+        format!("archive_command = '{} wal archive %p %f --config {}'", bin().display(), cfg.display()),
+    ];
+    Cluster::new(opts)
+}
+
+/// `dbbackup ARGS --config CFG`.
+pub fn with_config(cfg: &Path, args: &[&str]) -> Cmd {
+    let mut c = dbb(args);
+    c.arg("--config").arg(cfg);
+    c
+}
+
+/// `restore pitr --json --auto-start --monitor <args>` of `c`'s repository
+/// (named by the config file) into `dir`, on a free port.
+pub fn restore_on(cfg: &Path, c: &Cluster, dir: &Path, args: &[&str]) -> Restored {
+    let port = free_port();
+    let out = with_config(cfg, &["restore", "pitr", "--json", "--auto-start", "--monitor"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(dir)
+        .args(["--port", &port.to_string()])
+        .timeout(std::time::Duration::from_secs(300))
+        .output();
+    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
+}
