@@ -22,7 +22,6 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -445,7 +444,8 @@ struct Lease {
     store: Arc<dyn ObjectStore>,
     key: ObjPath,
     token: String,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the renewer at once (no polling).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     renewer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -510,34 +510,28 @@ impl Lease {
         }
         // A store that ignores conditional writes let the last writer win:
         // the lease is ours only if it still names us.
-        std::thread::sleep(Duration::from_millis(50));
         match Self::read(store.as_ref(), &key, rel)? {
             Some(b) if b.token == token => {}
             _ => return Ok(None),
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let renewer = {
-            let (store, key, token, stop) = (Arc::clone(&store), key.clone(), token.clone(), Arc::clone(&stop));
+            let (store, key, token) = (Arc::clone(&store), key.clone(), token.clone());
             std::thread::spawn(move || {
-                let step = Duration::from_millis(250);
-                let mut waited = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(step);
-                    waited += step;
-                    if waited >= LEASE / 3 {
-                        waited = Duration::ZERO;
-                        let _ = block_on(store.put(&key, Self::body(&token)));
-                    }
+                // Renew every third of the lease until the guard goes
+                // (its sender dropped: the wait ends at once).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LEASE / 3) {
+                    let _ = block_on(store.put(&key, Self::body(&token)));
                 }
             })
         };
-        Ok(Some(Box::new(Lease { store, key, token, stop, renewer: Some(renewer) })))
+        Ok(Some(Box::new(Lease { store, key, token, stop: Some(stop), renewer: Some(renewer) })))
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(h) = self.renewer.take() {
             let _ = h.join();
         }
