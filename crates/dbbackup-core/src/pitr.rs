@@ -718,6 +718,35 @@ pub fn check_same_history(client: &mut postgres::Client, repo: &crate::repo::Rep
     Ok(())
 }
 
+/// Checks that the server's OS user (the owner of its data directory) can
+/// read `file`, which archive_command will name: a config or key file that
+/// only root can read makes every archive fail later, in the server log.
+pub fn check_server_can_read(file: &Path, data_dir: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (Ok(f), Ok(d)) = (std::fs::metadata(file), std::fs::metadata(data_dir)) else { return Ok(()) };
+    let mode = f.permissions().mode();
+    let readable = if f.uid() == d.uid() {
+        mode & 0o400 != 0
+    } else if f.gid() == d.gid() {
+        mode & 0o040 != 0
+    } else {
+        mode & 0o004 != 0
+    };
+    if readable {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{what} {} (owner uid {}, mode {:04o}) cannot be read by the server's OS user (uid {}, the owner of {}), which runs archive_command: `chown {} {}` and keep it mode 0600",
+        file.display(),
+        f.uid(),
+        mode & 0o7777,
+        d.uid(),
+        data_dir.display(),
+        d.uid(),
+        file.display()
+    )))
+}
+
 /// Writes and removes a small object under `wal/`: the next segment must
 /// be writable, not only the last one. (A writer that is never committed
 /// proves nothing on an object store, which sends bytes only at commit.)

@@ -291,3 +291,42 @@ fn pitr_enable_refuses_a_copy_onto_a_timeline_another_copy_archived() {
     assert!(out.stderr.contains("archive it into another repository"), "{}", out.stderr);
     assert_eq!(r4.sql("SHOW archive_mode"), "off", "nothing was changed");
 }
+
+// ---------------------------------------------------------------------------
+// `pitr enable` run as root with a root-owned key file: archive_command
+// (run by the server's OS user) could never read it; refused up front.
+
+#[test]
+fn pitr_enable_refuses_a_key_file_the_server_cannot_read() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    let key = d.join("root.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    // Created by root (the tests run as root in CI), mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if run_as_user().is_none() {
+        return; // not root: every file here is the server user's own
+    }
+    dbb(["repo", "init", "--encrypt", "--encryption-key-file"])
+        .arg(&key)
+        .arg("--repo")
+        .arg(&repo)
+        .as_root()
+        .assert_success();
+    chown_to_run_user(&repo);
+    let out = dbb(["pitr", "enable", "--encryption-key-file"])
+        .arg(&key)
+        .arg("--repo")
+        .arg(&repo)
+        .args(c.conn_args())
+        .as_root()
+        .assert_code(1);
+    assert!(
+        out.stderr.contains("cannot be read by the server's OS user") && out.stderr.contains("chown"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(c.sql("SHOW archive_mode"), "off", "nothing was changed");
+}

@@ -123,6 +123,18 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
     .render())
 }
 
+/// The config and key files archive_command names must be readable by the
+/// server's OS user.
+fn check_files_for_server(ctx: &Ctx, data_dir: &Path) -> Result<()> {
+    if let Some(c) = &ctx.g.config {
+        pitr::check_server_can_read(&std::path::absolute(c)?, data_dir, "config file")?;
+    }
+    if let Some(k) = &ctx.g.encryption_key_file {
+        pitr::check_server_can_read(&std::path::absolute(k)?, data_dir, "key file")?;
+    }
+    Ok(())
+}
+
 /// Refuses to replace another tool's archive_command (or a wrapper script
 /// dbbackup cannot read) without --force; says so when it replaces a
 /// dbbackup command that swallows failures.
@@ -166,6 +178,7 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     let repo = prepare_repo(ctx, &a, identity)?;
     pitr::check_same_history(&mut client, &repo)?;
     let command = archive_command(ctx, &a, &repo)?;
+    check_files_for_server(ctx, &dbbackup_core::pg::data_directory(&mut client)?)?;
     note_repository_move(&current, &repo);
     let mut changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     if !library.is_empty() {
@@ -249,6 +262,7 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     refuse_foreign(&current, a.force, Some(pgdata))?;
     let repo = prepare_repo(ctx, a, identity)?;
     let command = archive_command(ctx, a, &repo)?;
+    check_files_for_server(ctx, pgdata)?;
     note_repository_move(&current, &repo);
     let changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     let backup = pitr::apply_offline(pgdata, &changes)?;
