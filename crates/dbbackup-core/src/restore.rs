@@ -818,7 +818,8 @@ fn extract_repo(
     // Largest first, so a big relation file does not finish last alone.
     let mut order: Vec<&dbbackup_format::manifest::FileEntry> = m.files.iter().collect();
     order.sort_by_key(|f| std::cmp::Reverse(f.size));
-    crate::par::try_for_each(&order, opts.jobs, |f| {
+    let workers = opts.jobs.max(1) * repo.storage().requests_per_worker();
+    crate::par::try_for_each(&order, workers, |f| {
         let path = resolve(&f.path);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(format!("cannot create {}: {e}", parent.display())))?;

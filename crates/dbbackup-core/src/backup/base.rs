@@ -547,7 +547,8 @@ fn run(
     let control = control_at.map(|i| work.remove(i));
     work.sort_by_key(|j| std::cmp::Reverse(j.size));
     progress.total_bytes.store(work.iter().map(|j| j.size).sum::<u64>(), Ordering::Relaxed);
-    let mut files = copy_parallel(repo, &m.id, &work, opts.jobs, settings, progress)?;
+    let workers = opts.jobs.max(1) * repo.storage().requests_per_worker();
+    let mut files = copy_parallel(repo, &m.id, &work, workers, settings, progress)?;
     if let Some(c) = control {
         files.extend(copy_file(repo, &m.id, &c, settings, progress)?);
     }

@@ -112,6 +112,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(0)
     }
 
+    /// How many requests to keep in flight per CPU-bound worker: 1 for a
+    /// local disk; more for a store where each object costs a round trip
+    /// (a backup or restore of a thousand small files is latency-bound).
+    fn requests_per_worker(&self) -> usize {
+        1
+    }
+
     /// Reads a whole small object.
     fn read_all(&self, path: &str) -> StorageResult<Vec<u8>> {
         let mut buf = Vec::new();

@@ -289,6 +289,12 @@ impl Storage for ObjectStorage {
         Lease::try_take(Arc::clone(&self.store), self.key(name), name)
     }
 
+    fn requests_per_worker(&self) -> usize {
+        // Each in flight may buffer a part (PART_SIZE) plus the codec's
+        // buffers: 3 keeps a backup with --jobs 2 well under 256 MiB.
+        3
+    }
+
     fn remove_tree(&self, dir: &str) -> StorageResult<()> {
         for rel in self.list_all(dir)? {
             self.remove(&rel)?;
