@@ -107,7 +107,11 @@ pub fn open_or_create(storage: Arc<dyn Storage>, keys: &KeySource, o: &CreateOpt
         Err(e) => return Err(e),
     };
     if !Repository::can_init(storage.as_ref()) {
-        return Err(first);
+        // Another writer may have created it since the first look.
+        return match Repository::open(storage, keys) {
+            Ok(repo) => checked(repo),
+            Err(_) => Err(first),
+        };
     }
     // A repository path that is an empty directory or sits in one, for a
     // cluster that has archived before: a file system that is not mounted.
