@@ -862,6 +862,12 @@ mod tests {
         assert_eq!(got[2], (200, Vec::new()));
         assert_eq!(got[3], (200, b"abcde".to_vec()));
         assert_eq!(conns.load(Ordering::Relaxed), 1, "one upstream connection for the four");
+        // A request is recorded once its answer is relayed: the client may
+        // read the last answer a moment before.
+        let start = std::time::Instant::now();
+        while p.seen().len() < 4 && start.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(p.seen().len(), 4, "{}", p.describe(10));
     }
 

@@ -178,7 +178,9 @@ fn shared_key_file(version: PgVersion) {
         assert!(std::time::Instant::now() < deadline, "no refusal in the server log:\n{}", c.log_tail(30));
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(c.sql("SELECT failed_count > 0 FROM pg_stat_archiver"), "t");
+    // The archiver reports the failure to pg_stat_archiver just after the
+    // command's stderr reached the log: wait for it.
+    c.wait_for("SELECT failed_count > 0 FROM pg_stat_archiver", "t", Duration::from_secs(30));
     assert!(wal_objects(&repo).is_empty());
 
     // backup base: refused before anything is created.
