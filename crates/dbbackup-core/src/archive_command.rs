@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use dbbackup_format::guc::{shell_join, shell_tokens, ShellToken};
 
+use crate::storage::location::StoreSettings;
+
 /// One `dbbackup ... wal archive ...` inside an archive_command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Invocation {
@@ -30,6 +32,9 @@ pub struct Invocation {
     pub key_file: Option<PathBuf>,
     /// It accepts a key file others can read (`--allow-shared-key-file`).
     pub allow_shared_key_file: bool,
+    /// The config file it reads (`--config`, `DBBACKUP_CONFIG`): where an
+    /// object-store repository's settings are.
+    pub config: Option<PathBuf>,
 }
 
 /// What an archive_command is, as far as its text shows.
@@ -398,6 +403,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         repo_unknown: None,
         key_file: None,
         allow_shared_key_file,
+        config: None,
     };
     let expanded = |what: &str, v: &str| format!("{what} {v} holds a variable the shell expands");
     // As the CLI reads them: flag, then environment, then config file.
@@ -422,6 +428,9 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         }
     }
     let config = config.or_else(|| from_env("DBBACKUP_CONFIG"));
+    if let Some((v, false)) = &config {
+        inv.config = Some(resolve(v));
+    }
     match config {
         Some((v, true)) if inv.repo.is_none() && inv.repo_unknown.is_none() => {
             inv.repo_unknown = Some(expanded("config file", &v));
@@ -429,7 +438,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         Some((v, false)) if (inv.repo.is_none() && inv.repo_unknown.is_none()) || inv.key_file.is_none() => {
             let file = resolve(&v);
             match read_config(&file) {
-                Ok((r, k)) => {
+                Ok((r, k, _)) => {
                     if inv.repo.is_none() && inv.repo_unknown.is_none() {
                         match r {
                             Some(r) => {
@@ -457,14 +466,61 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
     Simple::Invocation(inv, exec)
 }
 
-/// `repo` and `encryption-key-file` of a dbbackup config file.
-fn read_config(file: &Path) -> std::result::Result<(Option<String>, Option<String>), String> {
+/// `repo`, `encryption-key-file` and the store tables of a dbbackup config file.
+fn read_config(file: &Path) -> std::result::Result<(Option<String>, Option<String>, StoreSettings), String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("config file {} cannot be read here: {e}", file.display()))?;
     let table: toml::Table = toml::from_str(&text)
         .map_err(|e| format!("config file {} is not valid TOML: {}", file.display(), e.to_string().trim_end()))?;
     let get = |keys: &[&str]| keys.iter().find_map(|k| table.get(*k).and_then(|v| v.as_str()).map(str::to_string));
-    Ok((get(&["repo", "archive-dir", "wal-archive"]), get(&["encryption-key-file"])))
+    fn store<T: serde::de::DeserializeOwned + Default>(t: &toml::Table, name: &str) -> T {
+        t.get(name).and_then(|v| v.clone().try_into().ok()).unwrap_or_default()
+    }
+    let stores = StoreSettings { s3: store(&table, "s3"), gcs: store(&table, "gcs"), azure: store(&table, "azure") };
+    Ok((get(&["repo", "archive-dir", "wal-archive"]), get(&["encryption-key-file"]), stores))
+}
+
+/// The ID of the repository an invocation archives into, read from its
+/// metadata with the invocation's own settings (its config file's store
+/// tables); `None` when there is none or it cannot be read from here.
+pub fn invocation_repo_id(inv: &Invocation) -> Option<String> {
+    let repo = inv.repo.as_ref()?;
+    let mut stores = match &inv.config {
+        Some(c) => read_config(c).ok()?.2,
+        None => StoreSettings::default(),
+    };
+    // A lookup, not the archive: an unreachable store must not hold a
+    // status report for minutes.
+    for t in [&mut stores.s3.request_timeout, &mut stores.gcs.request_timeout, &mut stores.azure.request_timeout] {
+        *t = Some(t.unwrap_or(LOOKUP_TIMEOUT_SECS).min(LOOKUP_TIMEOUT_SECS));
+    }
+    let storage = crate::storage::location::open_path(repo, &stores).ok()?;
+    crate::repo::Repository::read_meta(storage.as_ref()).ok()?.id
+}
+
+const LOOKUP_TIMEOUT_SECS: u64 = 10;
+
+/// Whether an invocation archives into the repository at `location`, whose
+/// metadata ID is `id` (`None`: no repository there yet).
+///
+/// A repository is who its ID says: the same directory reached through
+/// another path (`file://`, a bind mount) is the same repository, and the
+/// same `s3://` text in a config file for another endpoint is not. When
+/// the invocation's repository cannot be read from here, the locations are
+/// compared as written.
+pub fn archives_into(inv: &Invocation, location: &Path, id: Option<&str>) -> bool {
+    let Some(named) = &inv.repo else { return false };
+    let same_text = same_location(named, location);
+    // One local directory holds one repository: no need to read it twice.
+    if same_text && !named.to_string_lossy().contains("://") {
+        return true;
+    }
+    match (id, invocation_repo_id(inv)) {
+        (Some(ours), Some(theirs)) => ours == theirs,
+        // Theirs exists where ours does not: another store.
+        (None, Some(_)) => false,
+        _ => same_text,
+    }
 }
 
 /// Whether two repository locations are the same directory (through

@@ -91,24 +91,15 @@ impl KeySource {
 /// regular files: a pipe (`--encryption-key-file <(vault read ...)`) holds
 /// the key only while it is read.
 fn check_key_file(path: &Path, allow_shared: bool) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| read_error(path, &e))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if !meta.is_file() || mode & 0o077 == 0 || allow_shared {
-        return Ok(());
+    match crate::secret::exposure(path).map_err(|e| read_error(path, &e))? {
+        Some(e) if !allow_shared => Err(Error::key(crate::secret::refusal(
+            "encryption key file",
+            path,
+            e,
+            "(or give --allow-shared-key-file for a key on a read-only secret mount)",
+        ))),
+        _ => Ok(()),
     }
-    let how = if mode & 0o044 != 0 {
-        "readable"
-    } else if mode & 0o022 != 0 {
-        "writable"
-    } else {
-        "accessible"
-    };
-    let quoted = dbbackup_format::guc::shell_join(&[path.display().to_string()]);
-    Err(Error::key(format!(
-        "encryption key file {} is {how} by group or others (mode {mode:04o}): run `chmod 600 {quoted}` \
-         (or give --allow-shared-key-file for a key on a read-only secret mount)",
-        path.display()
-    )))
 }
 
 /// A key file that cannot be read: says who owns it and who asked, since

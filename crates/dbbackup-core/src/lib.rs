@@ -20,6 +20,7 @@ pub mod pg;
 pub mod pitr;
 pub mod repo;
 pub mod restore;
+pub mod secret;
 pub mod storage;
 pub mod wal;
 

@@ -15,7 +15,7 @@ use dbbackup_format::Codec;
 use crate::error::{Error, Result};
 use crate::pg::error_text;
 
-pub use crate::archive_command::{analyze_archive_command, same_location, CommandShape, Invocation};
+pub use crate::archive_command::{analyze_archive_command, archives_into, same_location, CommandShape, Invocation};
 
 /// The settings PITR depends on.
 pub const ARCHIVE_SETTINGS: &[&str] =
@@ -464,6 +464,37 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An archive_command dbbackup cannot read (a wrapper script) that is
+/// proven to archive into this repository, by switching WAL and watching
+/// the segment arrive: `pitr enable` keeps the DBA's wrapper rather than
+/// refusing or replacing it. Returns why it could not be read and the
+/// segment that proved it; `None` when the command is readable or the
+/// proof is not possible now (archiving off, a standby). A failed proof
+/// is an error naming what was seen.
+pub fn keep_proven_wrapper(
+    client: &mut postgres::Client,
+    storage: &std::sync::Arc<dyn crate::storage::Storage>,
+    current: &std::collections::BTreeMap<String, String>,
+    data_dir: &Path,
+) -> Result<Option<(String, String)>> {
+    let cmd = current.get("archive_command").cloned().unwrap_or_default();
+    let CommandShape::Opaque { reason } = analyze_archive_command(&cmd, Some(data_dir)) else {
+        return Ok(None);
+    };
+    let on = |n: &str, off: &str| current.get(n).is_some_and(|v| v != off);
+    let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
+    if !on("archive_mode", "off") || !on("wal_level", "minimal") || recovering {
+        return Ok(None);
+    }
+    match prove_archiving(client, storage, Duration::from_secs(60)) {
+        Ok(seg) => Ok(Some((reason, seg))),
+        Err(e) => Err(Error::invalid(format!(
+            "archive_command is already set by another tool, or a wrapper dbbackup cannot read ({reason}): {cmd}\nit does not archive into {}: {e}\nrefusing to replace it; run again with --force to archive with dbbackup instead",
+            storage.location()
+        ))),
     }
 }
 
@@ -943,8 +974,29 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         CommandShape::Dbbackup(invs) => {
             let unknown: Vec<&str> = invs.iter().filter_map(|i| i.repo_unknown.as_deref()).collect();
             if let Some(given) = &opts.repo {
-                if !command_repos.is_empty() && !command_repos.iter().any(|r| same_location(given, r)) {
-                    let named: Vec<String> = command_repos.iter().map(|r| r.display().to_string()).collect();
+                // Ours by ID when it exists (the command may name it by
+                // another path, or name the same URL at another store).
+                let id = crate::storage::location::open_path(given, &opts.stores)
+                    .ok()
+                    .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()).ok())
+                    .and_then(|m| m.id);
+                if !command_repos.is_empty() && !invs.iter().any(|i| archives_into(i, given, id.as_deref())) {
+                    let named: Vec<String> = invs
+                        .iter()
+                        .filter_map(|i| {
+                            let r = i.repo.as_ref()?;
+                            // The same text, another repository: say whose.
+                            Some(match (same_location(r, given), crate::archive_command::invocation_repo_id(i)) {
+                                (true, Some(theirs)) => format!(
+                                    "{} as {} reaches it (repository ID {theirs}; the one reached here has {})",
+                                    r.display(),
+                                    i.repo_source.as_deref().unwrap_or("the command"),
+                                    id.as_deref().map(|x| format!("ID {x}")).unwrap_or_else(|| "none yet".into())
+                                ),
+                                _ => r.display().to_string(),
+                            })
+                        })
+                        .collect();
                     add(
                         Verdict::Error,
                         format!("archive_command archives into {}, not into {}", named.join(" and "), given.display()),

@@ -45,14 +45,13 @@ pub fn load(path: &Path) -> Result<FileConfig> {
     let secret = f.s3.as_ref().is_some_and(|s| s.secret_access_key.is_some() || s.session_token.is_some())
         || f.azure.as_ref().is_some_and(|a| a.access_key.is_some() || a.sas_token.is_some());
     if secret && !f.allow_shared_key_file.unwrap_or(false) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "config file {} holds an object-store secret and can be read by group or others (mode {mode:04o}): run `chmod 600 {}` (owned by the user that runs dbbackup: for archive_command, the PostgreSQL OS user)",
-                path.display(),
-                path.display()
-            );
+        if let Some(e) = dbbackup_core::secret::exposure(path)? {
+            anyhow::bail!(dbbackup_core::secret::refusal(
+                "config file",
+                path,
+                e,
+                "(it holds an object-store secret; owned by the user that runs dbbackup: for archive_command, the PostgreSQL OS user)"
+            ));
         }
     }
     Ok(f)

@@ -186,7 +186,7 @@ fn pitr_enable_on_s3_names_the_config_file_never_a_secret() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = with_config(&cfg, &["repo", "info"]).assert_code(2);
-    assert!(out.stderr.contains("chmod 600") && out.stderr.contains("object-store secret"), "{}", out.stderr);
+    assert!(out.stderr.contains("chmod 600") && out.stderr.contains("an object-store secret"), "{}", out.stderr);
 }
 
 /// A three-node Garage (replication 3): with one node down, archiving,

@@ -132,7 +132,8 @@ pub fn check_archiving(
             "archive_command can report success when dbbackup fails, so PostgreSQL would remove WAL that never reached repository {loc}: {reason} (archive_command: {shown}); {change} and reload, or run `dbbackup pitr enable --repo {loc}`, which writes a plain dbbackup command"
         ))),
         pitr::CommandShape::Dbbackup(invs) if invs.iter().any(|i| i.repo.is_some()) => {
-            if invs.iter().filter_map(|i| i.repo.as_deref()).any(|r| pitr::same_location(r, repo)) {
+            let id = crate::repo::Repository::read_meta(storage.as_ref()).ok().and_then(|m| m.id);
+            if invs.iter().any(|i| pitr::archives_into(i, repo, id.as_deref())) {
                 Ok(None)
             } else {
                 Err(Error::invalid(format!(

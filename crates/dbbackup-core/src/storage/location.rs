@@ -155,20 +155,11 @@ pub struct StoreSettings {
 
 /// Reads a secret from a file only its owner can read.
 fn secret_file(path: &Path, what: &str) -> Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::invalid(format!("cannot read {what} file {}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if meta.is_file() && mode & 0o077 != 0 {
-        return Err(Error::invalid(format!(
-            "{what} file {} can be read by group or others (mode {mode:04o}): run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
+    let unreadable = |e: std::io::Error| Error::invalid(format!("cannot read {what} file {}: {e}", path.display()));
+    if let Some(e) = crate::secret::exposure(path).map_err(unreadable)? {
+        return Err(Error::invalid(crate::secret::refusal(&format!("{what} file"), path, e, "")));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::invalid(format!("cannot read {what} file {}: {e}", path.display())))?;
-    Ok(text.trim().to_string())
+    Ok(std::fs::read_to_string(path).map_err(unreadable)?.trim().to_string())
 }
 
 /// Whether an http:// endpoint stays on this host.

@@ -168,7 +168,22 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     let settings = pitr::read_settings(&mut client)?;
     let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
     let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
-    refuse_foreign(&current, a.force, Some(Path::new(&data_dir)))?;
+    // A wrapper that already archives here is kept, once proven.
+    let kept = if a.force {
+        None
+    } else {
+        pitr::keep_proven_wrapper(&mut client, &ctx.storage()?, &current, Path::new(&data_dir))?
+    };
+    if let Some((reason, seg)) = &kept {
+        println!(
+            "archive_command is a command dbbackup cannot read ({reason}), and it archives into {}: {seg} arrived after pg_switch_wal(); it is kept",
+            ctx.repo_path()?.display()
+        );
+    }
+    let kept = kept.and(current.get("archive_command").cloned());
+    if kept.is_none() {
+        refuse_foreign(&current, a.force, Some(Path::new(&data_dir)))?;
+    }
     let library = current.get("archive_library").cloned().unwrap_or_default();
     if !library.is_empty() && !a.force {
         bail!(
@@ -177,9 +192,15 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     }
     let repo = prepare_repo(ctx, &a, identity)?;
     pitr::check_same_history(&mut client, &repo)?;
-    let command = archive_command(ctx, &a, &repo)?;
-    check_files_for_server(ctx, &dbbackup_core::pg::data_directory(&mut client)?)?;
-    note_repository_move(&current, &repo);
+    let command = match &kept {
+        Some(c) => c.clone(),
+        None => {
+            let c = archive_command(ctx, &a, &repo)?;
+            check_files_for_server(ctx, &dbbackup_core::pg::data_directory(&mut client)?)?;
+            note_repository_move(&current, &repo);
+            c
+        }
+    };
     let mut changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     if !library.is_empty() {
         changes.push(pitr::Change { name: "archive_library".into(), old: Some(library), new: None, restart: false });
@@ -238,13 +259,15 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
 /// Says so when archiving moves from one dbbackup repository to another:
 /// the old one keeps what it has, and no longer grows.
 fn note_repository_move(current: &std::collections::BTreeMap<String, String>, repo: &Repository) {
-    let old =
-        current.get("archive_command").and_then(|c| pitr::analyze_archive_command(c, None).repos().into_iter().next());
-    if let Some(old) = old.filter(|o| !pitr::same_location(o, Path::new(&repo.location()))) {
+    let Some(shape) = current.get("archive_command").map(|c| pitr::analyze_archive_command(c, None)) else {
+        return;
+    };
+    let here = repo.location();
+    let old = shape.invocations().iter().find(|i| i.repo.is_some());
+    if let Some(old) = old.filter(|o| !pitr::archives_into(o, Path::new(&here), repo.meta().id.as_deref())) {
         println!(
-            "note: archive_command archived into {}; from now on WAL goes to {} (backups in the old repository cannot reach points after this)",
-            old.display(),
-            repo.location()
+            "note: archive_command archived into {}; from now on WAL goes to {here} (backups in the old repository cannot reach points after this)",
+            old.repo.as_deref().unwrap_or(Path::new("-")).display(),
         );
     }
 }
