@@ -252,6 +252,92 @@ pub fn apply(repo: &crate::repo::Repository, backups: &[Manifest], plan: &Plan) 
     Ok(())
 }
 
+/// A retention plan made under the repository's retention lock, which it
+/// holds until it is applied or dropped: what is shown is what is done.
+pub struct Prepared<'a> {
+    repo: &'a crate::repo::Repository,
+    _lock: Box<dyn crate::storage::LockGuard>,
+    backups: Vec<Manifest>,
+    pub plan: Plan,
+}
+
+impl Prepared<'_> {
+    /// Carries the plan out ([`apply`]).
+    pub fn apply(self) -> Result<()> {
+        apply(self.repo, &self.backups, &self.plan)
+    }
+}
+
+/// `backup expire`: takes the retention lock, lists the backups and the
+/// archive, and plans what `policy` removes (backups and their WAL).
+pub fn prepare_expire(repo: &crate::repo::Repository, policy: Policy, now: jiff::Timestamp) -> Result<Prepared<'_>> {
+    prepare(repo, policy, now, true)
+}
+
+/// `wal cleanup`: like [`prepare_expire`] with a window of `days`, but
+/// backups that lose their WAL are marked expired, not removed.
+pub fn prepare_cleanup(repo: &crate::repo::Repository, days: u64, now: jiff::Timestamp) -> Result<Prepared<'_>> {
+    prepare(repo, Policy { keep: None, keep_days: Some(days) }, now, false)
+}
+
+fn prepare(
+    repo: &crate::repo::Repository,
+    policy: Policy,
+    now: jiff::Timestamp,
+    remove_backups_too: bool,
+) -> Result<Prepared<'_>> {
+    let lock = repo.storage().lock(crate::backup::RETENTION_LOCK)?;
+    let (backups, _) = crate::backup::list(repo)?;
+    let cat = Catalog::scan(repo)?;
+    // `wal cleanup` never removes a backup, so a running one is no concern.
+    let running = !remove_backups_too || crate::backup::backup_running(repo);
+    let plan = plan(&backups, &cat, repo.segment_size(), policy, now, remove_backups_too, running)?;
+    Ok(Prepared { repo, _lock: lock, backups, plan })
+}
+
+/// What `backup delete` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Backup(String),
+    /// A backup directory whose manifest was missing or unreadable.
+    UnreadableDirectory(String),
+}
+
+/// `backup delete ID`, under the retention lock. Refuses a backup being
+/// taken, and the only complete backup unless `force`; `force` also removes
+/// a backup directory whose manifest is gone or damaged.
+pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool) -> Result<Deleted> {
+    use crate::backup::{backup_dir, backup_running, read_manifest, BACKUPS_DIR};
+    let _lock = repo.storage().lock(crate::backup::RETENTION_LOCK)?;
+    let dir_exists = || repo.storage().list(BACKUPS_DIR).is_ok_and(|l| l.iter().any(|e| e.is_dir && e.name == id));
+    let m = match read_manifest(repo, id) {
+        Ok(m) => m,
+        Err(e) if e.kind() != crate::error::ErrorKind::NotFound || dir_exists() => {
+            if !force {
+                return Err(Error::new(
+                    e.kind(),
+                    format!("{e}; `dbbackup backup delete {id} --force` removes the backup directory"),
+                ));
+            }
+            repo.storage().remove_tree(&backup_dir(id))?;
+            return Ok(Deleted::UnreadableDirectory(id.to_string()));
+        }
+        Err(e) => return Err(e),
+    };
+    if m.status == BackupStatus::Running && backup_running(repo) {
+        return Err(Error::invalid(format!("backup {id} is being taken right now: wait for it to finish")));
+    }
+    let (all, _) = crate::backup::list(repo)?;
+    let complete = all.iter().filter(|b| b.status == BackupStatus::Complete).count();
+    if m.status == BackupStatus::Complete && complete == 1 && !force {
+        return Err(Error::invalid(format!(
+            "backup {id} is the only complete backup: without it nothing can be restored; use --force to delete it anyway"
+        )));
+    }
+    remove_backup(repo, Some(&m))?;
+    Ok(Deleted::Backup(id.to_string()))
+}
+
 /// Removes one backup: marks it failed ("deleted"), then removes its files.
 pub fn remove_backup(repo: &crate::repo::Repository, m: Option<&Manifest>) -> Result<()> {
     let Some(m) = m else { return Ok(()) };

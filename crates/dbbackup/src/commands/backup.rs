@@ -8,7 +8,6 @@ use dbbackup_core::backup::base::{take, BaseOptions, Progress};
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
 use dbbackup_core::repo::{CreateOptions, Repository};
-use dbbackup_core::wal::catalog::Catalog;
 use dbbackup_format::manifest::{BackupStatus, Manifest};
 use serde_json::json;
 
@@ -243,48 +242,27 @@ fn verify(ctx: &Ctx, id: &str, jobs: usize) -> Result<ExitCode> {
 
 fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
-    let _lock = repo.storage().lock(backup::RETENTION_LOCK)?;
-    let m = match backup::read_manifest(&repo, id) {
-        Ok(m) => m,
-        // A backup directory whose manifest is gone or damaged can be
-        // nothing but removed: with --force, remove it.
-        Err(e) if e.kind() != dbbackup_core::error::ErrorKind::NotFound || backup_dir_exists(&repo, id) => {
-            if !force {
-                bail!("{e}; `dbbackup backup delete {id} --force` removes the backup directory");
-            }
-            repo.storage().remove_tree(&backup::backup_dir(id))?;
-            println!("deleted backup directory {id} (its manifest was unreadable)");
-            return Ok(ExitCode::SUCCESS);
+    match retention::delete_backup(&repo, id, force)? {
+        retention::Deleted::Backup(id) => println!("deleted backup {id}"),
+        retention::Deleted::UnreadableDirectory(id) => {
+            println!("deleted backup directory {id} (its manifest was unreadable)")
         }
-        Err(e) => return Err(e.into()),
-    };
-    if m.status == BackupStatus::Running && backup_running(&repo) {
-        bail!("backup {id} is being taken right now: wait for it to finish");
     }
-    let (all, _) = backup::list(&repo)?;
-    let complete = all.iter().filter(|b| b.status == BackupStatus::Complete).count();
-    if m.status == BackupStatus::Complete && complete == 1 && !force {
-        bail!("backup {id} is the only complete backup: without it nothing can be restored; use --force to delete it anyway");
-    }
-    retention::remove_backup(&repo, Some(&m))?;
-    println!("deleted backup {id}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn backup_dir_exists(repo: &Repository, id: &str) -> bool {
-    repo.storage().list(backup::BACKUPS_DIR).is_ok_and(|l| l.iter().any(|e| e.is_dir && e.name == id))
 }
 
 /// Prints and (unless dry-run) carries out a retention plan. WAL is shown
 /// as counts, bytes and ranges per timeline (a long archive removes
 /// thousands of objects); `-v` and `--json` list every object.
-pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention::Plan, dry_run: bool) -> Result<()> {
+pub fn run_plan(ctx: &Ctx, p: retention::Prepared<'_>, dry_run: bool) -> Result<()> {
+    let plan = p.plan.clone();
+    let plan = &plan;
     if ctx.g.json {
         let mut v = serde_json::to_value(plan)?;
         v["dry_run"] = json!(dry_run);
         print_json(&v);
         if !dry_run {
-            retention::apply(repo, all, plan)?;
+            p.apply()?;
         }
         return Ok(());
     }
@@ -300,7 +278,7 @@ pub fn run_plan(ctx: &Ctx, repo: &Repository, all: &[Manifest], plan: &retention
         println!("{verb} backup {} expired ({}); `dbbackup backup expire` removes it", r.id, r.reason);
     }
     if !dry_run {
-        retention::apply(repo, all, plan)?;
+        p.apply()?;
     }
     if ctx.g.verbose > 0 {
         let verb = if dry_run { "would remove" } else { "removed" };
@@ -367,11 +345,7 @@ fn expire(ctx: &Ctx, policy: Policy, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let repo = Repository::open_for_listing(ctx.storage()?)?;
-    let _lock = repo.storage().lock(backup::RETENTION_LOCK)?;
-    let (all, _) = backup::list(&repo)?;
-    let cat = Catalog::scan(&repo)?;
-    let plan =
-        retention::plan(&all, &cat, repo.segment_size(), policy, jiff::Timestamp::now(), true, backup_running(&repo))?;
-    run_plan(ctx, &repo, &all, &plan, dry_run)?;
+    let p = retention::prepare_expire(&repo, policy, jiff::Timestamp::now())?;
+    run_plan(ctx, p, dry_run)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -260,13 +260,8 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
 }
 
 fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
-    use dbbackup_core::backup::retention::{plan, Policy};
     let repo = Repository::open_for_listing(ctx.storage()?)?;
-    let _lock = repo.storage().lock(dbbackup_core::backup::RETENTION_LOCK)?;
-    let (all, _) = dbbackup_core::backup::list(&repo)?;
-    let cat = Catalog::scan(&repo)?;
-    let policy = Policy { keep: None, keep_days: Some(days) };
-    let p = plan(&all, &cat, repo.segment_size(), policy, jiff::Timestamp::now(), false, true)?;
-    crate::commands::backup::run_plan(ctx, &repo, &all, &p, dry_run)?;
+    let p = dbbackup_core::backup::retention::prepare_cleanup(&repo, days, jiff::Timestamp::now())?;
+    crate::commands::backup::run_plan(ctx, p, dry_run)?;
     Ok(ExitCode::SUCCESS)
 }

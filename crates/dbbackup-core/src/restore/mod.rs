@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::wal::catalog::{timelines, Catalog};
 
+mod run;
+pub use run::{run, PlanSummary, Restored, StartOptions};
+
 /// Which timeline recovery follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimelineChoice {
