@@ -104,30 +104,44 @@ struct Shared {
     faults: Mutex<Faults>,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
-    /// Open sockets (client and upstream sides), shut down on drop.
-    sockets: Mutex<Vec<(u64, TcpStream)>>,
-    next_socket: AtomicU64,
+    sockets: Sockets,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking connection thread must not take the proxy down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Shared {
-    fn track(&self, s: &TcpStream) -> Option<u64> {
-        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+/// A proxy's open sockets (client and upstream sides), shut down when it
+/// stops: a connection thread blocked in a read then returns.
+#[derive(Debug, Default)]
+pub(crate) struct Sockets {
+    open: Mutex<Vec<(u64, TcpStream)>>,
+    next: AtomicU64,
+}
+
+impl Sockets {
+    pub(crate) fn track(&self, s: &TcpStream) -> Option<u64> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let clone = s.try_clone().ok()?;
-        lock(&self.sockets).push((id, clone));
+        lock(&self.open).push((id, clone));
         Some(id)
     }
 
-    fn untrack(&self, id: Option<u64>) {
+    pub(crate) fn untrack(&self, id: Option<u64>) {
         if let Some(id) = id {
-            lock(&self.sockets).retain(|(i, _)| *i != id);
+            lock(&self.open).retain(|(i, _)| *i != id);
         }
     }
 
+    pub(crate) fn shutdown_all(&self) {
+        for (_, s) in lock(&self.open).drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Shared {
     /// Sleeps `d`, cut short when the proxy stops.
     fn sleep(&self, d: Duration) {
         let end = Instant::now() + d;
@@ -278,9 +292,7 @@ impl Drop for FaultProxy {
         self.shared.stop.store(true, Ordering::Relaxed);
         // Wake the acceptor, then end every connection.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for (_, s) in lock(&self.shared.sockets).drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        self.shared.sockets.shutdown_all();
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
@@ -291,30 +303,30 @@ impl Drop for FaultProxy {
 
 /// A request or response head.
 #[derive(Debug, Clone)]
-struct Head {
+pub(crate) struct Head {
     /// The request or status line, without CRLF.
-    first: String,
-    headers: Vec<(String, String)>,
+    pub(crate) first: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    fn has_token(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
             .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 
-    fn without(mut self, names: &[&str]) -> Head {
+    pub(crate) fn without(mut self, names: &[&str]) -> Head {
         self.headers.retain(|(k, _)| !names.iter().any(|n| k.eq_ignore_ascii_case(n)));
         self
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         let mut s = format!("{}\r\n", self.first);
         for (k, v) in &self.headers {
             s.push_str(&format!("{k}: {v}\r\n"));
@@ -323,7 +335,7 @@ impl Head {
         s.into_bytes()
     }
 
-    fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.first.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
     }
 }
@@ -331,7 +343,7 @@ impl Head {
 const MAX_HEAD: usize = 1 << 20;
 
 /// Reads a head; `None` on a clean end of stream before it.
-fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
+pub(crate) fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
     let mut line = Vec::new();
     let mut first = None;
     let mut headers = Vec::new();
@@ -369,7 +381,7 @@ fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
 
 /// How a body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -384,11 +396,11 @@ fn body_framing(h: &Head) -> Option<Framing> {
     h.get("content-length").map(|v| v.trim().parse().map(Framing::Length).unwrap_or(Framing::None))
 }
 
-fn request_framing(h: &Head) -> Framing {
+pub(crate) fn request_framing(h: &Head) -> Framing {
     body_framing(h).unwrap_or(Framing::None)
 }
 
-fn response_framing(method: &str, h: &Head) -> Framing {
+pub(crate) fn response_framing(method: &str, h: &Head) -> Framing {
     let status = h.status();
     if method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
         return Framing::None;
@@ -435,7 +447,12 @@ fn chunk_line(r: &mut dyn BufRead, line: &mut Vec<u8>) -> io::Result<()> {
 /// Copies a body as framed (chunked bodies raw, chunk lines included: a
 /// cut is a cut of the bytes on the wire) to `w`, at most `limit` bytes of
 /// it. `Ok(true)` when the whole body went.
-fn copy_body(r: &mut dyn BufRead, w: &mut dyn Write, framing: Framing, limit: Option<u64>) -> io::Result<bool> {
+pub(crate) fn copy_body(
+    r: &mut dyn BufRead,
+    w: &mut dyn Write,
+    framing: Framing,
+    limit: Option<u64>,
+) -> io::Result<bool> {
     let mut left = limit.unwrap_or(u64::MAX);
     match framing {
         Framing::None => Ok(true),
@@ -476,7 +493,7 @@ fn copy_body(r: &mut dyn BufRead, w: &mut dyn Write, framing: Framing, limit: Op
 }
 
 /// A body read whole, decoded (chunked framing removed).
-fn read_decoded(r: &mut dyn BufRead, framing: Framing) -> io::Result<Vec<u8>> {
+pub(crate) fn read_decoded(r: &mut dyn BufRead, framing: Framing) -> io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     copy_body(r, &mut raw, framing, None)?;
     if framing != Framing::Chunked {
@@ -497,7 +514,7 @@ fn read_decoded(r: &mut dyn BufRead, framing: Framing) -> io::Result<Vec<u8>> {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -580,13 +597,22 @@ fn slow_down(method: &str, target: &str) -> Vec<u8> {
 }
 
 /// One upstream connection, reused across the client's requests.
-struct Upstream {
+pub(crate) struct Upstream {
     addr: SocketAddr,
     conn: Option<(TcpStream, BufReader<TcpStream>, Option<u64>)>,
 }
 
 impl Upstream {
-    fn connect(&mut self, shared: &Shared) -> io::Result<()> {
+    pub(crate) fn new(addr: SocketAddr) -> Upstream {
+        Upstream { addr, conn: None }
+    }
+
+    /// The response side of the connection [`Upstream::exchange`] used.
+    pub(crate) fn reader(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.conn.as_mut().expect("exchange connected").1
+    }
+
+    fn connect(&mut self, shared: &Sockets) -> io::Result<()> {
         let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(10))?;
         s.set_read_timeout(Some(Duration::from_secs(300)))?;
         s.set_nodelay(true)?;
@@ -596,7 +622,7 @@ impl Upstream {
         Ok(())
     }
 
-    fn close(&mut self, shared: &Shared) {
+    pub(crate) fn close(&mut self, shared: &Sockets) {
         if let Some((s, _, id)) = self.conn.take() {
             let _ = s.shutdown(Shutdown::Both);
             shared.untrack(id);
@@ -606,7 +632,7 @@ impl Upstream {
     /// Sends the request and reads the response head (skipping interim
     /// 1xx answers). A kept-alive connection the store closed meanwhile is
     /// replaced once.
-    fn exchange(&mut self, shared: &Shared, head: &[u8], body: &[u8]) -> io::Result<Head> {
+    pub(crate) fn exchange(&mut self, shared: &Sockets, head: &[u8], body: &[u8]) -> io::Result<Head> {
         for attempt in 0..2 {
             let reused = self.conn.is_some();
             if !reused {
@@ -637,13 +663,13 @@ fn record(shared: &Shared, method: &str, target: &str, status: u16, injected: Ve
 
 /// Serves one client connection until it closes (or the proxy stops).
 fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) {
-    let id = shared.track(&client);
+    let id = shared.sockets.track(&client);
     let _ = client.set_nodelay(true);
-    let mut up = Upstream { addr: upstream, conn: None };
+    let mut up = Upstream::new(upstream);
     let _ = serve_requests(&client, &mut up, shared);
-    up.close(shared);
+    up.close(&shared.sockets);
     let _ = client.shutdown(Shutdown::Both);
-    shared.untrack(id);
+    shared.sockets.untrack(id);
 }
 
 fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io::Result<()> {
@@ -692,7 +718,7 @@ fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io:
         }
 
         let fwd = req.clone().without(&["expect"]);
-        let resp = match up.exchange(shared, &fwd.bytes(), &body) {
+        let resp = match up.exchange(&shared.sockets, &fwd.bytes(), &body) {
             Ok(h) => h,
             Err(e) => {
                 record(shared, &method, &target, 0, Vec::new());
@@ -725,7 +751,7 @@ fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io:
             injected.push(Injected::Delayed);
             shared.sleep(d);
         }
-        let (_, upr, _) = up.conn.as_mut().expect("exchange connected");
+        let upr = up.reader();
         let upstream_close = framing == Framing::Close || resp.has_token("connection", "close");
 
         if let Some(hidden) = hidden {
@@ -761,7 +787,7 @@ fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io:
             }
         }
         if upstream_close {
-            up.close(shared);
+            up.close(&shared.sockets);
             return Ok(());
         }
         if client_close {

@@ -14,7 +14,8 @@
 //!
 //! Object stores (Garage, Azurite, fake-gcs-server): see [`stores`]; faults
 //! between dbbackup and a store (503 storms, slowness, cut responses,
-//! lagging listings): see [`fault_proxy`].
+//! lagging listings): see [`fault_proxy`]; the proxy that lets object_store
+//! upload to fake-gcs-server: see [`gcs_xml`].
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -30,8 +31,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod fault_proxy;
+pub mod gcs_xml;
 pub mod stores;
 pub use fault_proxy::{FaultProxy, Injected, Match};
+pub use gcs_xml::GcsXmlProxy;
 pub use stores::{Azurite, FakeGcs, Garage};
 
 /// The PostgreSQL versions every PITR test runs on.

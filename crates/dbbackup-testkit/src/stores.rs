@@ -8,7 +8,7 @@
 //! process: when the test process dies (a nextest timeout, SIGKILL), the
 //! pipe closes and the wrapper kills the server, so none outlive a test.
 //! Servers run as the invoking user (root in CI): nothing of theirs needs
-//! to be reachable by the `postgres` user except the files that
+//! to be reachable by the `postgres` user except the file that
 //! [`FakeGcs::service_account_file`] names.
 //!
 //! `scripts/setup.sh` installs the servers under `DBBACKUP_CACHE` (default
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::gcs_xml::GcsXmlProxy;
 use crate::{cache_dir, free_port, Cmd, TestDir};
 
 /// The region Garage's S3 API answers to (its `s3_region`).
@@ -798,9 +799,15 @@ fn http_date(t: SystemTime) -> String {
 
 /// A throwaway fake-gcs-server (in-memory backend, plain HTTP) with bucket
 /// [`DEFAULT_BUCKET`] and a fake service-account file for clients that
-/// insist on credentials. Killed and removed on drop.
+/// insist on credentials, behind a [`GcsXmlProxy`]: the server implements
+/// only the JSON API's uploads, object_store uploads through the XML API,
+/// and the proxy translates. [`FakeGcs::endpoint`] and the service-account
+/// file name the proxy; [`FakeGcs::server_endpoint`] the server itself.
+/// Killed and removed on drop.
 #[derive(Debug)]
 pub struct FakeGcs {
+    // Fields drop in order: the proxy, then the server, then the files.
+    proxy: GcsXmlProxy,
     proc: Proc,
     port: u16,
     bucket: String,
@@ -850,14 +857,23 @@ impl FakeGcs {
                 std::thread::sleep(Duration::from_millis(100));
             };
             if up {
-                // Readable by the postgres user (archive_command runs as it).
+                let proxy = GcsXmlProxy::start(&format!("127.0.0.1:{port}"));
+                // As a DBA keeps a credential: owned by the postgres user
+                // (archive_command runs as it), mode 0600 (dbbackup refuses
+                // a secret file others can read).
                 let sa_file = dir.write(
                     "service-account.json",
                     format!(
-                        "{{\"disable_oauth\": true, \"client_email\": \"\", \"private_key\": \"\", \"private_key_id\": \"\", \"gcs_base_url\": \"http://127.0.0.1:{port}\"}}\n"
+                        "{{\"disable_oauth\": true, \"client_email\": \"\", \"private_key\": \"\", \"private_key_id\": \"\", \"gcs_base_url\": \"{}\"}}\n",
+                        proxy.endpoint()
                     ),
                 );
-                let g = FakeGcs { proc, port, bucket: DEFAULT_BUCKET.to_string(), log, sa_file, dir };
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&sa_file, std::fs::Permissions::from_mode(0o600))
+                        .unwrap_or_else(|e| panic!("chmod 600 {}: {e}", sa_file.display()));
+                }
+                let g = FakeGcs { proxy, proc, port, bucket: DEFAULT_BUCKET.to_string(), log, sa_file, dir };
                 g.new_bucket(DEFAULT_BUCKET);
                 return g;
             }
@@ -873,13 +889,30 @@ impl FakeGcs {
         unreachable!()
     }
 
-    /// `http://127.0.0.1:PORT` (object_store's GCS base URL).
+    /// The proxy's `http://127.0.0.1:PORT`: object_store's GCS base URL,
+    /// the `endpoint` of a `[gcs]` table.
     pub fn endpoint(&self) -> String {
+        self.proxy.endpoint()
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.proxy.port()
+    }
+
+    /// The server itself, without the proxy: `http://127.0.0.1:PORT`.
+    /// object_store's uploads fail there (`400 invalid uploadType`).
+    pub fn server_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
+    pub fn server_port(&self) -> u16 {
         self.port
+    }
+
+    /// The proxy, for what it translated ([`GcsXmlProxy::count`]).
+    pub fn proxy(&self) -> &GcsXmlProxy {
+        &self.proxy
     }
 
     /// The bucket created at start ([`DEFAULT_BUCKET`]).
@@ -889,7 +922,8 @@ impl FakeGcs {
 
     /// A service-account file for the emulator: no real key,
     /// `"disable_oauth": true` (object_store then sends no token) and
-    /// `"gcs_base_url"` pointing here. Mode 0644, owned by the run-as user.
+    /// `"gcs_base_url"` naming the proxy. Mode 0600, owned by the run-as
+    /// user (`postgres` when the tests run as root), as dbbackup requires.
     pub fn service_account_file(&self) -> &Path {
         &self.sa_file
     }
@@ -909,10 +943,9 @@ impl FakeGcs {
         name.to_string()
     }
 
-    /// Stores `data` as object `name` of `bucket` through the JSON upload
-    /// API (`uploadType=media`), which fake-gcs-server implements; the
-    /// XML API's PUT, which object_store uses, it does not (see the
-    /// module notes).
+    /// Stores `data` as object `name` of `bucket` through the server's JSON
+    /// upload API (`uploadType=media`), bypassing the proxy: a way to seed
+    /// objects that does not depend on the translation.
     pub fn upload(&self, bucket: &str, name: &str, data: &[u8]) {
         let enc: String = name
             .bytes()
@@ -932,7 +965,8 @@ impl FakeGcs {
         assert!(status == 200, "upload gs://{bucket}/{name}: HTTP {status}\n{text}\n{}", self.log_tail());
     }
 
-    /// A dbbackup config file body for `gs://BUCKET/PREFIX`.
+    /// A dbbackup config file body for `gs://BUCKET/PREFIX`: the proxy as
+    /// `endpoint`, and the service-account file.
     pub fn config_toml(&self, prefix: &str) -> String {
         format!(
             "repo = \"gs://{bucket}/{prefix}\"\n\n[gcs]\nendpoint = \"{endpoint}\"\nservice-account-file = \"{sa}\"\n",
@@ -943,13 +977,20 @@ impl FakeGcs {
         )
     }
 
-    /// Kills the server now (a store that vanished).
+    /// Kills the server now (a store that vanished); the proxy then closes
+    /// every connection it cannot relay.
     pub fn stop(&mut self) {
         self.proc.kill();
     }
 
+    /// The end of the server's log and the proxy's last requests.
     pub fn log_tail(&self) -> String {
-        format!("--- fake-gcs-server ({})\n{}", self.log.display(), tail(&self.log, 30))
+        format!(
+            "--- fake-gcs-server ({})\n{}\n--- gcs xml proxy, last requests\n{}",
+            self.log.display(),
+            tail(&self.log, 30),
+            self.proxy.describe(20)
+        )
     }
 
     pub fn dir(&self) -> &Path {

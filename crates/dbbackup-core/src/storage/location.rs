@@ -124,7 +124,10 @@ pub struct GcsSettings {
     pub service_account_file: Option<PathBuf>,
     /// An emulator's base URL (fake-gcs-server).
     pub endpoint: Option<String>,
-    /// No credentials at all (an emulator).
+    /// No credentials for reads and listings. Read-only: object_store
+    /// still asks for an OAuth token to write (from the instance metadata
+    /// server without a service-account file). An emulator takes a
+    /// service-account file with `"disable_oauth": true` instead.
     pub anonymous: Option<bool>,
     /// As in `[s3]`.
     pub request_timeout: Option<u64>,
