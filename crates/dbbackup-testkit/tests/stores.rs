@@ -378,7 +378,7 @@ fn fake_gcs_serves_object_store_through_the_xml_proxy() {
     }
     let store = &stores[0].1;
 
-    // skip_signature (dbbackup's `[gcs] anonymous = true`) reads without
+    // skip_signature (why dbbackup offers no anonymous GCS access) reads without
     // credentials, but object_store still fetches a token for every write
     // (from the instance metadata server here): read-only.
     let anonymous = gcs_store(Some(&s.endpoint()), s.bucket(), None);

@@ -124,11 +124,6 @@ pub struct GcsSettings {
     pub service_account_file: Option<PathBuf>,
     /// An emulator's base URL (fake-gcs-server).
     pub endpoint: Option<String>,
-    /// No credentials for reads and listings. Read-only: object_store
-    /// still asks for an OAuth token to write (from the instance metadata
-    /// server without a service-account file). An emulator takes a
-    /// service-account file with `"disable_oauth": true` instead.
-    pub anonymous: Option<bool>,
     /// As in `[s3]`.
     pub request_timeout: Option<u64>,
 }
@@ -266,9 +261,6 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             if let Some(f) = &s.service_account_file {
                 secret_file(f, "[gcs] service-account")?;
                 b = b.with_service_account_path(f.display().to_string());
-            }
-            if s.anonymous.unwrap_or(false) {
-                b = b.with_skip_signature(true);
             }
             let store = b
                 .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?))
