@@ -49,6 +49,63 @@ pub struct BaseOptions {
     pub archiving_checked: bool,
 }
 
+/// What `backup base` was asked, before the repository is open.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// How a missing repository is created (and the codec asked for).
+    pub create: crate::repo::CreateOptions,
+    pub label: Option<String>,
+    pub jobs: usize,
+    pub fast: bool,
+    pub wait_archive: bool,
+    pub archive_timeout: Duration,
+    pub archive_check_timeout: Duration,
+}
+
+/// The whole `backup base`: refuses a role that cannot back up and a
+/// server that does not archive into this repository before anything is
+/// created, opens (or creates and binds) the repository, and takes the
+/// backup. `say` receives the lines a user reads while it runs.
+pub fn backup(
+    client: &mut postgres::Client,
+    storage: std::sync::Arc<dyn crate::storage::Storage>,
+    keys: &crate::keys::KeySource,
+    r: &BackupRequest,
+    progress: &Progress,
+    say: &dyn Fn(&str),
+) -> Result<(Repository, Manifest)> {
+    check_privileges(client)?;
+    // A missing repository is checked here, before it is created and
+    // bound; an existing one by `take`, its cluster identity first.
+    let mut archiving_checked = false;
+    if Repository::can_init(storage.as_ref()) {
+        if let Some(seg) = check_archiving(client, &storage, r.archive_check_timeout)? {
+            say(&format!("archiving proven: {seg} arrived in repository {}", storage.location()));
+        }
+        archiving_checked = true;
+    }
+    let mut repo = crate::repo::open_or_create(storage, keys, &r.create)?;
+    if repo.identity().is_none() {
+        let ident = crate::pg::server_identity(client)?;
+        repo.bind(crate::repo::identity_from_server(ident))?;
+    }
+    let opts = BaseOptions {
+        label: r.label.clone(),
+        jobs: r.jobs.max(1),
+        codec: repo.codec_choice(r.create.codec, r.create.level)?,
+        fast: r.fast,
+        wait_archive: r.wait_archive,
+        archive_timeout: r.archive_timeout,
+        archive_check_timeout: r.archive_check_timeout,
+        archiving_checked,
+    };
+    if !opts.fast {
+        say("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");
+    }
+    let m = take(&repo, client, &opts, progress)?;
+    Ok((repo, m))
+}
+
 /// Progress, for a progress bar.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use dbbackup_core::backup::base::{take, BaseOptions, Progress};
+use dbbackup_core::backup::base::{backup, BackupRequest, Progress};
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
 use dbbackup_core::repo::{CreateOptions, Repository};
@@ -52,64 +52,35 @@ pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
     })
 }
 
-fn open_or_create(ctx: &Ctx, a: &BaseArgs) -> Result<Repository> {
-    let o = CreateOptions {
-        codec: a.compress,
-        level: a.compress_level,
-        encrypt: a.encrypt,
-        what: "the backup",
-        archived_before: None,
-    };
-    let repo = dbbackup_core::repo::open_or_create(ctx.storage()?, &ctx.keys(), &o)?;
-    ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
-    Ok(repo)
-}
-
 fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     let mut client = ctx.conn_for_pgdata().connect()?;
-    // A role that cannot back up is refused before anything is created.
-    dbbackup_core::backup::base::check_privileges(&mut client)?;
-    // Refuse before a missing repository is created and bound (an existing
-    // one is checked by the backup itself, its cluster identity first).
-    let check_timeout = Duration::from_secs(a.archive_check_timeout);
-    let mut archiving_checked = false;
-    if Repository::can_init(ctx.storage()?.as_ref()) {
-        let proven = dbbackup_core::backup::base::check_archiving(&mut client, &ctx.storage()?, check_timeout)?;
-        if let Some(seg) = proven {
-            ctx.note(format_args!("archiving proven: {seg} arrived in repository {}", ctx.repo_path()?.display()));
-        }
-        archiving_checked = true;
-    }
-    let mut repo = open_or_create(ctx, &a)?;
-    if repo.identity().is_none() {
-        let ident = dbbackup_core::pg::server_identity(&mut client)?;
-        repo.bind(dbbackup_core::repo::identity_from_server(ident))?;
-    }
-    let codec = repo.codec_choice(a.compress, a.compress_level)?;
-    let opts = BaseOptions {
+    let req = BackupRequest {
+        create: CreateOptions {
+            codec: a.compress,
+            level: a.compress_level,
+            encrypt: a.encrypt,
+            what: "the backup",
+            archived_before: None,
+        },
         label: a.label,
-        jobs: a.jobs.max(1),
-        codec,
+        jobs: a.jobs,
         fast: a.fast,
         wait_archive: !a.no_wait_archive,
         archive_timeout: Duration::from_secs(a.archive_wait_timeout),
-        archive_check_timeout: check_timeout,
-        archiving_checked,
+        archive_check_timeout: Duration::from_secs(a.archive_check_timeout),
     };
-    if !opts.fast {
-        ctx.note("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");
-    }
     let progress = Progress::default();
     let done = std::sync::atomic::AtomicBool::new(false);
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ctx.g.quiet;
-    let m = std::thread::scope(|s| {
+    let (repo, m) = std::thread::scope(|s| {
         if show {
             s.spawn(|| progress_line(&progress, &done));
         }
-        let r = take(&repo, &mut client, &opts, &progress);
+        let r = backup(&mut client, ctx.storage()?, &ctx.keys(), &req, &progress, &|l| ctx.note(l));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        r
+        anyhow::Ok(r?)
     })?;
+    ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
     if ctx.g.json {
         print_json(&summary(&m, false));
     } else {
