@@ -100,6 +100,9 @@ db_engine = "sqlite"
 replication_factor = 1
 metadata_fsync = true
 data_fsync = true
+# Both tools send compressed data: Garage compressing it again would spend
+# the shared 2 cores on work a remote store does on its own machines.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$G_RPC"
 rpc_public_addr = "127.0.0.1:$G_RPC"
 rpc_secret = "$(openssl rand -hex 32)"
