@@ -372,7 +372,7 @@ impl Repository {
 fn check_same_cluster(loc: &str, own: &ClusterIdentity, found: &ClusterIdentity, what: &str) -> Result<()> {
     if own.system_identifier != found.system_identifier {
         return Err(Error::identity(format!(
-            "repository {loc} belongs to another cluster: {what} has system identifier {}, the repository's cluster has system identifier {}",
+            "repository {loc} belongs to another cluster: {what} has system identifier {}, the repository's cluster has system identifier {}; give each cluster its own repository (another directory, or another prefix in the bucket), or check --repo / the config file",
             found.system_identifier, own.system_identifier
         )));
     }
@@ -384,7 +384,7 @@ fn check_same_cluster(loc: &str, own: &ClusterIdentity, found: &ClusterIdentity,
     }
     if own.wal_segment_size != found.wal_segment_size {
         return Err(Error::identity(format!(
-            "{what} has WAL segment size {} bytes, but repository {loc} holds {} byte segments",
+            "{what} has WAL segment size {} bytes, but repository {loc} holds {} byte segments: each cluster needs its own repository",
             found.wal_segment_size, own.wal_segment_size
         )));
     }

@@ -372,3 +372,37 @@ fn a_differing_duplicate_is_refused_on_gcs() {
     differing_duplicate_refused_identical_accepted(&d, &cfg);
     assert!(s.proxy().count(Call::ConditionalPut) >= 1, "{}", s.proxy().describe(40));
 }
+
+/// The region the store does not serve, and a prefix that already holds
+/// another cluster's repository: one clear line each, exit 1, nothing
+/// written (the other cluster's repository is untouched).
+#[test]
+fn wrong_region_and_another_clusters_prefix_are_refused() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let body = g.config_toml("pg");
+    let region = private_file(&d, "region.toml", body.replace("region = \"garage\"", "region = \"eu-west-3\""));
+    let out = with_config(&region, &["repo", "init"]).assert_code(1);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("region"), "{}", out.stderr);
+
+    // Cluster a archives into s3://BUCKET/pg; cluster b is pointed at it.
+    let cfg = config(&d, &body);
+    let a = cluster_on(PgVersion::V15, &cfg);
+    make_archived_segment(&a);
+    let before = json(&with_config(&cfg, &["wal", "list", "--json"]).assert_success());
+    let b = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    b.sql("CREATE TABLE x(i int)");
+    let out = with_config(&cfg, &["pitr", "enable"]).args(b.conn_args()).assert_code(1);
+    assert!(out.stderr.contains("another cluster"), "{}", out.stderr);
+    assert_eq!(b.sql("SHOW archive_mode"), "off");
+    let out = with_config(&cfg, &["backup", "base", "--fast"]).args(b.conn_args()).assert_code(1);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let seg = b.data_dir().join("pg_wal").join(b.sql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+    let out = with_config(&cfg, &["wal", "archive"]).arg(&seg).assert_code(1);
+    assert!(out.stderr.contains("another cluster"), "{}", out.stderr);
+    let after = json(&with_config(&cfg, &["wal", "list", "--json"]).assert_success());
+    assert_eq!(before, after);
+    let list = json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success());
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
