@@ -228,8 +228,8 @@ as "$DBB" repo init --repo "$WORK/repo-lz4" --pgdata "$WORK/data" --compress lz4
 as "$DBB" key generate --output "$WORK/key" 2>/dev/null
 as "$DBB" repo init --repo "$WORK/repo-enc" --pgdata "$WORK/data" --encrypt --encryption-key-file "$WORK/key" >/dev/null
 # One repository in the bucket, reached two ways: plain http to Garage,
-# and https through stunnel (the CA comes from SSL_CERT_FILE).
-s3_config() { # file endpoint
+# and https through stunnel (the CA given by ca-file in [s3]).
+s3_config() { # file endpoint [extra [s3] line]
   cat >"$1" <<CONF
 repo = "s3://$BUCKET/dbbackup"
 [s3]
@@ -238,14 +238,15 @@ region = "garage"
 path-style = true
 access-key-id = "$S3_KEY_ID"
 secret-access-key = "$S3_SECRET"
+${3:-}
 CONF
   give "$1"; chmod 600 "$1"
 }
 S3_CONF="$WORK/s3.toml"; S3_TLS_CONF="$WORK/s3-tls.toml"
 s3_config "$S3_CONF" "$S3_URL"
-s3_config "$S3_TLS_CONF" "https://127.0.0.1:$TLS_PORT"
+s3_config "$S3_TLS_CONF" "https://127.0.0.1:$TLS_PORT" "ca-file = \"$CA\""
 as "$DBB" repo init --config "$S3_CONF" --pgdata "$WORK/data" >/dev/null
-DBB_TLS=(env SSL_CERT_FILE="$CA" "$DBB")
+DBB_TLS=("$DBB")
 
 echo "==> repository size for ${#SEGS[@]} segments"
 for s in "${SEGS[@]}"; do
@@ -573,7 +574,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "repositories fsync what they write). pgBackRest speaks S3 over https only: stunnel terminates TLS in front"
   echo "of Garage, with a certificate from a CA made by openssl, which both tools verify. dbbackup is measured"
   echo "over plain http (accepted for a loopback endpoint) and over https through the same stunnel (the CA given"
-  echo "by \`SSL_CERT_FILE\`). *ratio* is over pgBackRest on S3; *S3/local* is a tool's time on S3 over its own"
+  echo "by \`ca-file\` in its config). *ratio* is over pgBackRest on S3; *S3/local* is a tool's time on S3 over its own"
   echo "time on the local repository above."
   echo
   echo "### WAL: one 16 MiB segment (median of $RUNS runs; each archive starts with the segment's object deleted)"

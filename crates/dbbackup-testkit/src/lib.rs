@@ -15,7 +15,8 @@
 //! Object stores (Garage, Azurite, fake-gcs-server): see [`stores`]; faults
 //! between dbbackup and a store (503 storms, slowness, cut responses,
 //! lagging listings): see [`fault_proxy`]; the proxy that lets object_store
-//! upload to fake-gcs-server: see [`gcs_xml`].
+//! upload to fake-gcs-server: see [`gcs_xml`]; https in front of a
+//! loopback store, with a private CA: see [`tls`].
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -33,9 +34,11 @@ use std::time::{Duration, Instant};
 pub mod fault_proxy;
 pub mod gcs_xml;
 pub mod stores;
+pub mod tls;
 pub use fault_proxy::{FaultProxy, Injected, Match};
 pub use gcs_xml::GcsXmlProxy;
 pub use stores::{Azurite, FakeGcs, Garage};
+pub use tls::TlsFront;
 
 /// The PostgreSQL versions every PITR test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

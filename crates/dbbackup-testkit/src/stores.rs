@@ -94,7 +94,7 @@ pub fn fake_gcs_bin() -> PathBuf {
 }
 
 /// The last `n` lines of a log file (empty if unreadable).
-fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
@@ -125,14 +125,14 @@ echo "[testkit] server exited with status $status" >&2
 
 /// One server process (under [`WRAPPER`]), killed on drop.
 #[derive(Debug)]
-struct Proc {
+pub(crate) struct Proc {
     what: String,
     child: Child,
     lifeline: Option<ChildStdin>,
 }
 
 impl Proc {
-    fn spawn(what: &str, program: &Path, args: &[String], log: &Path, cwd: &Path) -> Proc {
+    pub(crate) fn spawn(what: &str, program: &Path, args: &[String], log: &Path, cwd: &Path) -> Proc {
         let open = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -157,13 +157,13 @@ impl Proc {
         Proc { what: what.to_string(), child, lifeline }
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the server (SIGKILL: a crash, as far as the store is
     /// concerned) and waits until it is gone. Never panics.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut pipe) = self.lifeline.take() {
             let _ = pipe.write_all(b"\n");
         }
@@ -187,14 +187,14 @@ impl Drop for Proc {
 }
 
 /// Whether something accepts TCP connections at `127.0.0.1:port`.
-fn listening(port: u16) -> bool {
+pub(crate) fn listening(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 /// Whether a log says a port was taken (then the server is retried on
 /// other ports: `free_port` cannot reserve them).
-fn port_clash(log: &Path) -> bool {
+pub(crate) fn port_clash(log: &Path) -> bool {
     let text = tail(log, 40).to_lowercase();
     ["address already in use", "eaddrinuse", "address in use"].iter().any(|m| text.contains(m))
 }

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::{ClientOptions, RetryConfig};
+use object_store::client::{HttpConnector, ReqwestConnector};
+use object_store::{Certificate, ClientOptions, RetryConfig};
 use serde::Deserialize;
 
-use super::remote::ObjectStorage;
+use super::remote::{Hints, ObjectStorage};
 use super::{LocalStorage, Storage};
 use crate::error::{Error, Result};
 
@@ -115,6 +116,9 @@ pub struct S3Settings {
     /// Seconds one request may take before it counts as failed (and is
     /// retried); default [`REQUEST_TIMEOUT`].
     pub request_timeout: Option<u64>,
+    /// PEM file of CA certificates trusted for the endpoint, in addition
+    /// to the system's: a store behind a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[gcs]` in the config file.
@@ -126,6 +130,8 @@ pub struct GcsSettings {
     pub endpoint: Option<String>,
     /// As in `[s3]`.
     pub request_timeout: Option<u64>,
+    /// As in `[s3]`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[azure]` in the config file.
@@ -141,6 +147,8 @@ pub struct AzureSettings {
     pub use_emulator: Option<bool>,
     /// As in `[s3]`.
     pub request_timeout: Option<u64>,
+    /// As in `[s3]`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Every store's settings, as the config file gives them.
@@ -183,8 +191,67 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting may take (at most the request timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn client_options(http: bool, timeout: Duration) -> ClientOptions {
-    ClientOptions::new().with_timeout(timeout).with_connect_timeout(CONNECT_TIMEOUT.min(timeout)).with_allow_http(http)
+fn client_options(http: bool, timeout: Duration, roots: &[Certificate]) -> ClientOptions {
+    let o = ClientOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .with_allow_http(http);
+    // Added to the system's roots (rustls-platform-verifier with extra
+    // roots): a private CA for this store, public CAs still trusted.
+    roots.iter().cloned().fold(o, |o, c| o.with_root_certificate(c))
+}
+
+/// The certificates of a table's `ca-file`. Not a secret: any mode will do.
+fn ca_certificates(path: Option<&Path>, table: &str) -> Result<Vec<Certificate>> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let what = format!("[{table}] ca-file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| {
+        // archive_command and restore_command run in the data directory.
+        let fix = if path.is_relative() {
+            "write an absolute path (a relative one is read from the current directory: the data directory, for archive_command)"
+        } else {
+            "check the path, and that the user running dbbackup (for archive_command, the PostgreSQL OS user) can read it"
+        };
+        Error::invalid(format!("{what} cannot be read: {e}; {fix}"))
+    })?;
+    let not_pem = |why: &str| {
+        Error::invalid(format!(
+            "{what} {why}: it must hold the CA's certificate (or several) in PEM form, each between -----BEGIN CERTIFICATE----- and -----END CERTIFICATE----- lines (convert a DER file with `openssl x509 -inform der -in ca.der -out ca.pem`)"
+        ))
+    };
+    match Certificate::from_pem_bundle(&pem) {
+        Ok(c) if c.is_empty() => Err(not_pem("holds no PEM certificate")),
+        Ok(c) => Ok(c),
+        Err(_) => Err(not_pem("is not a valid PEM certificate file")),
+    }
+}
+
+/// Why a store client could not be built: a `ca-file` whose certificates
+/// do not parse as X.509 is said as such (only checked after a failure:
+/// building a client reads the system's roots again).
+fn build_error(
+    url: &str,
+    roots: &[Certificate],
+    ca_file: Option<&PathBuf>,
+    table: &str,
+    e: object_store::Error,
+) -> Error {
+    if let Some(f) = ca_file.filter(|_| !roots.is_empty()) {
+        if let Err(bad) = ReqwestConnector::default().connect(&client_options(false, REQUEST_TIMEOUT, roots)) {
+            // reqwest says "builder error" and keeps rustls' reason below.
+            let mut why = bad.to_string();
+            let mut src = std::error::Error::source(&bad);
+            while let Some(c) = src {
+                why = format!("{why}: {c}");
+                src = c.source();
+            }
+            return Error::invalid(format!(
+                "[{table}] ca-file {}: a certificate in it is not a valid X.509 CA certificate ({why}): put the CA's PEM certificate there, as `openssl x509 -in FILE -noout -text` can read it",
+                f.display()
+            ));
+        }
+    }
+    Error::invalid(format!("repository {url}: {e}"))
 }
 
 /// `request-timeout` (seconds) of a table, checked.
@@ -214,7 +281,6 @@ pub fn open_path(repo: &Path, settings: &StoreSettings) -> Result<Arc<dyn Storag
 /// Opens the storage behind a location.
 pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn Storage>> {
     let url = loc.to_string();
-    let store_err = |e: object_store::Error| Error::invalid(format!("repository {url}: {e}"));
     match loc {
         Location::Local(p) => Ok(Arc::new(LocalStorage::new(p))),
         Location::S3 { bucket, prefix } => {
@@ -246,9 +312,14 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 b = b.with_token(t);
             }
             let timeout = request_timeout(s.request_timeout, "s3")?;
-            let store =
-                b.with_client_options(client_options(http, timeout)).with_retry(retry()).build().map_err(store_err)?;
-            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+            let roots = ca_certificates(s.ca_file.as_deref(), "s3")?;
+            let store = b
+                .with_client_options(client_options(http, timeout, &roots))
+                .with_retry(retry())
+                .build()
+                .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "s3", e))?;
+            let hints = Hints { table: "s3", endpoint: s.endpoint.clone(), ca_file: s.ca_file.clone() };
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url, hints)))
         }
         Location::Gcs { bucket, prefix } => {
             let s = &settings.gcs;
@@ -262,12 +333,14 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 secret_file(f, "[gcs] service-account")?;
                 b = b.with_service_account_path(f.display().to_string());
             }
+            let roots = ca_certificates(s.ca_file.as_deref(), "gcs")?;
             let store = b
-                .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?, &roots))
                 .with_retry(retry())
                 .build()
-                .map_err(store_err)?;
-            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+                .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "gcs", e))?;
+            let hints = Hints { table: "gcs", endpoint: s.endpoint.clone(), ca_file: s.ca_file.clone() };
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url, hints)))
         }
         Location::Azure { container, prefix } => {
             let s = &settings.azure;
@@ -308,12 +381,14 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 b = b.with_use_emulator(true);
                 http = true;
             }
+            let roots = ca_certificates(s.ca_file.as_deref(), "azure")?;
             let store = b
-                .with_client_options(client_options(http, request_timeout(s.request_timeout, "azure")?))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "azure")?, &roots))
                 .with_retry(retry())
                 .build()
-                .map_err(store_err)?;
-            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url)))
+                .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "azure", e))?;
+            let hints = Hints { table: "azure", endpoint: s.endpoint.clone(), ca_file: s.ca_file.clone() };
+            Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url, hints)))
         }
     }
 }
@@ -359,5 +434,39 @@ mod tests {
         assert_eq!(request_timeout(Some(5), "s3").unwrap(), Duration::from_secs(5));
         let e = request_timeout(Some(0), "s3").unwrap_err().to_string();
         assert!(e.contains("[s3] request-timeout = 0"), "{e}");
+    }
+
+    /// An S3 location whose `[s3]` names `ca_file` (no request is made:
+    /// the client is only built).
+    fn open_with_ca(ca_file: &Path) -> Result<Arc<dyn Storage>> {
+        let mut settings = StoreSettings::default();
+        settings.s3.endpoint = Some("https://127.0.0.1:1".into());
+        settings.s3.region = Some("garage".into());
+        settings.s3.ca_file = Some(ca_file.to_path_buf());
+        open_storage(&Location::S3 { bucket: "b".into(), prefix: "p".into() }, &settings)
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_named_with_its_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        let missing = dir.path().join("missing.pem");
+        let text = write("text.pem", "not a certificate\n");
+        let junk = write("junk.pem", "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n");
+        for (file, why) in [
+            (&missing, "cannot be read"),
+            (&text, "holds no PEM certificate"),
+            (&junk, "is not a valid X.509 CA certificate"),
+        ] {
+            let e = open_with_ca(file).unwrap_err().to_string();
+            assert!(e.contains(&format!("[s3] ca-file {}", file.display())) && e.contains(why), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = open_with_ca(Path::new("ca.pem")).unwrap_err().to_string();
+        assert!(e.contains("write an absolute path"), "{e}");
     }
 }

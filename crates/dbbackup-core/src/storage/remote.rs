@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -57,9 +58,22 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
+/// What error messages need to know of the settings that opened a store,
+/// to name the fix (`ca-file = ...` in `[s3]`).
+#[derive(Debug, Clone, Default)]
+pub struct Hints {
+    /// The config file table: `s3`, `gcs` or `azure`.
+    pub table: &'static str,
+    /// The table's `endpoint`, if set.
+    pub endpoint: Option<String>,
+    /// The table's `ca-file`, if set.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A repository under `prefix` in an object store.
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
+    hints: Arc<Hints>,
     /// Key prefix of the repository, without a trailing `/` ("" for the
     /// bucket's root).
     prefix: String,
@@ -74,8 +88,8 @@ impl fmt::Debug for ObjectStorage {
 }
 
 impl ObjectStorage {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, url: String) -> ObjectStorage {
-        ObjectStorage { store, prefix: prefix.trim_matches('/').to_string(), url }
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, url: String, hints: Hints) -> ObjectStorage {
+        ObjectStorage { store, hints: Arc::new(hints), prefix: prefix.trim_matches('/').to_string(), url }
     }
 
     fn key(&self, rel: &str) -> ObjPath {
@@ -103,7 +117,7 @@ impl ObjectStorage {
         let mut out = Vec::new();
         block_on(async {
             while let Some(m) = stream.next().await {
-                let m = m.map_err(|e| listing_error(dir, e))?;
+                let m = m.map_err(|e| listing_error(dir, e, &self.hints))?;
                 out.push(self.rel(m.location.as_ref()).to_string());
             }
             Ok::<(), StorageError>(())
@@ -114,26 +128,26 @@ impl ObjectStorage {
 
 /// Turns a store error into ours. `NotFound` stays "not found" only for
 /// objects: callers decide what a missing object means.
-fn error(rel: &str, e: object_store::Error) -> StorageError {
+fn error(rel: &str, e: object_store::Error, hints: &Hints) -> StorageError {
     match e {
         object_store::Error::NotFound { .. } => StorageError::NotFound { path: rel.to_string() },
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             StorageError::AlreadyExists { path: rel.to_string() }
         }
-        e => StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e)) },
+        e => StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e, hints)) },
     }
 }
 
 /// A listing never answers "not found": an empty prefix lists as empty,
 /// and a missing bucket is an error (a "no" there would read as "not
 /// archived" to `wal fetch`).
-fn listing_error(rel: &str, e: object_store::Error) -> StorageError {
-    StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e)) }
+fn listing_error(rel: &str, e: object_store::Error, hints: &Hints) -> StorageError {
+    StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e, hints)) }
 }
 
 /// `object_store` errors nest their causes over several lines and quote
 /// the store's XML: one line, led by what it means for the DBA.
-fn one_line(e: &dyn std::error::Error) -> String {
+fn one_line(e: &dyn std::error::Error, hints: &Hints) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -158,19 +172,20 @@ fn one_line(e: &dyn std::error::Error) -> String {
         }
         _ => raw.clone(),
     };
-    match explain(&raw) {
+    match explain(&raw, hints) {
         Some(what) => format!("{what} ({detail})"),
         None => detail,
     }
 }
 
 /// What a store's error means, for the common mistakes.
-fn explain(raw: &str) -> Option<&'static str> {
+fn explain(raw: &str, hints: &Hints) -> Option<String> {
     let has = |needles: &[&str]| needles.iter().any(|n| raw.contains(n));
+    let fixed = |s: &str| Some(s.to_string());
     if has(&["NoSuchBucket", "ContainerNotFound", "The specified container does not exist", "bucket does not exist"]) {
-        Some("the bucket (or container) does not exist: check its name in --repo, and the endpoint and region")
+        fixed("the bucket (or container) does not exist: check its name in --repo, and the endpoint and region")
     } else if has(&["PermanentRedirect", "AuthorizationHeaderMalformed", "IncorrectEndpoint", "wrong region"]) {
-        Some("the bucket is in another region: set region in [s3] to the bucket's")
+        fixed("the bucket is in another region: set region in [s3] to the bucket's")
     } else if has(&[
         "AccessDenied",
         "InvalidAccessKeyId",
@@ -179,9 +194,9 @@ fn explain(raw: &str) -> Option<&'static str> {
         "403 Forbidden",
         "401 Unauthorized",
     ]) {
-        Some("access denied: check the credentials (access key and secret) and the permissions on the bucket")
-    } else if has(&["certificate", "InvalidCertificate", "tls handshake", "TLS"]) {
-        Some("TLS failure talking to the store: check the endpoint's certificate and its https:// or http:// scheme")
+        fixed("access denied: check the credentials (access key and secret) and the permissions on the bucket")
+    } else if let Some(tls) = explain_tls(raw, hints) {
+        Some(tls)
     } else if has(&[
         "SlowDown",
         "ServiceUnavailable",
@@ -190,11 +205,13 @@ fn explain(raw: &str) -> Option<&'static str> {
         "500 Internal Server Error",
         "502 Bad Gateway",
     ]) {
-        Some("the store is overloaded or unavailable (retried with backoff, still failing): wait, or check the store's health")
+        fixed("the store is overloaded or unavailable (retried with backoff, still failing): wait, or check the store's health")
     } else if has(&["operation timed out"]) {
-        Some("the store did not answer within the request timeout (retried): check that it is up and not overloaded, or raise request-timeout")
+        fixed("the store did not answer within the request timeout (retried): check that it is up and not overloaded, or raise request-timeout")
     } else if has(&["error reading a body", "body error", "end of file before message length reached"]) {
-        Some("the transfer from the store broke off half way (retried): check the network and the store's health, then try again")
+        fixed("the transfer from the store broke off half way (retried): check the network and the store's health, then try again")
+    } else if let Some(dropped) = explain_dropped(raw, hints) {
+        Some(dropped)
     } else if has(&[
         "Connection refused",
         "dns error",
@@ -203,10 +220,76 @@ fn explain(raw: &str) -> Option<&'static str> {
         "operation timed out",
         "error sending request",
     ]) {
-        Some("cannot reach the store (retried): check the endpoint, that the store is up, and the network")
+        fixed("cannot reach the store (retried): check the endpoint, that the store is up, and the network")
     } else {
         None
     }
+}
+
+/// TLS failures (rustls' words, as reqwest and hyper pass them on), said
+/// with their fix: a private CA to trust, a host name the certificate
+/// does not carry, or an endpoint whose scheme is not what it speaks.
+fn explain_tls(raw: &str, hints: &Hints) -> Option<String> {
+    let has = |needles: &[&str]| needles.iter().any(|n| raw.contains(n));
+    let table = hints.table;
+    let endpoint = hints.endpoint.as_deref().unwrap_or("");
+    // The endpoint with the other scheme, for the fix.
+    let swapped = |from: &str, to: &str| match endpoint.strip_prefix(from) {
+        Some(rest) => format!("endpoint = \"{to}{rest}\""),
+        None => format!("an {to} endpoint"),
+    };
+    if has(&["UnknownIssuer", "unknown issuer", "self-signed certificate", "self signed certificate"]) {
+        Some(match &hints.ca_file {
+            None => format!(
+                "the store's TLS certificate is not trusted: no CA this host trusts signed it (a private CA?); give that CA's certificate with ca-file = \"/path/ca.pem\" in [{table}]"
+            ),
+            Some(f) => format!(
+                "the store's TLS certificate is not trusted: neither this host's CAs nor the one in [{table}] ca-file {} signed it; put the certificate of the CA that issued the store's certificate in that file",
+                f.display()
+            ),
+        })
+    } else if has(&["not valid for name", "NotValidForName"]) {
+        Some(format!(
+            "the store's TLS certificate is not valid for the host name in the endpoint: write endpoint in [{table}] with a name or address the certificate carries (its subjectAltName), or have the certificate reissued for this one"
+        ))
+    } else if has(&[
+        "certificate expired",
+        "certificate not valid yet",
+        "invalid peer certificate: Expired",
+        "invalid peer certificate: NotValidYet",
+    ]) {
+        Some("the store's TLS certificate has expired or is not valid yet: renew it on the store, and check this host's clock".to_string())
+    } else if has(&["InvalidContentType", "received corrupt message"]) && endpoint.starts_with("https://") {
+        Some(format!(
+            "the endpoint does not speak TLS (it answered in plain http): write {} in [{table}] if the store serves plain http (with allow-http = true when it is not on this host), or use the store's https port",
+            swapped("https://", "http://")
+        ))
+    } else if has(&["HTTP request to an HTTPS server", "plain HTTP request was sent to HTTPS port"]) {
+        Some(format!(
+            "the endpoint speaks https, not plain http: write {} in [{table}]",
+            swapped("http://", "https://")
+        ))
+    } else if has(&["invalid peer certificate", "certificate", "tls handshake", "TLS", "received fatal alert"]) {
+        Some(format!(
+            "TLS failure talking to the store: check the endpoint's certificate, its https:// or http:// scheme in [{table}] endpoint, and ca-file for a private CA"
+        ))
+    } else {
+        None
+    }
+}
+
+/// A plain http request the endpoint dropped at once, every retry: what a
+/// TLS port does with one (stunnel, Ceph's beast); so might a store going
+/// down, hence both fixes.
+fn explain_dropped(raw: &str, hints: &Hints) -> Option<String> {
+    let endpoint = hints.endpoint.as_deref()?;
+    let rest = endpoint.strip_prefix("http://")?;
+    ["Connection reset by peer", "connection closed before message completed"].iter().any(|n| raw.contains(n)).then(|| {
+        format!(
+            "the store dropped the connection as soon as the request was sent (retried): if it serves https there, write endpoint = \"https://{rest}\" in [{}]; otherwise check that the store is up, and the network",
+            hints.table
+        )
+    })
 }
 
 impl Storage for ObjectStorage {
@@ -216,18 +299,25 @@ impl Storage for ObjectStorage {
 
     fn root_exists(&self) -> StorageResult<bool> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjPath::from(self.prefix.as_str()));
-        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref())).map_err(|e| listing_error("", e))?;
+        let listed =
+            block_on(self.store.list_with_delimiter(prefix.as_ref())).map_err(|e| listing_error("", e, &self.hints))?;
         Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
     }
 
     fn open(&self, path: &str) -> StorageResult<Box<dyn Read + Send>> {
-        let got = block_on(self.store.get(&self.key(path))).map_err(|e| error(path, e))?;
-        Ok(Box::new(StreamReader { stream: got.into_stream(), chunk: Bytes::new(), path: path.to_string() }))
+        let got = block_on(self.store.get(&self.key(path))).map_err(|e| error(path, e, &self.hints))?;
+        Ok(Box::new(StreamReader {
+            stream: got.into_stream(),
+            chunk: Bytes::new(),
+            path: path.to_string(),
+            hints: Arc::clone(&self.hints),
+        }))
     }
 
     fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>> {
         Ok(Box::new(RemoteWriter {
             store: Arc::clone(&self.store),
+            hints: Arc::clone(&self.hints),
             key: self.key(key),
             rel: key.to_string(),
             mode,
@@ -240,7 +330,8 @@ impl Storage for ObjectStorage {
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
         let prefix = self.key(dir);
         let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
-        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref())).map_err(|e| listing_error(dir, e))?;
+        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref()))
+            .map_err(|e| listing_error(dir, e, &self.hints))?;
         let name = |full: &str| self.rel(full).rsplit('/').next().unwrap_or_default().to_string();
         let mut out: Vec<Entry> = listed
             .common_prefixes
@@ -261,7 +352,7 @@ impl Storage for ObjectStorage {
     fn remove(&self, path: &str) -> StorageResult<()> {
         match block_on(self.store.delete(&self.key(path))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(error(path, e)),
+            Err(e) => Err(error(path, e, &self.hints)),
         }
     }
 
@@ -286,7 +377,7 @@ impl Storage for ObjectStorage {
     }
 
     fn try_lock(&self, name: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
-        Lease::try_take(Arc::clone(&self.store), self.key(name), name)
+        Lease::try_take(Arc::clone(&self.store), Arc::clone(&self.hints), self.key(name), name)
     }
 
     fn requests_per_worker(&self) -> usize {
@@ -308,6 +399,7 @@ struct StreamReader {
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     chunk: Bytes,
     path: String,
+    hints: Arc<Hints>,
 }
 
 impl Read for StreamReader {
@@ -323,7 +415,7 @@ impl Read for StreamReader {
                 Some(Err(e)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
-                        format!("{}: {}", self.path, one_line(&e)),
+                        format!("{}: {}", self.path, one_line(&e, &self.hints)),
                     ))
                 }
             }
@@ -339,6 +431,7 @@ impl Read for StreamReader {
 /// multipart upload, one part in flight at a time.
 struct RemoteWriter {
     store: Arc<dyn ObjectStore>,
+    hints: Arc<Hints>,
     key: ObjPath,
     rel: String,
     mode: Commit,
@@ -353,7 +446,7 @@ impl RemoteWriter {
         match block_on(self.store.head(&self.key)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(io::Error::other(format!("{}: {}", self.rel, one_line(&e)))),
+            Err(e) => Err(io::Error::other(format!("{}: {}", self.rel, one_line(&e, &self.hints)))),
         }
     }
 
@@ -363,12 +456,13 @@ impl RemoteWriter {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: already exists", self.rel)));
             }
             let up = block_on(self.store.put_multipart(&self.key))
-                .map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e))))?;
+                .map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e, &self.hints))))?;
             self.upload = Some(up);
         }
         let part = PutPayload::from(std::mem::take(&mut self.buf));
         let up = self.upload.as_mut().expect("started above");
-        block_on(up.put_part(part)).map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e))))
+        block_on(up.put_part(part))
+            .map_err(|e| io::Error::other(format!("{}: {}", self.rel, one_line(&e, &self.hints))))
     }
 }
 
@@ -407,9 +501,9 @@ impl ObjectWriter for RemoteWriter {
                     Err(object_store::Error::NotImplemented { .. }) if no_replace => {
                         block_on(self.store.put(&self.key, PutPayload::from(bytes)))
                             .map(|_| ())
-                            .map_err(|e| error(&rel, e))
+                            .map_err(|e| error(&rel, e, &self.hints))
                     }
-                    Err(e) => Err(error(&rel, e)),
+                    Err(e) => Err(error(&rel, e, &self.hints)),
                 }
             }
             Some(mut up) => {
@@ -417,12 +511,12 @@ impl ObjectWriter for RemoteWriter {
                     let part = PutPayload::from(std::mem::take(&mut self.buf));
                     if let Err(e) = block_on(up.put_part(part)) {
                         let _ = block_on(up.abort());
-                        return Err(error(&rel, e));
+                        return Err(error(&rel, e, &self.hints));
                     }
                 }
                 block_on(up.complete()).map(|_| ()).map_err(|e| {
                     let _ = block_on(up.abort());
-                    error(&rel, e)
+                    error(&rel, e, &self.hints)
                 })
             }
         }
@@ -448,6 +542,7 @@ impl Drop for RemoteWriter {
 /// the lease ends, renewed by a thread while held, removed on release.
 struct Lease {
     store: Arc<dyn ObjectStore>,
+    hints: Arc<Hints>,
     key: ObjPath,
     token: String,
     /// Dropping it wakes the renewer at once (no polling).
@@ -478,13 +573,13 @@ impl Lease {
         PutPayload::from(serde_json::to_vec(&b).expect("a lease serializes"))
     }
 
-    fn read(store: &dyn ObjectStore, key: &ObjPath, rel: &str) -> StorageResult<Option<LeaseBody>> {
+    fn read(store: &dyn ObjectStore, hints: &Hints, key: &ObjPath, rel: &str) -> StorageResult<Option<LeaseBody>> {
         let got = match block_on(store.get(key)) {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(error(rel, e)),
+            Err(e) => return Err(error(rel, e, hints)),
         };
-        let bytes = block_on(got.bytes()).map_err(|e| error(rel, e))?;
+        let bytes = block_on(got.bytes()).map_err(|e| error(rel, e, hints))?;
         // An unreadable lease (torn, foreign) counts as expired.
         Ok(Some(serde_json::from_slice(&bytes).unwrap_or(LeaseBody {
             token: String::new(),
@@ -494,8 +589,13 @@ impl Lease {
         })))
     }
 
-    fn try_take(store: Arc<dyn ObjectStore>, key: ObjPath, rel: &str) -> StorageResult<Option<Box<dyn LockGuard>>> {
-        if let Some(held) = Self::read(store.as_ref(), &key, rel)? {
+    fn try_take(
+        store: Arc<dyn ObjectStore>,
+        hints: Arc<Hints>,
+        key: ObjPath,
+        rel: &str,
+    ) -> StorageResult<Option<Box<dyn LockGuard>>> {
+        if let Some(held) = Self::read(store.as_ref(), &hints, &key, rel)? {
             if held.expires > now_s() {
                 return Ok(None);
             }
@@ -512,11 +612,11 @@ impl Lease {
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 return Ok(None)
             }
-            Err(e) => return Err(error(rel, e)),
+            Err(e) => return Err(error(rel, e, &hints)),
         }
         // A store that ignores conditional writes let the last writer win:
         // the lease is ours only if it still names us.
-        match Self::read(store.as_ref(), &key, rel)? {
+        match Self::read(store.as_ref(), &hints, &key, rel)? {
             Some(b) if b.token == token => {}
             _ => return Ok(None),
         }
@@ -531,7 +631,7 @@ impl Lease {
                 }
             })
         };
-        Ok(Some(Box::new(Lease { store, key, token, stop: Some(stop), renewer: Some(renewer) })))
+        Ok(Some(Box::new(Lease { store, hints, key, token, stop: Some(stop), renewer: Some(renewer) })))
     }
 }
 
@@ -542,10 +642,61 @@ impl Drop for Lease {
             let _ = h.join();
         }
         // Only our own lease is removed.
-        if let Ok(Some(b)) = Self::read(self.store.as_ref(), &self.key, self.key.as_ref()) {
+        if let Ok(Some(b)) = Self::read(self.store.as_ref(), &self.hints, &self.key, self.key.as_ref()) {
             if b.token == self.token {
                 let _ = block_on(self.store.delete(&self.key));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(endpoint: &str, ca_file: Option<&str>) -> Hints {
+        Hints { table: "s3", endpoint: Some(endpoint.into()), ca_file: ca_file.map(PathBuf::from) }
+    }
+
+    /// rustls' words, as they reach us through reqwest and object_store.
+    const SENDING: &str = "Generic S3 error: Error performing GET https://127.0.0.1:9000/b/k in 1s, after 6 retries - HTTP error: error sending request: client error (Connect): ";
+
+    #[test]
+    fn tls_failures_are_said_with_their_fix() {
+        let https = s3("https://127.0.0.1:9000", None);
+        let said = |raw: &str, h: &Hints| explain(&format!("{SENDING}{raw}"), h).unwrap_or_default();
+
+        let e = said("invalid peer certificate: UnknownIssuer", &https);
+        assert!(e.contains("not trusted") && e.contains("ca-file = \"/path/ca.pem\" in [s3]"), "{e}");
+        let e = said("invalid peer certificate: UnknownIssuer", &s3("https://127.0.0.1:9000", Some("/etc/ca.pem")));
+        assert!(e.contains("not trusted") && e.contains("[s3] ca-file /etc/ca.pem"), "{e}");
+        let e = said("invalid peer certificate: certificate not valid for name \"s3.local\"; certificate is only valid for IpAddress(127.0.0.1)", &https);
+        assert!(e.contains("not valid for the host name"), "{e}");
+        let e = said("invalid peer certificate: certificate expired: verification time 2 (UNIX), but certificate is not valid after 1 (1 seconds ago)", &https);
+        assert!(e.contains("expired"), "{e}");
+        let e = said("received corrupt message of type InvalidContentType", &https);
+        assert!(e.contains("does not speak TLS") && e.contains("endpoint = \"http://127.0.0.1:9000\" in [s3]"), "{e}");
+
+        let http = s3("http://127.0.0.1:9000", None);
+        let e = said(
+            "Server returned non-2xx status code: 400 Bad Request: Client sent an HTTP request to an HTTPS server.",
+            &http,
+        );
+        assert!(e.contains("speaks https") && e.contains("endpoint = \"https://127.0.0.1:9000\" in [s3]"), "{e}");
+        let e = said("connection error: Connection reset by peer (os error 104)", &http);
+        assert!(e.contains("if it serves https there, write endpoint = \"https://127.0.0.1:9000\""), "{e}");
+        // Over https, a reset is just a reset.
+        let e = said("connection error: Connection reset by peer (os error 104)", &https);
+        assert!(e.contains("cannot reach the store"), "{e}");
+    }
+
+    #[test]
+    fn store_answers_are_not_taken_for_tls_failures() {
+        let h = s3("https://s3.example.com", None);
+        // An expired session token is a credentials problem, not a certificate's.
+        let e = explain("Client error with status 400 Bad Request: ExpiredToken: The provided token has expired.", &h);
+        assert!(e.as_deref().is_none_or(|e| !e.contains("certificate")), "{e:?}");
+        let e = explain("403 Forbidden: AccessDenied: Access Denied", &h).unwrap();
+        assert!(e.starts_with("access denied"), "{e}");
     }
 }
