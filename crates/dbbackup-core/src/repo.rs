@@ -217,6 +217,12 @@ impl Repository {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
                 let exists = storage.root_exists().unwrap_or(false);
+                // An object store has no mounts: the name or settings are wrong.
+                if loc.contains("://") {
+                    return Err(Error::not_found(format!(
+                        "repository {loc} does not exist (no {META_FILE} under that prefix): check the bucket and prefix in --repo or the config file's `repo`, and the endpoint in its store table"
+                    )));
+                }
                 return Err(Error::not_found(if exists {
                     format!(
                         "{loc} is not a dbbackup repository (no {META_FILE}): check that --repo is right and that the repository's file system is mounted there"
