@@ -21,6 +21,7 @@ pub mod pitr;
 pub mod repo;
 pub mod restore;
 pub mod secret;
+pub mod spool;
 pub mod storage;
 pub mod wal;
 

@@ -143,8 +143,22 @@ pub fn excluded_file(rel: &str) -> bool {
 }
 
 /// Directories whose contents are not backed up (the directory is).
-pub const EMPTY_DIRS: &[&str] =
-    &["pg_wal", "pg_replslot", "pg_stat_tmp", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"];
+/// dbbackup's spool (asynchronous archiving, prefetching fetch) is local
+/// state of one server, never part of its backups.
+pub const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_stat_tmp",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_subtrans",
+    SPOOL_DIR_NAME,
+];
+
+/// The default spool directory's name, in the data directory.
+pub const SPOOL_DIR_NAME: &str = "dbbackup_spool";
 
 #[cfg(test)]
 mod tests {
