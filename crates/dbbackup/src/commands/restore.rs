@@ -92,6 +92,8 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         tablespace_map: a.tablespace_map,
         restore_command: restore_command(ctx, &repo)?,
         port: if ctx.port_on_cli { ctx.g.port } else { None },
+        prefetch: a.prefetch,
+        spool_dir: a.spool_dir.as_deref().map(std::path::absolute).transpose()?,
     };
     let how = restore::StartOptions { auto_start: a.auto_start, monitor: a.monitor };
     let done = restore::run(&repo, opts, how, &|line| ctx.note(line))?;
