@@ -118,7 +118,7 @@ fn recovery_over_two_timelines(version: PgVersion) {
     assert_eq!(v["recovery"]["timeline"], 2, "{}", r1.describe());
     assert_eq!(r1.sql(SUM), at_branch, "{}", r1.describe());
     let sql1 = |q: &str| r1.sql(q);
-    let tl2 = fill(&sql1, 110);
+    let tl2 = fill(&sql1, 150);
     assert!(tl2[0].starts_with("00000002"), "{tl2:?}");
     r1.finish_wal();
     let want = r1.sql(SUM);
@@ -130,11 +130,14 @@ fn recovery_over_two_timelines(version: PgVersion) {
     let watch = SpoolWatch::new(dir.join("dbbackup_spool/fetch"));
     let r = restore(&c, &repo, &dir, &["--archive-mode", "off"]);
     let (most, seen) = watch.finish();
+    eprintln!("the spool held at most {most} segments; {} names seen", seen.len());
     let v = r.promoted();
     assert_eq!(v["plan"]["target_timeline"], 2, "{}", r.describe());
     let conf = auto_conf(&dir);
     assert!(conf.contains("--prefetch 8 --prefetch-timeline 2"), "{conf}");
     assert_eq!(r.sql(SUM), want, "{}", r.describe());
+    let restored = std::fs::read_to_string(dir.join("restore.log")).unwrap().matches("restored log file").count();
+    assert!(restored > 200, "only {restored} WAL files restored");
     // The worker ran ahead, within its bound, on the timeline recovery
     // followed: timeline 1's segments after the branch were never fetched.
     assert!(most >= 1, "nothing was ever prefetched: {}", r.describe());
