@@ -334,3 +334,151 @@ fn pg15_prefetch_calls_by_hand_spool_bound_rename_end_of_archive_and_kill_9() {
     let repo_arg = repo.display().to_string();
     calls_by_hand(&["--repo", &repo_arg], &segs, &d);
 }
+
+/// The worker reads an encrypted repository with the key file the call was
+/// given (a path on its command line, never the key).
+#[test]
+fn pg15_prefetch_calls_by_hand_on_an_encrypted_repository() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let key = key_file(&d, "key", 0x33);
+    let c = archiving_cluster(
+        PgVersion::V15,
+        Some(1),
+        &repo,
+        &format!("--encrypt --encryption-key-file {}", key.display()),
+    );
+    c.sql("CREATE TABLE t(i serial PRIMARY KEY, pad text)");
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 8);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let (repo_arg, key_arg) = (repo.display().to_string(), key.display().to_string());
+    calls_by_hand(&["--repo", &repo_arg, "--encryption-key-file", &key_arg], &segs, &d);
+    // No secret on the worker's command line: only the key file's path.
+    let cmdlines: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .filter(|l| l.contains("fetch-worker") && l.contains(&repo_arg))
+        .collect();
+    assert!(!cmdlines.is_empty());
+    for l in cmdlines {
+        assert!(l.contains(&format!("--encryption-key-file {key_arg}")), "{l}");
+        assert!(!l.contains(&"33".repeat(32)), "{l}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Spools that are not this recovery's, and mistakes.
+
+/// A spool left by another repository or another cluster (a data directory
+/// copied with it, a repository re-created) is never used: the call empties
+/// it, says so, and takes it over; what it hands over is this repository's.
+#[test]
+fn pg15_a_stale_spool_of_another_repository_or_cluster_is_emptied_and_taken_over() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = small_segment_cluster(PgVersion::V15, &repo);
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 4);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let repo_arg = repo.display().to_string();
+    let repo_args = ["--repo", repo_arg.as_str()];
+    let info = json(&dbb(["repo", "info", "--json", "--repo"]).arg(&repo).assert_success());
+    let id = info["id"].as_str().unwrap().to_string();
+    let sysid = c.system_identifier().to_string();
+    let owners = [
+        ("another repository", sysid.clone(), "0123456789abcdef0123456789abcdef".to_string()),
+        ("another cluster", "6999999999999999999".to_string(), id.clone()),
+    ];
+    for (what, system_identifier, repository_id) in owners {
+        let data = data_dir(&d, &what.replace(' ', "-"));
+        let part = data.join("dbbackup_spool/fetch");
+        // Their "segments", of the right size, under this recovery's names.
+        for s in &segs[..3] {
+            d.write(part.join(s).strip_prefix(d.path()).unwrap(), vec![0u8; 1 << 20]);
+        }
+        d.write(
+            part.join("owner.json").strip_prefix(d.path()).unwrap(),
+            format!(r#"{{"system_identifier":"{system_identifier}","repository_id":"{repository_id}"}}"#),
+        );
+        let out = fetch_in(&data, &repo_args, &segs[0], &["--prefetch", "2"]);
+        assert_eq!(out.status, 0, "{what}: {out:?}");
+        assert!(out.stderr.contains("emptied it and took it over"), "{what}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("cluster {system_identifier} and repository {repository_id}")),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[0]), "{what}");
+        // The worker refills it from this repository.
+        wait_until("the worker spooled the next 2", || spooled(&part) == segs[1..3]);
+        let out = fetch_in(&data, &repo_args, &segs[1], &["--prefetch", "2"]);
+        assert_eq!(out.status, 0, "{what}: {out:?}");
+        assert!(!out.stderr.contains("took it over"), "once is enough: {}", out.stderr);
+        assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[1]), "{what}");
+    }
+}
+
+/// Mistakes and the rule that "not archived" (1) comes only from the
+/// repository: a spool inside pg_wal and an out-of-range --prefetch stop
+/// recovery (128) naming the fix; an error note in the spool is never an
+/// answer; a worker started by hand leaves nothing after its idle time.
+#[test]
+fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = small_segment_cluster(PgVersion::V15, &repo);
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 4);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let repo_arg = repo.display().to_string();
+    let repo_args = ["--repo", repo_arg.as_str()];
+    let data = data_dir(&d, "data");
+
+    let out = fetch_in(&data, &repo_args, &segs[0], &["--prefetch", "2", "--spool-dir", "pg_wal/spool"]);
+    assert_eq!(out.status, 128, "{out:?}");
+    let first = format!("dbbackup: wal fetch {}", segs[0]);
+    for want in [first.as_str(), "is inside pg_wal", "give a --spool-dir outside pg_wal"] {
+        assert!(out.stderr.contains(want), "{want:?}: {}", out.stderr);
+    }
+    assert!(!data.join("pg_wal/spool").exists() && !data.join("pg_wal/RECOVERYXLOG").exists());
+    let out = fetch_in(&data, &repo_args, &segs[0], &["--prefetch", "1000"]);
+    assert_eq!(out.status, 128, "{out:?}");
+    assert!(out.stderr.contains("--prefetch"), "{}", out.stderr);
+
+    // A segment the repository does not have: 1, whatever the spool holds
+    // about it; a segment it has: delivered, whatever note the spool holds.
+    let after = next_segment(&segs[3]);
+    let spool = d.mkdir("spool");
+    let part = spool.join("fetch");
+    let spool_arg = spool.display().to_string();
+    let prefetch = ["--prefetch", "2", "--spool-dir", spool_arg.as_str()];
+    let out = fetch_in(&data, &repo_args, &segs[0], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    wait_until("the worker spooled the next 2", || spooled(&part) == segs[1..3]);
+    for name in [&after, &segs[3]] {
+        d.write(part.join(format!("{name}.error")).strip_prefix(d.path()).unwrap(), "corrupt, says a stale note\n");
+    }
+    let out = fetch_in(&data, &repo_args, &after, &prefetch);
+    assert_eq!(out.status, 1, "{out:?}");
+    let out = fetch_in(&data, &repo_args, &segs[3], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[3]));
+
+    // The worker leaves by itself when no call comes, removing what it
+    // spooled (30 s for the one a call starts; 1 s here, by hand).
+    let pid = worker_pid(&part).expect("a running worker");
+    Cmd::new("kill").args(["-9", &pid]).as_root().assert_success();
+    wait_until("the worker is gone", || !Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::write(part.join("want"), format!("{}\t0\t0\n", segs[0])).unwrap();
+    let out = dbb(["wal", "fetch-worker", "--prefetch", "2", "--idle-exit", "1", "--spool-dir"])
+        .arg(&spool)
+        .args(repo_args)
+        .timeout(Duration::from_secs(60))
+        .output();
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stderr.contains("exits: no call for a while"), "{}", out.stderr);
+    assert_eq!(spooled(&part), Vec::<String>::new());
+}
