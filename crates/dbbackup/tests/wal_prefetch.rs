@@ -482,3 +482,33 @@ fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
     assert!(out.stderr.contains("exits: no call for a while"), "{}", out.stderr);
     assert_eq!(spooled(&part), Vec::<String>::new());
 }
+
+// ---------------------------------------------------------------------------
+// 5. On S3 (Garage): the worker reads the repository through the config
+// file the call was given.
+
+#[test]
+fn pg15_prefetch_on_s3_by_hand_and_through_restore() {
+    let g = dbbackup_testkit::stores::Garage::single();
+    let d = TestDir::new();
+    let cfg = private_file(&d, "dbbackup.toml", g.config_toml("pg/prefetch"));
+    let c = cluster_on(PgVersion::V15, &cfg);
+    c.sql("CREATE TABLE t(i serial PRIMARY KEY, pad text)");
+    make_archived_segment(&c);
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 12);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let want = c.sql(SUM);
+    let cfg_arg = cfg.display().to_string();
+    calls_by_hand(&["--config", &cfg_arg], &segs, &d);
+
+    let dir = d.join("restored");
+    let r = restore_on(&cfg, &c, &dir, &["--archive-mode", "off"]);
+    r.promoted();
+    assert_eq!(r.sql(SUM), want, "{}", r.describe());
+    let conf = auto_conf(&dir);
+    assert!(conf.contains("--prefetch 8 --prefetch-timeline 1") && conf.contains("--config"), "{conf}");
+    assert!(!conf.contains("secret"), "{conf}");
+    assert!(!dir.join("dbbackup_spool/fetch").exists(), "{}", r.describe());
+}
