@@ -133,9 +133,11 @@ pub enum RestoreCommand {
     #[command(after_help = "Chooses the newest complete backup that can reach the target (or --base-backup), \
         checks that the archive covers the way from it to the target before writing anything, unpacks it in \
         parallel into --target-dir (absent or empty, mode 0700), fsyncs every file, and writes recovery.signal \
-        and the recovery settings (restore_command = this binary's `wal fetch`, with the repository's ID). \
-        --auto-start starts the restored server (--port P to choose its port) and --monitor follows recovery \
-        to its end and reports where it stopped.\n\n\
+        and the recovery settings (restore_command = this binary's `wal fetch`, with the repository's ID, and \
+        --prefetch 8 with the timeline followed: a background worker keeps the next segments fetched and \
+        verified in a spool beside pg_wal; --prefetch 0 turns it off). --auto-start starts the restored \
+        server (--port P to choose its port) and --monitor follows recovery to its end, reports where it \
+        stopped, and removes the prefetch spool once recovery has ended.\n\n\
         The restored copy does not archive (archive_mode = off) unless --archive-mode preserve: a copy archiving \
         into the repository it came from starts a second live history there. Without --timeline, a repository \
         whose older timeline kept archiving after a newer one was born is refused: choose with --timeline. A \

@@ -62,6 +62,13 @@ fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<
 
 fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     ctx.check_command_paths()?;
+    if let Some(d) = &a.spool_dir {
+        // It goes into restore_command, a line of postgresql.auto.conf.
+        if d.to_string_lossy().chars().any(char::is_control) {
+            bail!("--spool-dir {d:?} holds a control character (a newline?): it cannot be written into PostgreSQL's configuration; use another path");
+        }
+        dbbackup_core::wal::prefetch::check_spool_dir(&std::path::absolute(d)?)?;
+    }
     let repo = ctx.open_repo()?;
     let target = if let Some(t) = a.target_time {
         Target::Time(t)
