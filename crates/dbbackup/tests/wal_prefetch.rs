@@ -421,17 +421,21 @@ fn pg15_a_stale_spool_of_another_repository_or_cluster_is_emptied_and_taken_over
     }
 }
 
-/// Mistakes and the rule that "not archived" (1) comes only from the
-/// repository: a spool inside pg_wal and an out-of-range --prefetch stop
-/// recovery (128) naming the fix; an error note in the spool is never an
-/// answer; a worker started by hand leaves nothing after its idle time.
+/// Mistakes, and the rule that "not archived" (1) and "corrupt" (128) come
+/// only from the repository: a spool inside pg_wal and an out-of-range
+/// --prefetch stop recovery (128) naming the fix, and restore pitr refuses
+/// such a --spool-dir before writing; an unusable spool or a wrong-sized
+/// spooled file only costs the prefetching; an error note in the spool is
+/// never an answer; a corrupt object gets a note, never a spooled file;
+/// a worker leaves nothing after its idle time, and refuses another
+/// repository.
 #[test]
 fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
     let d = TestDir::new();
     let repo = d.join("repo");
     let c = small_segment_cluster(PgVersion::V15, &repo);
     let sql = |q: &str| c.sql(q);
-    let segs = fill(&sql, 4);
+    let segs = fill(&sql, 6);
     c.wait_archived(segs.last().unwrap(), WAIT);
     let repo_arg = repo.display().to_string();
     let repo_args = ["--repo", repo_arg.as_str()];
@@ -447,10 +451,27 @@ fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
     let out = fetch_in(&data, &repo_args, &segs[0], &["--prefetch", "1000"]);
     assert_eq!(out.status, 128, "{out:?}");
     assert!(out.stderr.contains("--prefetch"), "{}", out.stderr);
+    let target = d.join("restored");
+    let out = dbb(["restore", "pitr", "--repo", &repo_arg, "--target-dir"])
+        .arg(&target)
+        .arg("--spool-dir")
+        .arg(target.join("pg_wal/spool"))
+        .assert_code(1);
+    assert!(out.stderr.contains("is inside pg_wal") && out.stderr.contains("--spool-dir"), "{}", out.stderr);
+    assert!(!target.exists());
 
-    // A segment the repository does not have: 1, whatever the spool holds
-    // about it; a segment it has: delivered, whatever note the spool holds.
-    let after = next_segment(&segs[3]);
+    // A spool that cannot be made: fetched without prefetching, said so.
+    let file = d.write("a-file", "");
+    let out = fetch_in(
+        &data,
+        &repo_args,
+        &segs[0],
+        &["--prefetch", "2", "--spool-dir", &format!("{}/spool", file.display())],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stderr.contains(&format!("fetching {} without prefetching", segs[0])), "{}", out.stderr);
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[0]));
+
     let spool = d.mkdir("spool");
     let part = spool.join("fetch");
     let spool_arg = spool.display().to_string();
@@ -458,14 +479,47 @@ fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
     let out = fetch_in(&data, &repo_args, &segs[0], &prefetch);
     assert_eq!(out.status, 0, "{out:?}");
     wait_until("the worker spooled the next 2", || spooled(&part) == segs[1..3]);
-    for name in [&after, &segs[3]] {
+
+    // Notes in the spool do not answer: a segment the repository has is
+    // delivered, one it has not is 1.
+    let after = next_segment(&segs[5]);
+    for name in [&after, &segs[5]] {
         d.write(part.join(format!("{name}.error")).strip_prefix(d.path()).unwrap(), "corrupt, says a stale note\n");
     }
+    let out = fetch_in(&data, &repo_args, &segs[5], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[5]));
+    assert!(part.join(format!("{after}.error")).exists());
     let out = fetch_in(&data, &repo_args, &after, &prefetch);
     assert_eq!(out.status, 1, "{out:?}");
-    let out = fetch_in(&data, &repo_args, &segs[3], &prefetch);
+
+    // A corrupt object ahead: the worker writes a note, never the segment;
+    // the call for it fails as without prefetching (128, the object named).
+    let obj = object_for(&repo, &segs[4]);
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&obj, &bytes).unwrap();
+    let out = fetch_in(&data, &repo_args, &segs[2], &prefetch);
     assert_eq!(out.status, 0, "{out:?}");
-    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[3]));
+    let note = part.join(format!("{}.error", segs[4]));
+    wait_until("the worker noted the corrupt object", || note.exists() && spooled(&part) == segs[3..4]);
+    assert!(std::fs::read_to_string(&note).unwrap().contains("corrupt"), "{}", std::fs::read_to_string(&note).unwrap());
+    let out = fetch_in(&data, &repo_args, &segs[4], &prefetch);
+    assert_eq!(out.status, 128, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("dbbackup: wal fetch {}", segs[4])) && out.stderr.contains("corrupt"),
+        "{}",
+        out.stderr
+    );
+    assert!(!part.join(&segs[4]).exists());
+    let log = std::fs::read_to_string(part.join("worker.log")).unwrap();
+    assert!(log.contains(&format!("cannot prefetch {}", segs[4])), "{log}");
+    std::fs::write(&obj, {
+        bytes[mid] ^= 0x01;
+        &bytes
+    })
+    .unwrap();
 
     // The worker leaves by itself when no call comes, removing what it
     // spooled (30 s for the one a call starts; 1 s here, by hand).
@@ -473,14 +527,30 @@ fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
     Cmd::new("kill").args(["-9", &pid]).as_root().assert_success();
     wait_until("the worker is gone", || !Path::new(&format!("/proc/{pid}")).exists());
     std::fs::write(part.join("want"), format!("{}\t0\t0\n", segs[0])).unwrap();
-    let out = dbb(["wal", "fetch-worker", "--prefetch", "2", "--idle-exit", "1", "--spool-dir"])
-        .arg(&spool)
-        .args(repo_args)
-        .timeout(Duration::from_secs(60))
-        .output();
+    let worker = |extra: &[&str]| {
+        dbb(["wal", "fetch-worker", "--prefetch", "2", "--idle-exit", "1", "--spool-dir"])
+            .arg(&spool)
+            .args(repo_args)
+            .args(extra)
+            .timeout(Duration::from_secs(60))
+            .output()
+    };
+    let out = worker(&[]);
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stderr.contains("exits: no call for a while"), "{}", out.stderr);
     assert_eq!(spooled(&part), Vec::<String>::new());
+    // Told another repository ID than the one it finds: it refuses.
+    let out = worker(&["--repo-id", "0123456789abcdef0123456789abcdef"]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stderr.contains("not 0123456789abcdef0123456789abcdef"), "{}", out.stderr);
+
+    // A spooled file that is not a whole segment (not ours to write, but
+    // found): removed, said, and the segment fetched from the repository.
+    d.write(part.join(&segs[1]).strip_prefix(d.path()).unwrap(), "short");
+    let out = fetch_in(&data, &repo_args, &segs[1], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stderr.contains("is not a 1048576 byte segment (5 bytes): removed it"), "{}", out.stderr);
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[1]));
 }
 
 // ---------------------------------------------------------------------------
