@@ -290,6 +290,14 @@ fn calls_by_hand(repo_args: &[&str], segs: &[String], d: &TestDir) {
     wait_until("a new worker moved the window", || spooled(&part) == segs[3..=n + 2]);
     let new_pid = worker_pid(&part).expect("a new worker");
     assert_ne!(new_pid, pid);
+    // Its peak memory so far (the bound for the worker: 64 MiB).
+    let status = std::fs::read_to_string(format!("/proc/{new_pid}/status")).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kb <= 64 << 10, "the worker's peak RSS is {peak_kb} kB");
 
     // The end of the archive: the worker stops there without an error note,
     // and the call past it is answered 1 by the repository.
