@@ -590,3 +590,41 @@ fn pg15_prefetch_on_s3_by_hand_and_through_restore() {
     assert!(!conf.contains("secret"), "{conf}");
     assert!(!dir.join("dbbackup_spool/fetch").exists(), "{}", r.describe());
 }
+
+/// Recovery catching up with the worker on a slow store: the call for the
+/// segment the worker is fetching waits for it rather than fetching it a
+/// second time.
+#[test]
+fn pg15_on_a_slow_store_a_call_waits_for_the_workers_fetch_instead_of_fetching_twice() {
+    use dbbackup_testkit::fault_proxy::{FaultProxy, Match};
+    let g = dbbackup_testkit::stores::Garage::single();
+    let proxy = FaultProxy::start(&g.endpoint());
+    let d = TestDir::new();
+    let direct = g.config_toml("pg/slow");
+    let cfg = private_file(&d, "dbbackup.toml", &direct);
+    let proxied = private_file(&d, "proxied.toml", direct.replace(&g.endpoint(), &proxy.endpoint()));
+    let c = cluster_on(PgVersion::V15, &cfg);
+    c.sql("CREATE TABLE t(i serial PRIMARY KEY, pad text)");
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 3);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let proxied_arg = proxied.display().to_string();
+    let args = ["--config", proxied_arg.as_str()];
+    let data = data_dir(&d, "data");
+    let part = data.join("dbbackup_spool/fetch");
+
+    proxy.delay(Duration::from_secs(3), Match::method("GET").contains(&segs[1]));
+    let out = fetch_in(&data, &args, &segs[0], &["--prefetch", "1"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let temp = format!(".prefetch.{}.", segs[1]);
+    wait_until("the worker is fetching the next segment", || {
+        std::fs::read_dir(&part).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&temp))
+    });
+    let out = fetch_in(&data, &args, &segs[1], &["--prefetch", "1"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.target.contains(&segs[1])).count();
+    assert_eq!(gets, 1, "{}", proxy.describe(20));
+    proxy.delay(Duration::ZERO, Match::any());
+    let cfg_arg = cfg.display().to_string();
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &["--config", &cfg_arg], &segs[1]));
+}

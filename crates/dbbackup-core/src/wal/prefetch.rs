@@ -156,6 +156,19 @@ pub fn fetch_prefetching(repo: &Repository, name: &str, dest: &Path, p: &Prefetc
         Ok(None) => {}
         Err(e) => tracing::warn!("{e}"),
     }
+    // Recovery caught up with the worker: its fetch of NAME is under way,
+    // and waiting for it costs less than fetching NAME a second time.
+    if wait_for_worker(&part, name) {
+        match hand_over(&part, name, dest, size) {
+            Ok(Some(size)) => {
+                tracing::debug!("waited for the prefetch worker's fetch of {name}");
+                tell_worker(&part, name, &p.worker);
+                return Ok(Delivered::Spool { size });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
     if let Ok(why) = fs::read_to_string(part.join(format!("{name}{ERROR_SUFFIX}"))) {
         tracing::info!("the prefetch worker could not fetch {name} ({}); fetching it from the repository", why.trim());
     }
@@ -187,6 +200,38 @@ fn hand_over(part: &Path, name: &str, dest: &Path, size: SegmentSize) -> Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_over(&src, dest).map(|c| c.then_some(want)),
         Err(e) => Err(Error::io(format!("cannot move spooled {} to {}: {e}", src.display(), dest.display()))),
+    }
+}
+
+/// Waits while a live worker is writing NAME (its temporary file exists,
+/// was written to in the last few seconds, and the worker holds its lock);
+/// true when NAME then is in the spool. Bounded: a stuck fetch costs at
+/// most a minute before the call fetches NAME itself.
+fn wait_for_worker(part: &Path, name: &str) -> bool {
+    let prefix = format!("{TEMP_PREFIX}{name}.");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut checked_lock = false;
+    loop {
+        if part.join(name).exists() {
+            return true;
+        }
+        let temp = spool_entries(part).into_iter().find(|n| n.starts_with(&prefix));
+        let Some(temp) = temp else { return part.join(name).exists() };
+        let fresh = fs::metadata(part.join(&temp))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(5)));
+        if !fresh || Instant::now() > deadline {
+            return false;
+        }
+        // A temporary file without a worker holding the lock is a killed
+        // worker's leftover.
+        if !checked_lock {
+            match open_lock(part).map(|l| l.try_lock()) {
+                Ok(Err(std::fs::TryLockError::WouldBlock)) => checked_lock = true,
+                _ => return false,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
