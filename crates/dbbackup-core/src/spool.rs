@@ -90,9 +90,8 @@ pub fn open_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<PathBuf> 
 /// unreadable) is emptied and taken over instead of refused. Lock files
 /// (`*.lock`) stay, so a worker of the previous owner that still holds one
 /// keeps a second worker from starting until it has noticed and left.
-/// Returns the part and, when it was taken over, whose it was (`None`
-/// owner inside: unreadable).
-pub fn take_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<(PathBuf, Option<Option<SpoolOwner>>)> {
+/// Returns the part and, when it was taken over, whose it was.
+pub fn take_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<(PathBuf, Option<TakenOver>)> {
     match open_part(dir, part, owner) {
         Ok(p) => return Ok((p, None)),
         Err(e) if matches!(e.kind(), crate::error::ErrorKind::Identity | crate::error::ErrorKind::Integrity) => {}
@@ -129,7 +128,22 @@ pub fn take_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<(PathBuf,
     // Written last: until it names the new owner, nothing in the part is
     // trusted by anyone.
     write_owner(&p, owner)?;
-    Ok((p, Some(previous)))
+    Ok((p, Some(TakenOver { previous })))
+}
+
+/// Whose the spool part at `part` (a directory [`open_part`] returned) says
+/// it is now; `None` when it is gone or its owner file unreadable. For a
+/// long-running worker to notice that its part was removed or taken over.
+pub fn part_owner(part: &Path) -> Option<SpoolOwner> {
+    let text = std::fs::read_to_string(part.join(OWNER_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A spool part [`take_part`] emptied and took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    /// Whose it was; `None`: its owner file was unreadable.
+    pub previous: Option<SpoolOwner>,
 }
 
 fn write_owner(p: &Path, owner: &SpoolOwner) -> Result<()> {
@@ -175,13 +189,13 @@ mod tests {
         assert!(p.join("000000010000000000000003").exists());
         let (p2, taken) = take_part(d.path(), "fetch", &b).unwrap();
         assert_eq!(p2, p);
-        assert_eq!(taken, Some(Some(a.clone())));
+        assert_eq!(taken, Some(TakenOver { previous: Some(a.clone()) }));
         assert!(!p.join("000000010000000000000003").exists());
         assert!(p.join("worker.lock").exists());
         assert_eq!(open_part(d.path(), "fetch", &b).unwrap(), p);
         // An unreadable owner file: taken over too.
         std::fs::write(p.join(OWNER_FILE), "{junk").unwrap();
-        assert_eq!(take_part(d.path(), "fetch", &a).unwrap().1, Some(None));
+        assert_eq!(take_part(d.path(), "fetch", &a).unwrap().1, Some(TakenOver { previous: None }));
         assert_eq!(open_part(d.path(), "fetch", &a).unwrap(), p);
     }
 }

@@ -1328,3 +1328,15 @@ fn probe(pm: &crate::pitr::Postmaster, lines: &[String], target: &Target) -> Res
 pub fn segment_size(repo: &Repository) -> Option<SegmentSize> {
     repo.segment_size()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefetch_is_8_segments_within_128_mib() {
+        let n = |mb: u32| default_prefetch(SegmentSize::new(mb << 20));
+        assert_eq!([n(1), n(16), n(32), n(64), n(256), n(1024)], [8, 8, 4, 2, 1, 1]);
+        assert_eq!(default_prefetch(None), 8);
+    }
+}

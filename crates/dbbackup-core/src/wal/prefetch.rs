@@ -129,7 +129,7 @@ pub fn fetch_prefetching(repo: &Repository, name: &str, dest: &Path, p: &Prefetc
     };
     let part = match spool::take_part(&p.spool_dir, PART, &owner) {
         Ok((part, None)) => part,
-        Ok((part, Some(previous))) => {
+        Ok((part, Some(spool::TakenOver { previous }))) => {
             tracing::warn!(
                 "spool {} held segments of {}: emptied it and took it over for cluster {} and repository {} (it is only a cache)",
                 part.display(),
@@ -442,6 +442,13 @@ impl Listings {
         self.dirs.insert(dir, all);
         Ok(found)
     }
+
+    /// Forgets directories no segment of `window` is in: recovery has
+    /// passed them (a long recovery must not keep every listing).
+    fn keep_only(&mut self, window: &[(u64, WalFileName)]) {
+        let dirs: HashSet<String> = window.iter().map(|(_, w)| wal_dir_for(w)).collect();
+        self.dirs.retain(|d, _| dirs.contains(d));
+    }
 }
 
 /// The history of timeline `tl` from the repository; `None` for timeline 1
@@ -500,10 +507,7 @@ fn read_want(part: &Path) -> Option<(WalFileName, String)> {
 }
 
 fn owner_unchanged(part: &Path, owner: &SpoolOwner) -> bool {
-    fs::read_to_string(part.join("owner.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<SpoolOwner>(&t).ok())
-        .is_some_and(|o| &o == owner)
+    spool::part_owner(part).is_some_and(|o| &o == owner)
 }
 
 /// The spool entries the worker manages: segments, their error notes and
@@ -650,6 +654,7 @@ pub fn run_worker(repo: &Repository, o: &WorkerOptions) -> Result<WorkerExit> {
                 window = (base + 1..=base + depth as u64).map(|q| (q, r.segment(q, size))).collect();
                 let keep: HashSet<String> = window.iter().map(|(_, w)| w.to_string()).collect();
                 sweep(&part, &keep, false);
+                listings.keep_only(&window);
             }
             for (segno, w) in &window {
                 if in_flight.len() >= jobs || end.is_some_and(|e| *segno >= e) {
@@ -752,4 +757,68 @@ fn spool_segment(
         .map_err(|e| Error::io(format!("cannot rename {} into the spool: {e}", tmp_path.display())))?;
     tmp.0 = None;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_inside_pg_wal_is_refused() {
+        assert!(check_spool_dir(Path::new("/d/pg_wal/spool")).is_err());
+        assert!(check_spool_dir(Path::new("/d/pg_xlog")).is_err());
+        let e = check_spool_dir(Path::new("/d/pg_wal")).unwrap_err().to_string();
+        assert!(e.contains("outside pg_wal"), "{e}");
+        assert!(check_spool_dir(Path::new("/d/dbbackup_spool")).is_ok());
+        assert!(check_spool_dir(Path::new("/srv/pg_wal_spool")).is_ok());
+    }
+
+    #[test]
+    fn the_route_names_each_segment_on_the_timeline_recovery_reads() {
+        let size = SegmentSize::new(1 << 20).unwrap();
+        // Timeline 2 branched off 1 inside segment 0x10.
+        let h = History::parse(TimelineId(2), "1\t0/10000A0\tno recovery target specified\n").unwrap();
+        let r = Route { target: TimelineId(2), history: Some(h) };
+        assert!(r.covers(TimelineId(1)) && r.covers(TimelineId(2)) && !r.covers(TimelineId(3)));
+        assert_eq!(r.segment(0x0F, size).to_string(), "00000001000000000000000F");
+        assert_eq!(r.segment(0x10, size).to_string(), "000000020000000000000010");
+        assert_eq!(r.segment(0x11, size).to_string(), "000000020000000000000011");
+        let alone = Route { target: TimelineId(1), history: None };
+        assert_eq!(alone.segment(0x1000, size).to_string(), "000000010000000100000000");
+    }
+
+    #[test]
+    fn want_and_sweep() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        assert!(read_want(p).is_none());
+        announce(p, "000000010000000000000005").unwrap();
+        let (w, text) = read_want(p).unwrap();
+        assert_eq!(w.to_string(), "000000010000000000000005");
+        std::thread::sleep(Duration::from_millis(2));
+        announce(p, "000000010000000000000005").unwrap();
+        assert_ne!(read_want(p).unwrap().1, text, "a repeated call is a new call");
+        // History files are never where recovery is.
+        fs::write(p.join(WANT), "00000002.history\t1\t1\n").unwrap();
+        assert!(read_want(p).is_none());
+
+        for n in [
+            "000000010000000000000006",
+            "000000010000000000000007",
+            "000000010000000000000004.error",
+            ".prefetch.x.1",
+            "worker.log",
+        ] {
+            fs::write(p.join(n), "").unwrap();
+        }
+        let keep: HashSet<String> = ["000000010000000000000007".to_string()].into();
+        sweep(p, &keep, false);
+        let mut left = spool_entries(p);
+        left.sort();
+        assert_eq!(left, [".prefetch.x.1", "000000010000000000000007", "want", "worker.log"]);
+        sweep(p, &HashSet::new(), true);
+        let mut left = spool_entries(p);
+        left.sort();
+        assert_eq!(left, ["want", "worker.log"]);
+    }
 }
