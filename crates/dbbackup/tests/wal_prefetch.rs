@@ -121,7 +121,7 @@ fn recovery_over_two_timelines(version: PgVersion) {
     let tl2 = fill(&sql1, 150);
     assert!(tl2[0].starts_with("00000002"), "{tl2:?}");
     r1.finish_wal();
-    let want = r1.sql(SUM);
+    let rows = r1.sql(SUM);
     r1.stop();
     drop(r1);
 
@@ -135,7 +135,7 @@ fn recovery_over_two_timelines(version: PgVersion) {
     assert_eq!(v["plan"]["target_timeline"], 2, "{}", r.describe());
     let conf = auto_conf(&dir);
     assert!(conf.contains("--prefetch 8 --prefetch-timeline 2"), "{conf}");
-    assert_eq!(r.sql(SUM), want, "{}", r.describe());
+    assert_eq!(r.sql(SUM), rows, "{}", r.describe());
     let restored = std::fs::read_to_string(dir.join("restore.log")).unwrap().matches("restored log file").count();
     assert!(restored > 200, "only {restored} WAL files restored");
     // The worker ran ahead, within its bound, on the timeline recovery
@@ -151,12 +151,32 @@ fn recovery_over_two_timelines(version: PgVersion) {
     r.stop();
     drop(r);
 
+    // By hand, without --prefetch-timeline (as a restore_command written by
+    // hand): from timeline 1 just before the branch, the worker follows the
+    // newest timeline whose history holds timeline 1, switching to timeline 2
+    // at the segment holding the branch point.
+    let tl = json(&dbb(["wal", "timeline", "--json", "--repo"]).arg(&repo).assert_success());
+    let first2 = tl["timelines"][1]["first_segment"].as_str().unwrap().to_string();
+    assert!(first2.starts_with("00000002"), "{tl}");
+    let on = |tli: &str, delta: i64| {
+        let seg = u32::from_str_radix(&first2[16..], 16).unwrap() as i64 + delta;
+        format!("{tli}{}{:08X}", &first2[8..16], seg)
+    };
+    let data = data_dir(&d, "by-hand");
+    let repo_arg = repo.display().to_string();
+    let out = fetch_in(&data, &["--repo", &repo_arg], &on("00000001", -2), &["--prefetch", "3"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let part = data.join("dbbackup_spool/fetch");
+    let mut want = vec![on("00000001", -1), on("00000002", 0), on("00000002", 1)];
+    want.sort();
+    wait_until("the worker followed timeline 2", || spooled(&part) == want);
+
     // The same without prefetch: the same rows.
     let dir = d.join("plain");
     let r = restore(&c, &repo, &dir, &["--archive-mode", "off", "--prefetch", "0"]);
     r.promoted();
     assert!(!auto_conf(&dir).contains("--prefetch"), "{}", auto_conf(&dir));
-    assert_eq!(r.sql(SUM), want, "{}", r.describe());
+    assert_eq!(r.sql(SUM), rows, "{}", r.describe());
     assert!(!dir.join("dbbackup_spool/fetch").exists());
 }
 
