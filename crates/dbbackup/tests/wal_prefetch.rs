@@ -648,3 +648,35 @@ fn pg15_on_a_slow_store_a_call_waits_for_the_workers_fetch_instead_of_fetching_t
     let cfg_arg = cfg.display().to_string();
     assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &["--config", &cfg_arg], &segs[1]));
 }
+
+/// A spool on another file system than pg_wal (here tmpfs): the hand-over
+/// is a copy beside the destination, renamed into place, and the spooled
+/// file is removed; nothing else is left in pg_wal.
+#[test]
+fn pg15_a_spool_on_another_file_system_hands_over_by_copy() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = small_segment_cluster(PgVersion::V15, &repo);
+    let sql = |q: &str| c.sql(q);
+    let segs = fill(&sql, 3);
+    c.wait_archived(segs.last().unwrap(), WAIT);
+    let shm = tempfile::Builder::new().prefix("dbb-spool-").tempdir_in("/dev/shm").unwrap();
+    chown_to_run_user(shm.path());
+    let spool_arg = shm.path().display().to_string();
+    let repo_arg = repo.display().to_string();
+    let repo_args = ["--repo", repo_arg.as_str()];
+    let data = data_dir(&d, "data");
+    let part = shm.path().join("fetch");
+    let prefetch = ["--prefetch", "2", "--spool-dir", spool_arg.as_str()];
+
+    let out = fetch_in(&data, &repo_args, &segs[0], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    wait_until("the worker spooled the next 2", || spooled(&part) == segs[1..3]);
+    let out = fetch_in(&data, &repo_args, &segs[1], &prefetch);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert!(!part.join(&segs[1]).exists());
+    assert_eq!(sha256_file(&data.join("pg_wal/RECOVERYXLOG")), plain_fetch(&d, &repo_args, &segs[1]));
+    let in_pg_wal: Vec<_> = std::fs::read_dir(data.join("pg_wal")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(in_pg_wal, ["RECOVERYXLOG"]);
+}
