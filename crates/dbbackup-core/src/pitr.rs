@@ -601,9 +601,41 @@ pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<Restart
         client.query_opt("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).ok().flatten().map(|r| r.get(0));
     let pg_ctl =
         bindir.map(|b| Path::new(&b).join("pg_ctl")).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    refuse_relative_data_dir(data_dir)?;
     let target = log_target(client, data_dir);
-    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &target.log)?;
+    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &target.log).map_err(
+        |e| {
+            Error::server(format!(
+                "{e}; the server may be stopped now: read {} and start it with `{} start -D {} -l {}`",
+                target.log.display(),
+                pg_ctl.display(),
+                data_dir.display(),
+                target.log.display()
+            ))
+        },
+    )?;
     Ok(target)
+}
+
+/// `pg_ctl restart` starts the server again with the arguments saved in
+/// `postmaster.opts`: a data directory given there as a relative path was
+/// relative to where the server was started, and from here pg_ctl would
+/// stop the server and fail to start it. Refused before anything stops.
+fn refuse_relative_data_dir(data_dir: &Path) -> Result<()> {
+    let Ok(opts) = std::fs::read_to_string(data_dir.join("postmaster.opts")) else { return Ok(()) };
+    // `/usr/lib/postgresql/15/bin/postgres "-D" "pg1"`: quoted arguments.
+    let args: Vec<&str> = opts.split('"').skip(1).step_by(2).collect();
+    let given = args.windows(2).find(|w| w[0] == "-D").map(|w| w[1]).or_else(|| {
+        args.iter().find_map(|a| a.strip_prefix("--pgdata=").or_else(|| a.strip_prefix("-D")).filter(|v| !v.is_empty()))
+    });
+    match given {
+        Some(d) if Path::new(d).is_relative() => Err(Error::invalid(format!(
+            "the server was started with a relative data directory (-D {d}, saved in {}): `pg_ctl restart` would stop it and fail to start it from here; nothing was restarted: restart it yourself (stop it, then start it with -D {}), the settings are in place",
+            data_dir.join("postmaster.opts").display(),
+            data_dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Where the restarted server's stderr should go: where the running

@@ -452,7 +452,7 @@ pub fn take(
             Error::new(
                 ErrorKind::Conflict,
                 format!(
-                    "another `dbbackup backup base` is running on repository {}: wait for it to finish",
+                    "another `dbbackup backup base` is running on repository {}: wait for it to finish (on an object store, the lease of one that was killed runs out within 60 s)",
                     repo.location()
                 ),
             )

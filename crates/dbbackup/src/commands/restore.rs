@@ -62,6 +62,9 @@ fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<
 
 fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     ctx.check_command_paths()?;
+    // Before the store is asked anything: without the config file the
+    // restored server could not reach the repository anyway.
+    ctx.config_for_server_commands()?;
     let repo = ctx.open_repo()?;
     let target = if let Some(t) = a.target_time {
         Target::Time(t)
