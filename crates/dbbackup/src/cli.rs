@@ -416,6 +416,16 @@ pub struct EnableArgs {
     /// Replace an archive_command set by another tool
     #[arg(long)]
     pub force: bool,
+    /// Write `--async` into archive_command: a background worker pushes ready segments ahead of
+    /// PostgreSQL's calls (see `wal archive --help`)
+    #[arg(long = "async")]
+    pub async_archive: bool,
+    /// With --async: segments pushed at once [default: 4]
+    #[arg(long, short = 'j', value_name = "N", requires = "async_archive", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+    /// With --async: the spool directory [default: dbbackup_spool in the data directory]
+    #[arg(long, value_name = "DIR", requires = "async_archive")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
