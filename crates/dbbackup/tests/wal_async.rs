@@ -461,3 +461,64 @@ fn pitr_enable_async_writes_the_command_and_status_shows_the_queue() {
     let text = pitr(&c, &["status"]).assert_success();
     assert!(text.stdout.contains("async queue:     0 ready, 0 not yet acknowledged"), "{}", text.stdout);
 }
+
+/// A backlog of ready segments (archiving was broken, now fixed): the
+/// worker drains it by itself, 4 at a time, within 64 MiB, and once
+/// archive_command is the asynchronous one PostgreSQL's calls find every
+/// segment acknowledged.
+#[test]
+fn worker_drains_a_backlog_within_64_mib() {
+    let d = TestDir::new();
+    let repo_dir = d.join("repo");
+    let mut o = ClusterOptions::new(PgVersion::V15);
+    o.extra_conf = vec![
+        "archive_mode = on".into(),
+        "archive_command = 'false'".into(),
+        "wal_keep_size = '4GB'".into(),
+        "max_wal_size = '1GB'".into(),
+    ];
+    let c = Cluster::new(o);
+    dbb(["repo", "init", "--repo"]).arg(&repo_dir).arg("--pgdata").arg(c.data_dir()).assert_success();
+    c.sql("CREATE TABLE f(i int, t text)");
+    for _ in 0..12 {
+        c.sql("INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 100000) g");
+        c.switch_wal();
+    }
+    let status = c.data_dir().join("pg_wal/archive_status");
+    let ready: Vec<String> = std::fs::read_dir(&status)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".ready").map(str::to_string))
+        .collect();
+    assert!(ready.len() >= 12, "{ready:?}");
+
+    let out = Cmd::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(bin())
+        .args(["wal", "archive-worker", "--repo"])
+        .arg(&repo_dir)
+        .arg("--pg-wal")
+        .arg(c.data_dir().join("pg_wal"))
+        .arg("--spool-dir")
+        .arg(c.data_dir().join("dbbackup_spool"))
+        .args(["--system-identifier", &c.system_identifier().to_string(), "--jobs", "4", "--idle-exit", "1"])
+        .assert_success();
+    let rss_kb: u64 = out.stderr.rsplit("maxrss_kb=").next().unwrap().trim().parse().unwrap();
+    eprintln!("worker drained {} segments, peak RSS {} KiB", ready.len(), rss_kb);
+    assert!(rss_kb <= 64 * 1024, "peak RSS {rss_kb} KiB with --jobs 4\n{}", out.stderr);
+    for n in &ready {
+        assert!(spool_part(&c).join("ack").join(format!("{n}.ok")).is_file(), "{n} not acknowledged");
+    }
+    // Nothing in archive_status was touched by the worker.
+    for n in &ready {
+        assert!(status.join(format!("{n}.ready")).is_file(), "{n}.ready was changed");
+    }
+
+    c.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{} wal archive %p %f --repo {} --async'",
+        bin().display(),
+        repo_dir.display()
+    ));
+    c.sql("SELECT pg_reload_conf()");
+    assert_all_archived_identical(&c, &RepoArgs::local(&repo_dir));
+}
