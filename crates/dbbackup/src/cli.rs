@@ -348,8 +348,11 @@ pub enum PitrCommand {
         Refuses to replace another tool's archive_command (or a wrapper script) unless --force; replaces a dbbackup \
         command in a shape that swallows its failures (`... || true`) and says so. --restart runs pg_ctl restart \
         with -l pointing where the server logged before (its stderr file), so the log does not move into the data \
-        directory.\n\n\
+        directory. --async [--jobs N] [--spool-dir DIR] goes into archive_command: a background worker then pushes \
+        ready segments ahead of PostgreSQL's calls, which still exit 0 only once their own segment is durable \
+        (see `wal archive --help`); `pitr status` shows its queue.\n\n\
         Examples:\n  dbbackup pitr enable --repo /backups/pg --restart\n  \
+        dbbackup pitr enable --config /etc/dbbackup/main.toml --async --jobs 4 --restart\n  \
         dbbackup pitr enable --repo /backups/pg --pgdata /var/lib/postgresql/15/main   # server stopped")]
     Enable(EnableArgs),
     /// Turn WAL archiving off (archive_mode = off, archive_command reset)
