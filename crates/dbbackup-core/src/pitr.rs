@@ -133,6 +133,10 @@ pub struct ArchiveCommand {
     /// Pass --allow-shared-key-file (a key on a read-only secret mount).
     pub allow_shared_key_file: bool,
     pub config: Option<PathBuf>,
+    /// `--async`: a background worker pushes ahead, `jobs` at a time.
+    pub async_archive: bool,
+    pub jobs: Option<u16>,
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl ArchiveCommand {
@@ -164,6 +168,17 @@ impl ArchiveCommand {
         if let Some(c) = &self.config {
             w.push("--config".into());
             w.push(c.display().to_string());
+        }
+        if self.async_archive {
+            w.push("--async".into());
+            if let Some(j) = self.jobs {
+                w.push("--jobs".into());
+                w.push(j.to_string());
+            }
+            if let Some(d) = &self.spool_dir {
+                w.push("--spool-dir".into());
+                w.push(d.display().to_string());
+            }
         }
         shell_join(&w)
     }
@@ -900,6 +915,8 @@ pub struct StatusReport {
     pub lag_segments: Option<u64>,
     pub lag_bytes: Option<u64>,
     pub repository: Option<RepoHealth>,
+    /// The queue of asynchronous archiving (`--async` in archive_command).
+    pub async_queue: Option<crate::wal::async_archive::QueueStatus>,
 }
 
 /// Options of `pitr status`.
@@ -1369,6 +1386,52 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             }
         }
     }
+    // Asynchronous archiving: the worker's queue and failures, from the
+    // spool the command names or defaults to.
+    let async_queue = shape.invocations().iter().find(|i| i.async_archive).zip(data_dir.as_deref()).map(|(inv, dd)| {
+        let root = match &inv.spool_dir {
+            Some(d) => d.clone(),
+            None => dd.join(crate::spool::SPOOL_DIR_NAME),
+        };
+        crate::wal::async_archive::queue_status(&dd.join("pg_wal"), &root)
+    });
+    if let Some(q) = &async_queue {
+        if let Some(e) = &q.error {
+            add(
+                Verdict::Warning,
+                format!("the queue of asynchronous archiving cannot be read here: {e}"),
+                "run `dbbackup pitr status` as the PostgreSQL OS user (or root) on the database host",
+            );
+        }
+        let own = ident.system_identifier.to_string();
+        if let Some(o) = q.owner.as_ref().filter(|o| o.system_identifier != own) {
+            add(
+                Verdict::Error,
+                format!(
+                    "the spool {} belongs to cluster {}, not to this cluster {own}: every `wal archive --async` call is refused",
+                    q.spool, o.system_identifier
+                ),
+                &format!("remove {} (a copy left by another cluster; nothing in it is needed here)", q.spool),
+            );
+        }
+        if let Some(first) = q.errors.first() {
+            add(
+                Verdict::Warning,
+                format!(
+                    "the asynchronous archive worker cannot store {} segment(s), the oldest {} ({} attempts, last at {}): {}",
+                    q.errors.len(),
+                    first.wal,
+                    first.attempts,
+                    first.at,
+                    first.error
+                ),
+                &format!(
+                    "fix the cause; the worker retries by itself and PostgreSQL's calls succeed once it has stored them (worker log: {}/worker.log)",
+                    q.spool
+                ),
+            );
+        }
+    }
     let verdict = findings.iter().map(|f| f.level).max().unwrap_or(Verdict::Ok);
     Ok(StatusReport {
         verdict,
@@ -1380,5 +1443,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         lag_segments,
         lag_bytes,
         repository,
+        async_queue,
     })
 }

@@ -82,6 +82,19 @@ fn check_finished(source: &Path, wal: &WalFileName) -> Result<()> {
 }
 
 pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<CodecSettings>) -> Result<Archived> {
+    archive_with_threads(repo, source, name, codec, 2)
+}
+
+/// [`archive`] with `threads` zstd workers for this one file (0: one
+/// thread compresses). The asynchronous worker pushes several segments at
+/// once and takes its parallelism from them instead.
+pub fn archive_with_threads(
+    repo: &mut Repository,
+    source: &Path,
+    name: &str,
+    codec: Option<CodecSettings>,
+    threads: u32,
+) -> Result<Archived> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
     // Opening a FIFO would block for ever; a directory is a mistake.
     let meta =
@@ -128,9 +141,9 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
     file.seek(SeekFrom::Start(first.len() as u64))
         .map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
 
-    // Two workers compress zstd frames while this thread reads and
-    // checksums (see `object::encode`).
-    let settings = CodecSettings { threads: 2, ..codec.unwrap_or_else(|| repo.codec_settings()) };
+    // Workers compress zstd frames while this thread reads and checksums
+    // (see `object::encode`).
+    let settings = CodecSettings { threads, ..codec.unwrap_or_else(|| repo.codec_settings()) };
     store(repo, &wal, source, &first, &mut file, size, &checksum, settings)
 }
 

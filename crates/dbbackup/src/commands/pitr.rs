@@ -119,6 +119,9 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
         allow_shared_key_file: ctx.g.allow_shared_key_file,
         key_file,
         config,
+        async_archive: a.async_archive,
+        jobs: a.jobs,
+        spool_dir: a.spool_dir.as_ref().map(std::path::absolute).transpose()?,
     }
     .render())
 }
@@ -497,6 +500,20 @@ fn print_status(r: &StatusReport) {
         (Some(w), Some(s), Some(b)) => println!("current WAL:     {w}, archive lag {s} segments ({})", human_bytes(b)),
         (Some(w), _, _) => println!("current WAL:     {w}"),
         _ => println!("current WAL:     - (in recovery)"),
+    }
+    if let Some(q) = &r.async_queue {
+        let worker = match q.worker_running {
+            Some(true) => "a worker runs",
+            Some(false) => "no worker runs",
+            None => "worker unknown",
+        };
+        println!(
+            "async queue:     {} ready, {} not yet acknowledged{}; {worker} (spool {})",
+            q.ready,
+            q.unacknowledged,
+            q.oldest_unacknowledged.as_deref().map(|o| format!(" (oldest {o})")).unwrap_or_default(),
+            q.spool
+        );
     }
     if let Some(repo) = r.repository.as_ref().filter(|r| !r.reachable) {
         // No counts: "0 segments, no gaps" would read as an empty, healthy archive.
