@@ -948,9 +948,19 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     let shape = analyze_archive_command(&command, data_dir.as_deref());
     let command_repos = shape.repos();
     let repo_path = opts.repo.clone().or_else(|| command_repos.first().cloned());
+    // The repository's metadata, read once: a store that hangs costs one
+    // bounded wait, not one per question asked of it below.
+    let meta = repo_path.as_ref().map(|p| {
+        crate::storage::location::open_path(p, &opts.stores)
+            .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()))
+    });
+    let store_error = match &meta {
+        Some(Err(e)) if e.kind() != crate::error::ErrorKind::NotFound => Some(e.to_string()),
+        _ => None,
+    };
     // The proof comes first, so what follows sees its segment.
     let mut proof: Option<Result<String>> = None;
-    if let (Some(timeout), Some(repo)) = (opts.prove, &repo_path) {
+    if let (Some(timeout), Some(repo), None) = (opts.prove, &repo_path, &store_error) {
         let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
         if val("archive_mode") != "off" && shape != CommandShape::Empty && !recovering {
             proof = Some(
@@ -1025,11 +1035,14 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             if let Some(given) = &opts.repo {
                 // Ours by ID when it exists (the command may name it by
                 // another path, or name the same URL at another store).
-                let id = crate::storage::location::open_path(given, &opts.stores)
-                    .ok()
-                    .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()).ok())
-                    .and_then(|m| m.id);
-                if !command_repos.is_empty() && !invs.iter().any(|i| archives_into(i, given, id.as_deref())) {
+                let id = meta.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.id.clone());
+                // Our store does not answer: compare as written rather than
+                // wait for it again through the command's settings.
+                let ours = |i: &Invocation| match &store_error {
+                    Some(_) => i.repo.as_deref().is_some_and(|r| same_location(r, given)),
+                    None => archives_into(i, given, id.as_deref()),
+                };
+                if !command_repos.is_empty() && !invs.iter().any(ours) {
                     let named: Vec<String> = invs
                         .iter()
                         .filter_map(|i| {
@@ -1174,7 +1187,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 return h;
             }
         };
-        let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());
+        if let Some(e) = &store_error {
+            h.error = Some(e.clone());
+            return h;
+        }
+        let encrypted = meta.as_ref().and_then(|m| m.as_ref().ok()).is_some_and(|m| m.encryption.is_some());
         let opened = if encrypted && given {
             crate::repo::Repository::open(storage, &keys)
         } else if encrypted && keys.file.is_some() {
