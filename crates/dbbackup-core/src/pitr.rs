@@ -482,6 +482,16 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
     }
 }
 
+/// The `pitr enable` command line that archives into `loc`: an
+/// object-store repository is reached through its config file only.
+pub fn enable_command(loc: &str) -> String {
+    if loc.contains("://") {
+        format!("dbbackup pitr enable --config FILE (the config file whose repo is {loc})")
+    } else {
+        format!("dbbackup pitr enable --repo {loc}")
+    }
+}
+
 /// An archive_command dbbackup cannot read (a wrapper script) that is
 /// proven to archive into this repository, by switching WAL and watching
 /// the segment arrive: `pitr enable` keeps the DBA's wrapper rather than
@@ -1016,6 +1026,9 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         );
     }
     let proven = matches!(proof, Some(Ok(_)));
+    // archive_command names another repository: that is the finding, and
+    // this one lacking the newest WAL follows from it (not WAL lost).
+    let mut archives_elsewhere = false;
     match &shape {
         CommandShape::Empty => {
             add(Verdict::Error, "archive_command is empty: nothing is archived".into(), "run `dbbackup pitr enable`")
@@ -1043,6 +1056,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                     None => archives_into(i, given, id.as_deref()),
                 };
                 if !command_repos.is_empty() && !invs.iter().any(ours) {
+                    archives_elsewhere = true;
                     let named: Vec<String> = invs
                         .iter()
                         .filter_map(|i| {
@@ -1334,15 +1348,16 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                     );
                 }
             }
-            if r.holds_last_archived == Some(false) {
+            if r.holds_last_archived == Some(false) && !archives_elsewhere {
                 let last = archiver.last_archived_wal.clone().unwrap_or_default();
                 let fix = match &shape {
                     CommandShape::Swallowing { fix, .. } => format!(
                         "{fix} (see above); then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL"
                     ),
                     _ => format!(
-                        "make archive_command archive into {} (`dbbackup pitr enable --repo {}`), then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL (if you just pointed archive_command here, run SELECT pg_switch_wal() and check again)",
-                        r.location, r.location
+                        "make archive_command archive into {} (`{}`), then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL (if you just pointed archive_command here, run SELECT pg_switch_wal() and check again)",
+                        r.location,
+                        enable_command(&r.location)
                     ),
                 };
                 add(

@@ -154,7 +154,10 @@ impl Repository {
             if entries.iter().any(|e| e.name == META_FILE) {
                 return Err(Error::new(
                     ErrorKind::Conflict,
-                    format!("repository {loc} already exists: nothing was changed (see it with `dbbackup repo info --repo {loc}`)"),
+                    format!(
+                        "repository {loc} already exists: nothing was changed (see it with `dbbackup repo info {}`)",
+                        if loc.contains("://") { "--config FILE".to_string() } else { format!("--repo {loc}") }
+                    ),
                 ));
             }
             // A mount point's lost+found does not make a directory used.
