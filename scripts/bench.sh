@@ -599,12 +599,12 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "Both dbbackup rows use one repository; during the https backup its WAL is archived over http."
   echo
   echo "Where the S3 time goes, in this version: \`wal archive\` takes the repository's WAL lease (a GET, a"
-  echo "conditional PUT, a 50 ms pause and a GET to check it, for stores that ignore conditional writes as Garage does),"
-  echo "uploads, and releases the lease, which first joins the lease renewer thread that sleeps in 250 ms steps: up to 300 ms"
-  echo "of a dbbackup archive are these pauses. \`wal fetch\` takes no lease. Base backups and restores store and"
-  echo "read one object per file of the cluster (about a thousand for pgbench, most of them small), two at a time"
-  echo "with --jobs 2, so request latency rather than bandwidth decides; pgBackRest (repo-bundle off, its"
-  echo "default) does the same. Garage, stunnel and the tool share the same 2 cores."
+  echo "conditional PUT and a GET to check it, for stores that ignore conditional writes as Garage does), uploads,"
+  echo "and removes the lease; \`wal fetch\` takes no lease. Base backups and restores store and read one object per"
+  echo "file of the cluster (about a thousand for pgbench, most of them small), with 3 requests in flight per --jobs"
+  echo "worker, so request latency rather than bandwidth decides for small files; pgBackRest (repo-bundle off, its"
+  echo "default) also stores one object per file. Garage (its own compression off: both tools send compressed data),"
+  echo "stunnel and the tool share the same 2 cores."
   echo
   echo "Goals on S3: dbbackup's backup and restore within 1.3x of the same operation on a local repository,"
   echo "and <= 0.6 of pgBackRest's on the same Garage; peak RSS <= 48 MiB for archive and fetch. In this run:"

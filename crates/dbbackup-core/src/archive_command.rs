@@ -35,6 +35,14 @@ pub struct Invocation {
     /// The config file it reads (`--config`, `DBBACKUP_CONFIG`): where an
     /// object-store repository's settings are.
     pub config: Option<PathBuf>,
+    /// It archives asynchronously (`--async`): a worker pushes ahead and
+    /// keeps its queue in a spool.
+    #[serde(rename = "async")]
+    pub async_archive: bool,
+    /// `--spool-dir` (else the data directory's `dbbackup_spool`).
+    pub spool_dir: Option<PathBuf>,
+    /// `--jobs`.
+    pub jobs: Option<String>,
 }
 
 /// What an archive_command is, as far as its text shows.
@@ -309,6 +317,9 @@ const VALUE_OPTIONS: &[&str] = &[
     "--encryption-key-file",
     "--encryption-key-env",
     "--compress-level",
+    "--spool-dir",
+    "--jobs",
+    "-j",
 ];
 const REPO_OPTIONS: &[&str] = &["--repo", "--archive-dir", "--wal-archive"];
 
@@ -350,6 +361,9 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
     let mut config: Option<(String, bool)> = None;
     let mut key_file: Option<(String, bool)> = None;
     let mut allow_shared_key_file = false;
+    let mut async_archive = false;
+    let mut spool_dir: Option<(String, bool)> = None;
+    let mut jobs: Option<String> = None;
     let mut j = 0;
     let mut only_positionals = false;
     while j < args.len() {
@@ -373,6 +387,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
             _ => (w.clone(), None),
         };
         allow_shared_key_file |= name == "--allow-shared-key-file";
+        async_archive |= name == "--async";
         let Some(value) = value else { continue };
         if REPO_OPTIONS.contains(&name.as_str()) {
             repo = Some((value.0, value.1, name));
@@ -380,6 +395,10 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
             config = Some(value);
         } else if name == "--encryption-key-file" {
             key_file = Some(value);
+        } else if name == "--spool-dir" {
+            spool_dir = Some(value);
+        } else if name == "--jobs" || name == "-j" {
+            jobs = Some(value.0);
         }
     }
     if positionals.len() < 2 || positionals[0] != "wal" || positionals[1] != "archive" {
@@ -404,6 +423,9 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         key_file: None,
         allow_shared_key_file,
         config: None,
+        async_archive,
+        spool_dir: spool_dir.filter(|(_, expands)| !expands).map(|(v, _)| resolve(&v)),
+        jobs,
     };
     let expanded = |what: &str, v: &str| format!("{what} {v} holds a variable the shell expands");
     // As the CLI reads them: flag, then environment, then config file.
@@ -592,6 +614,26 @@ mod tests {
             CommandShape::Dbbackup(i) => assert!(i[0].repo_unknown.as_ref().unwrap().contains("environment")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn async_options_are_read_and_do_not_hide_the_repository() {
+        let inv = |cmd: &str| match shape(cmd) {
+            CommandShape::Dbbackup(i) => i[0].clone(),
+            other => panic!("{cmd}: {other:?}"),
+        };
+        let i = inv("dbbackup wal archive %p %f --repo /backups/pg --async --jobs 8 --spool-dir /var/spool/pg");
+        assert!(i.async_archive);
+        assert_eq!(i.repo, Some(PathBuf::from("/backups/pg")));
+        assert_eq!(i.spool_dir, Some(PathBuf::from("/var/spool/pg")));
+        assert_eq!(i.jobs.as_deref(), Some("8"));
+        // The values of --spool-dir and -j are not taken for positionals.
+        let i = inv("dbbackup --async --spool-dir spool -j 2 wal archive %p %f --repo=/backups/pg");
+        assert!(i.async_archive);
+        assert_eq!(i.spool_dir, Some(PathBuf::from("/data/spool")));
+        assert_eq!(i.repo, Some(PathBuf::from("/backups/pg")));
+        assert!(!inv("dbbackup wal archive %p %f --repo /backups/pg").async_archive);
+        assert!(swallow_reason("dbbackup wal archive %p %f --repo /r --async || true").contains("`|| true`"));
     }
 
     #[test]

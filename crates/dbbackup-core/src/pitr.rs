@@ -133,6 +133,10 @@ pub struct ArchiveCommand {
     /// Pass --allow-shared-key-file (a key on a read-only secret mount).
     pub allow_shared_key_file: bool,
     pub config: Option<PathBuf>,
+    /// `--async`: a background worker pushes ahead, `jobs` at a time.
+    pub async_archive: bool,
+    pub jobs: Option<u16>,
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl ArchiveCommand {
@@ -164,6 +168,17 @@ impl ArchiveCommand {
         if let Some(c) = &self.config {
             w.push("--config".into());
             w.push(c.display().to_string());
+        }
+        if self.async_archive {
+            w.push("--async".into());
+            if let Some(j) = self.jobs {
+                w.push("--jobs".into());
+                w.push(j.to_string());
+            }
+            if let Some(d) = &self.spool_dir {
+                w.push("--spool-dir".into());
+                w.push(d.display().to_string());
+            }
         }
         shell_join(&w)
     }
@@ -467,6 +482,16 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
     }
 }
 
+/// The `pitr enable` command line that archives into `loc`: an
+/// object-store repository is reached through its config file only.
+pub fn enable_command(loc: &str) -> String {
+    if loc.contains("://") {
+        format!("dbbackup pitr enable --config FILE (the config file whose repo is {loc})")
+    } else {
+        format!("dbbackup pitr enable --repo {loc}")
+    }
+}
+
 /// An archive_command dbbackup cannot read (a wrapper script) that is
 /// proven to archive into this repository, by switching WAL and watching
 /// the segment arrive: `pitr enable` keeps the DBA's wrapper rather than
@@ -601,9 +626,41 @@ pub fn restart(client: &mut postgres::Client, data_dir: &Path) -> Result<Restart
         client.query_opt("SELECT setting FROM pg_config WHERE name = 'BINDIR'", &[]).ok().flatten().map(|r| r.get(0));
     let pg_ctl =
         bindir.map(|b| Path::new(&b).join("pg_ctl")).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("pg_ctl"));
+    refuse_relative_data_dir(data_dir)?;
     let target = log_target(client, data_dir);
-    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &target.log)?;
+    crate::pg::run_pg_ctl(&pg_ctl, "restart", data_dir, &["-m", "fast", "-w", "-t", "120"], &target.log).map_err(
+        |e| {
+            Error::server(format!(
+                "{e}; the server may be stopped now: read {} and start it with `{} start -D {} -l {}`",
+                target.log.display(),
+                pg_ctl.display(),
+                data_dir.display(),
+                target.log.display()
+            ))
+        },
+    )?;
     Ok(target)
+}
+
+/// `pg_ctl restart` starts the server again with the arguments saved in
+/// `postmaster.opts`: a data directory given there as a relative path was
+/// relative to where the server was started, and from here pg_ctl would
+/// stop the server and fail to start it. Refused before anything stops.
+fn refuse_relative_data_dir(data_dir: &Path) -> Result<()> {
+    let Ok(opts) = std::fs::read_to_string(data_dir.join("postmaster.opts")) else { return Ok(()) };
+    // `/usr/lib/postgresql/15/bin/postgres "-D" "pg1"`: quoted arguments.
+    let args: Vec<&str> = opts.split('"').skip(1).step_by(2).collect();
+    let given = args.windows(2).find(|w| w[0] == "-D").map(|w| w[1]).or_else(|| {
+        args.iter().find_map(|a| a.strip_prefix("--pgdata=").or_else(|| a.strip_prefix("-D")).filter(|v| !v.is_empty()))
+    });
+    match given {
+        Some(d) if Path::new(d).is_relative() => Err(Error::invalid(format!(
+            "the server was started with a relative data directory (-D {d}, saved in {}): `pg_ctl restart` would stop it and fail to start it from here; nothing was restarted: restart it yourself (stop it, then start it with -D {}), the settings are in place",
+            data_dir.join("postmaster.opts").display(),
+            data_dir.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Where the restarted server's stderr should go: where the running
@@ -868,6 +925,8 @@ pub struct StatusReport {
     pub lag_segments: Option<u64>,
     pub lag_bytes: Option<u64>,
     pub repository: Option<RepoHealth>,
+    /// The queue of asynchronous archiving (`--async` in archive_command).
+    pub async_queue: Option<crate::wal::async_archive::QueueStatus>,
 }
 
 /// Options of `pitr status`.
@@ -899,9 +958,19 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     let shape = analyze_archive_command(&command, data_dir.as_deref());
     let command_repos = shape.repos();
     let repo_path = opts.repo.clone().or_else(|| command_repos.first().cloned());
+    // The repository's metadata, read once: a store that hangs costs one
+    // bounded wait, not one per question asked of it below.
+    let meta = repo_path.as_ref().map(|p| {
+        crate::storage::location::open_path(p, &opts.stores)
+            .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()))
+    });
+    let store_error = match &meta {
+        Some(Err(e)) if e.kind() != crate::error::ErrorKind::NotFound => Some(e.to_string()),
+        _ => None,
+    };
     // The proof comes first, so what follows sees its segment.
     let mut proof: Option<Result<String>> = None;
-    if let (Some(timeout), Some(repo)) = (opts.prove, &repo_path) {
+    if let (Some(timeout), Some(repo), None) = (opts.prove, &repo_path, &store_error) {
         let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
         if val("archive_mode") != "off" && shape != CommandShape::Empty && !recovering {
             proof = Some(
@@ -957,6 +1026,9 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         );
     }
     let proven = matches!(proof, Some(Ok(_)));
+    // archive_command names another repository: that is the finding, and
+    // this one lacking the newest WAL follows from it (not WAL lost).
+    let mut archives_elsewhere = false;
     match &shape {
         CommandShape::Empty => {
             add(Verdict::Error, "archive_command is empty: nothing is archived".into(), "run `dbbackup pitr enable`")
@@ -976,11 +1048,15 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             if let Some(given) = &opts.repo {
                 // Ours by ID when it exists (the command may name it by
                 // another path, or name the same URL at another store).
-                let id = crate::storage::location::open_path(given, &opts.stores)
-                    .ok()
-                    .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()).ok())
-                    .and_then(|m| m.id);
-                if !command_repos.is_empty() && !invs.iter().any(|i| archives_into(i, given, id.as_deref())) {
+                let id = meta.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.id.clone());
+                // Our store does not answer: compare as written rather than
+                // wait for it again through the command's settings.
+                let ours = |i: &Invocation| match &store_error {
+                    Some(_) => i.repo.as_deref().is_some_and(|r| same_location(r, given)),
+                    None => archives_into(i, given, id.as_deref()),
+                };
+                if !command_repos.is_empty() && !invs.iter().any(ours) {
+                    archives_elsewhere = true;
                     let named: Vec<String> = invs
                         .iter()
                         .filter_map(|i| {
@@ -1125,7 +1201,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 return h;
             }
         };
-        let encrypted = crate::repo::Repository::read_meta(storage.as_ref()).is_ok_and(|m| m.encryption.is_some());
+        if let Some(e) = &store_error {
+            h.error = Some(e.clone());
+            return h;
+        }
+        let encrypted = meta.as_ref().and_then(|m| m.as_ref().ok()).is_some_and(|m| m.encryption.is_some());
         let opened = if encrypted && given {
             crate::repo::Repository::open(storage, &keys)
         } else if encrypted && keys.file.is_some() {
@@ -1268,15 +1348,16 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                     );
                 }
             }
-            if r.holds_last_archived == Some(false) {
+            if r.holds_last_archived == Some(false) && !archives_elsewhere {
                 let last = archiver.last_archived_wal.clone().unwrap_or_default();
                 let fix = match &shape {
                     CommandShape::Swallowing { fix, .. } => format!(
                         "{fix} (see above); then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL"
                     ),
                     _ => format!(
-                        "make archive_command archive into {} (`dbbackup pitr enable --repo {}`), then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL (if you just pointed archive_command here, run SELECT pg_switch_wal() and check again)",
-                        r.location, r.location
+                        "make archive_command archive into {} (`{}`), then take a new base backup (`dbbackup backup base`): recovery from older backups cannot pass the lost WAL (if you just pointed archive_command here, run SELECT pg_switch_wal() and check again)",
+                        r.location,
+                        enable_command(&r.location)
                     ),
                 };
                 add(
@@ -1337,6 +1418,52 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             }
         }
     }
+    // Asynchronous archiving: the worker's queue and failures, from the
+    // spool the command names or defaults to.
+    let async_queue = shape.invocations().iter().find(|i| i.async_archive).zip(data_dir.as_deref()).map(|(inv, dd)| {
+        let root = match &inv.spool_dir {
+            Some(d) => d.clone(),
+            None => dd.join(crate::spool::SPOOL_DIR_NAME),
+        };
+        crate::wal::async_archive::queue_status(&dd.join("pg_wal"), &root)
+    });
+    if let Some(q) = &async_queue {
+        if let Some(e) = &q.error {
+            add(
+                Verdict::Warning,
+                format!("the queue of asynchronous archiving cannot be read here: {e}"),
+                "run `dbbackup pitr status` as the PostgreSQL OS user (or root) on the database host",
+            );
+        }
+        let own = ident.system_identifier.to_string();
+        if let Some(o) = q.owner.as_ref().filter(|o| o.system_identifier != own) {
+            add(
+                Verdict::Error,
+                format!(
+                    "the spool {} belongs to cluster {}, not to this cluster {own}: every `wal archive --async` call is refused",
+                    q.spool, o.system_identifier
+                ),
+                &format!("remove {} (a copy left by another cluster; nothing in it is needed here)", q.spool),
+            );
+        }
+        if let Some(first) = q.errors.first() {
+            add(
+                Verdict::Warning,
+                format!(
+                    "the asynchronous archive worker cannot store {} segment(s), the oldest {} ({} attempts, last at {}): {}",
+                    q.errors.len(),
+                    first.wal,
+                    first.attempts,
+                    first.at,
+                    first.error
+                ),
+                &format!(
+                    "fix the cause; the worker retries by itself and PostgreSQL's calls succeed once it has stored them (worker log: {}/worker.log)",
+                    q.spool
+                ),
+            );
+        }
+    }
     let verdict = findings.iter().map(|f| f.level).max().unwrap_or(Verdict::Ok);
     Ok(StatusReport {
         verdict,
@@ -1348,5 +1475,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         lag_segments,
         lag_bytes,
         repository,
+        async_queue,
     })
 }

@@ -154,7 +154,10 @@ impl Repository {
             if entries.iter().any(|e| e.name == META_FILE) {
                 return Err(Error::new(
                     ErrorKind::Conflict,
-                    format!("repository {loc} already exists: nothing was changed (see it with `dbbackup repo info --repo {loc}`)"),
+                    format!(
+                        "repository {loc} already exists: nothing was changed (see it with `dbbackup repo info {}`)",
+                        if loc.contains("://") { "--config FILE".to_string() } else { format!("--repo {loc}") }
+                    ),
                 ));
             }
             // A mount point's lost+found does not make a directory used.
@@ -216,7 +219,14 @@ impl Repository {
         let bytes = match storage.read_all(META_FILE) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
-                let exists = storage.root_exists().unwrap_or(false);
+                let exists = match storage.root_exists() {
+                    Ok(b) => b,
+                    // A missing bucket, said as such (the store's answer).
+                    Err(e) if loc.contains("://") => {
+                        return Err(Error::not_found(format!("repository {loc} does not exist: {e}")))
+                    }
+                    Err(_) => false,
+                };
                 // An object store has no mounts: the name or settings are wrong.
                 if loc.contains("://") {
                     return Err(Error::not_found(format!(

@@ -357,8 +357,11 @@ pub enum PitrCommand {
         Refuses to replace another tool's archive_command (or a wrapper script) unless --force; replaces a dbbackup \
         command in a shape that swallows its failures (`... || true`) and says so. --restart runs pg_ctl restart \
         with -l pointing where the server logged before (its stderr file), so the log does not move into the data \
-        directory.\n\n\
+        directory. --async [--jobs N] [--spool-dir DIR] goes into archive_command: a background worker then pushes \
+        ready segments ahead of PostgreSQL's calls, which still exit 0 only once their own segment is durable \
+        (see `wal archive --help`); `pitr status` shows its queue.\n\n\
         Examples:\n  dbbackup pitr enable --repo /backups/pg --restart\n  \
+        dbbackup pitr enable --config /etc/dbbackup/main.toml --async --jobs 4 --restart\n  \
         dbbackup pitr enable --repo /backups/pg --pgdata /var/lib/postgresql/15/main   # server stopped")]
     Enable(EnableArgs),
     /// Turn WAL archiving off (archive_mode = off, archive_command reset)
@@ -425,6 +428,16 @@ pub struct EnableArgs {
     /// Replace an archive_command set by another tool
     #[arg(long)]
     pub force: bool,
+    /// Write `--async` into archive_command: a background worker pushes ready segments ahead of
+    /// PostgreSQL's calls (see `wal archive --help`)
+    #[arg(long = "async")]
+    pub async_archive: bool,
+    /// With --async: segments pushed at once [default: 4]
+    #[arg(long, short = 'j', value_name = "N", requires = "async_archive", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+    /// With --async: the spool directory [default: dbbackup_spool in the data directory]
+    #[arg(long, value_name = "DIR", requires = "async_archive")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -479,8 +492,16 @@ pub enum WalCommand {
     /// Archive one WAL file (archive_command = 'dbbackup wal archive %p %f ...')
     #[command(after_help = "Exits 0 only when the file is durable in the repository. Archiving a file that is \
         already archived with identical content succeeds without rewriting it; with different content it \
-        fails, naming both checksums.\n\nExample:\n  \
-        archive_command = '/usr/local/bin/dbbackup wal archive %p %f --repo /backups/pg'")]
+        fails, naming both checksums.\n\n\
+        --async: the first call starts a background worker (one per spool, exiting after 30 s without work) that \
+        pushes the segments PostgreSQL has marked ready in pg_wal/archive_status, --jobs at a time, oldest first, \
+        and acknowledges each in the spool once it is durable. A call exits 0 when the acknowledgement of its \
+        segment matches the file's content (BLAKE3); it reports the worker's failure for its segment (non-zero, \
+        with the cause), and archives the segment itself when no acknowledgement comes within 60 s. History, \
+        backup and partial files are archived in the call. A spool left by another cluster or repository is \
+        refused. Nothing in archive_status is changed, and WAL is never dropped.\n\nExamples:\n  \
+        archive_command = '/usr/local/bin/dbbackup wal archive %p %f --repo /backups/pg'\n  \
+        archive_command = '/usr/local/bin/dbbackup wal archive %p %f --config /etc/dbbackup/main.toml --async --jobs 4'")]
     Archive(ArchiveArgs),
     /// List archived WAL: name, timeline, kind, sizes, codec, encryption, time
     #[command(
@@ -540,6 +561,9 @@ pub enum WalCommand {
         restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'\n  \
         restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg --prefetch 8'")]
     Fetch(FetchArgs),
+    /// The background worker of `wal archive --async` (started by it; not for direct use)
+    #[command(hide = true)]
+    ArchiveWorker(ArchiveWorkerArgs),
     /// The background worker of `wal fetch --prefetch` (started by it)
     #[command(hide = true, name = "fetch-worker")]
     FetchWorker(FetchWorkerArgs),
@@ -560,6 +584,42 @@ pub struct ArchiveArgs {
     /// Create the repository encrypted if it does not exist (an existing repository's setting always applies)
     #[arg(long)]
     pub encrypt: bool,
+    /// A background worker pushes the segments PostgreSQL marked ready, --jobs at a time; this call still
+    /// exits 0 only once its own segment is durable in the repository
+    #[arg(long = "async")]
+    pub async_: bool,
+    /// With --async: where the acknowledgements are kept [default: dbbackup_spool in the data directory]
+    #[arg(long, value_name = "DIR", requires = "async_")]
+    pub spool_dir: Option<PathBuf>,
+    /// With --async: segments the worker pushes at once [default: 4]
+    #[arg(long, short = 'j', value_name = "N", requires = "async_", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+}
+
+/// The asynchronous archiver's worker, started by `wal archive --async`.
+#[derive(Debug, Args)]
+pub struct ArchiveWorkerArgs {
+    /// The cluster's pg_wal directory
+    #[arg(long, value_name = "DIR")]
+    pub pg_wal: PathBuf,
+    /// The spool (its archive/ part is used)
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: PathBuf,
+    /// The cluster's system identifier, as the calls read it from their segments
+    #[arg(long, value_name = "ID")]
+    pub system_identifier: String,
+    /// Segments pushed at once
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// As `wal archive --compress`
+    #[arg(long, value_name = "ALG", num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_parser = parse_codec)]
+    pub compress: Option<Codec>,
+    /// As `wal archive --compress-level`
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
+    /// Exit after this many seconds without ready segments
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub idle_exit: u64,
 }
 
 #[derive(Debug, Args)]

@@ -26,7 +26,25 @@ fn command() -> clap::Command {
     no_short_help(Cli::command())
 }
 
+/// A panic is a bug, but its exit status must still be one PostgreSQL
+/// reads right: 101 from `wal fetch` would read as "not archived" and end
+/// recovery early. One line, then exit 128 for fetch and 1 for the rest.
+fn install_panic_hook() {
+    let fetch = std::env::args().collect::<Vec<_>>().windows(2).any(|w| w[0] == "wal" && w[1] == "fetch");
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!(
+            "dbbackup: internal error, please report it: {}{at}",
+            output::one_line(msg.as_deref().unwrap_or("a panic"))
+        );
+        std::process::exit(if fetch { i32::from(EXIT_FETCH_FATAL) } else { 1 });
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
     let matches = match command().try_get_matches() {
         Ok(m) => m,
         Err(e) => return usage_error(e),

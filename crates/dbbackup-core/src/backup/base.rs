@@ -168,7 +168,7 @@ pub fn check_archiving(
     let cmd = settings.get("archive_command").map(|s| s.value.clone()).unwrap_or_default();
     let library = settings.get("archive_library").map(|s| s.value.clone()).unwrap_or_default();
     let loc = repo.display().to_string();
-    let fix = format!("run `dbbackup pitr enable --repo {loc}` first (and restart if it says so)");
+    let fix = format!("run `{}` first (and restart if it says so)", pitr::enable_command(&loc));
     if mode == "off" {
         return Err(Error::invalid(format!(
             "PostgreSQL is not archiving WAL (archive_mode = off): a backup without its WAL cannot be restored; {fix}"
@@ -186,7 +186,7 @@ pub fn check_archiving(
             "PostgreSQL does not archive into repository {loc} (archive_command is empty); {fix}"
         ))),
         pitr::CommandShape::Swallowing { reason, fix: change, .. } => Err(Error::invalid(format!(
-            "archive_command can report success when dbbackup fails, so PostgreSQL would remove WAL that never reached repository {loc}: {reason} (archive_command: {shown}); {change} and reload, or run `dbbackup pitr enable --repo {loc}`, which writes a plain dbbackup command"
+            "archive_command can report success when dbbackup fails, so PostgreSQL would remove WAL that never reached repository {loc}: {reason} (archive_command: {shown}); {change} and reload, or run `{}`, which writes a plain dbbackup command", pitr::enable_command(&loc)
         ))),
         pitr::CommandShape::Dbbackup(invs) if invs.iter().any(|i| i.repo.is_some()) => {
             let id = crate::repo::Repository::read_meta(storage.as_ref()).ok().and_then(|m| m.id);
@@ -452,7 +452,7 @@ pub fn take(
             Error::new(
                 ErrorKind::Conflict,
                 format!(
-                    "another `dbbackup backup base` is running on repository {}: wait for it to finish",
+                    "another `dbbackup backup base` is running on repository {}: wait for it to finish (on an object store, the lease of one that was killed runs out within 60 s)",
                     repo.location()
                 ),
             )

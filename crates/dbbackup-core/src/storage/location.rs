@@ -63,6 +63,21 @@ impl Location {
                         "repository location {s:?}: unknown scheme {scheme}:// (use a path, file://, s3://, gs:// or az://)"
                     )));
                 }
+                // `s3:/b/p`, `s3:b/p`, `s3//b/p`: a URL mistyped, which as
+                // a relative path would quietly keep WAL on this host.
+                let first = s.split('/').next().unwrap_or_default();
+                let scheme_like = |w: &str| {
+                    w.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                        && w.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                };
+                let known = ["s3", "gs", "az", "azure", "file"];
+                let mangled = first.split_once(':').is_some_and(|(w, _)| scheme_like(w))
+                    || (known.contains(&first.to_ascii_lowercase().as_str()) && s[first.len()..].starts_with("//"));
+                if mangled {
+                    return Err(Error::invalid(format!(
+                        "repository location {s:?} looks like a mistyped URL: write s3://BUCKET[/PREFIX] (gs://, az://), or ./{s} for a local directory of that name"
+                    )));
+                }
                 PathBuf::from(s)
             }
         };
@@ -174,7 +189,54 @@ fn loopback(endpoint: &str) -> bool {
     host == "localhost" || host == "[" || host.starts_with("127.") || endpoint.starts_with("http://[::1]")
 }
 
+/// An endpoint the HTTP client can use: `http(s)://HOST[:PORT][/PATH]`
+/// with nothing around it. Checked here because the store client takes a
+/// malformed one for granted and fails on the first request in ways that
+/// read as "not found" (exit codes PostgreSQL would misread).
+fn check_endpoint(e: &str, table: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "[{table}] endpoint {e:?} {why}: write it as https://HOST[:PORT] (or http://127.0.0.1:PORT for a store on this host)"
+        )))
+    };
+    if e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("holds a space or a control character");
+    }
+    let Some(rest) = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://")) else {
+        return bad("does not start with https:// or http://");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => return bad("has an unclosed [ in its host"),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host.contains('@') {
+        return bad("names no host");
+    }
+    if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return bad("has a port that is not a number from 1 to 65535");
+    }
+    Ok(())
+}
+
+/// A region name as stores write them (`us-east-1`, `garage`, `fr-par`).
+fn check_region(r: &str) -> Result<()> {
+    if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(Error::invalid(format!(
+            "[s3] region {r:?} is not a region name (letters, digits, - _ . only; e.g. us-east-1)"
+        )));
+    }
+    Ok(())
+}
+
 fn check_http(endpoint: &str, allow: bool, table: &str) -> Result<bool> {
+    check_endpoint(endpoint, table)?;
     if !endpoint.starts_with("http://") {
         return Ok(false);
     }
@@ -251,7 +313,13 @@ fn build_error(
             ));
         }
     }
-    Error::invalid(format!("repository {url}: {e}"))
+    let raw = e.to_string();
+    if raw.contains("Invalid Access Key") {
+        return Error::invalid(format!(
+            "repository {url}: the [{table}] access-key is not a valid account key (base64): copy the storage account's key again ({raw})"
+        ));
+    }
+    Error::invalid(format!("repository {url}: {raw}"))
 }
 
 /// `request-timeout` (seconds) of a table, checked.
@@ -287,11 +355,20 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             let s = &settings.s3;
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
             let mut http = false;
-            if let Some(e) = &s.endpoint {
+            // The standard variables, checked like the table's setting.
+            let endpoint = s.endpoint.clone().or_else(|| {
+                ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|v| std::env::var(v).ok())
+            });
+            if let Some(e) = &endpoint {
                 http = check_http(e, s.allow_http.unwrap_or(false), "s3")?;
                 b = b.with_endpoint(e);
             }
-            if let Some(r) = &s.region {
+            let region = s
+                .region
+                .clone()
+                .or_else(|| ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|v| std::env::var(v).ok()));
+            if let Some(r) = &region {
+                check_region(r)?;
                 b = b.with_region(r);
             }
             if let Some(v) = s.path_style {
@@ -318,7 +395,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 .with_retry(retry())
                 .build()
                 .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "s3", e))?;
-            let hints = Hints { table: "s3", endpoint: s.endpoint.clone(), ca_file: s.ca_file.clone() };
+            let hints = Hints { table: "s3", endpoint, ca_file: s.ca_file.clone() };
             Ok(Arc::new(ObjectStorage::new(Arc::new(store), prefix, url, hints)))
         }
         Location::Gcs { bucket, prefix } => {
@@ -426,6 +503,37 @@ mod tests {
         let e = check_http("http://10.0.0.5:3900", false, "s3").unwrap_err().to_string();
         assert!(e.contains("allow-http"), "{e}");
         assert!(check_http("http://10.0.0.5:3900", true, "s3").unwrap());
+    }
+
+    #[test]
+    fn mistyped_urls_and_endpoints_are_refused() {
+        for bad in ["s3:/b/p", "s3:b/p", "s3//b/p", "S3:/b", "gs:/b", "az:/c/p", "file:/x"] {
+            let e = Location::parse(bad, Path::new("/w")).unwrap_err().to_string();
+            assert!(e.contains("looks like a mistyped URL"), "{bad}: {e}");
+        }
+        for ok in ["./s3:/b", "/tmp/s3:/b", "backups/pg", "s3", "s3/pg"] {
+            assert!(matches!(Location::parse(ok, Path::new("/w")), Ok(Location::Local(_))), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:39010",
+            "localhost",
+            "http:/127.0.0.1:1",
+            " http://h",
+            "http://h ",
+            "",
+            "http://h:99999",
+            "http://h:x",
+            "https://:80",
+            "http://[::1",
+        ] {
+            let e = check_endpoint(bad, "s3").unwrap_err().to_string();
+            assert!(e.contains("[s3] endpoint") && e.contains("https://HOST[:PORT]"), "{bad}: {e}");
+        }
+        for ok in ["http://127.0.0.1:39010", "https://s3.example.com", "https://h:443/base", "http://[::1]:9000"] {
+            check_endpoint(ok, "s3").unwrap();
+        }
+        assert!(check_region("eu-west-3").is_ok() && check_region("garage").is_ok());
+        assert!(check_region("eu\nwest").is_err() && check_region("").is_err() && check_region("a b").is_err());
     }
 
     #[test]

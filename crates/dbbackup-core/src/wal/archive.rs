@@ -43,7 +43,58 @@ pub enum Archived {
 }
 
 /// Archives the file at `source` under WAL name `name`.
+/// In a live `pg_wal` (one with `archive_status/`), PostgreSQL marks a file
+/// `.ready` once it is finished, before it calls archive_command, and
+/// `.done` after. A file with neither is still being written: archived by
+/// hand now, its unfinished content would be stored under the name and
+/// the finished segment refused as a differing duplicate for ever. A copy
+/// of an unfinished segment goes under a `.partial` name.
+///
+/// Checked only where PostgreSQL archives (some file is marked): with
+/// archive_mode = off no file ever is.
+fn check_finished(source: &Path, wal: &WalFileName) -> Result<()> {
+    if wal.kind() == WalKind::Partial {
+        return Ok(());
+    }
+    let (Some(dir), Some(base)) = (source.parent(), source.file_name()) else { return Ok(()) };
+    let status = dir.join("archive_status");
+    if !status.is_dir() {
+        return Ok(());
+    }
+    let base = base.to_string_lossy();
+    let marked = |ext: &str| status.join(format!("{base}.{ext}")).exists();
+    if marked("ready") || marked("done") {
+        return Ok(());
+    }
+    // Without any mark PostgreSQL is not archiving here (archive_mode =
+    // off): nothing tells finished from unfinished, so nothing is refused.
+    let archiving = std::fs::read_dir(&status).map(|d| {
+        d.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".ready") || n.ends_with(".done")))
+    });
+    if !archiving.unwrap_or(false) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{} is not finished: PostgreSQL has not marked it ready for archiving ({}/{base}.ready is missing), so it is still being written; archiving it now would store unfinished WAL under {wal} and refuse the finished segment later. PostgreSQL archives it by itself once it is finished (SELECT pg_switch_wal() finishes it now); to keep a copy of it as it is, archive it as {wal}.partial",
+        source.display(),
+        status.display()
+    )))
+}
+
 pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<CodecSettings>) -> Result<Archived> {
+    archive_with_threads(repo, source, name, codec, 2)
+}
+
+/// [`archive`] with `threads` zstd workers for this one file (0: one
+/// thread compresses). The asynchronous worker pushes several segments at
+/// once and takes its parallelism from them instead.
+pub fn archive_with_threads(
+    repo: &mut Repository,
+    source: &Path,
+    name: &str,
+    codec: Option<CodecSettings>,
+    threads: u32,
+) -> Result<Archived> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
     // Opening a FIFO would block for ever; a directory is a mistake.
     let meta =
@@ -51,6 +102,7 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
     if !meta.is_file() {
         return Err(Error::invalid(format!("{} is not a regular file: nothing to archive", source.display())));
     }
+    check_finished(source, &wal)?;
     let mut file =
         File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
     let size = file.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
@@ -89,9 +141,9 @@ pub fn archive(repo: &mut Repository, source: &Path, name: &str, codec: Option<C
     file.seek(SeekFrom::Start(first.len() as u64))
         .map_err(|e| Error::io(format!("cannot read {}: {e}", source.display())))?;
 
-    // Two workers compress zstd frames while this thread reads and
-    // checksums (see `object::encode`).
-    let settings = CodecSettings { threads: 2, ..codec.unwrap_or_else(|| repo.codec_settings()) };
+    // Workers compress zstd frames while this thread reads and checksums
+    // (see `object::encode`).
+    let settings = CodecSettings { threads, ..codec.unwrap_or_else(|| repo.codec_settings()) };
     store(repo, &wal, source, &first, &mut file, size, &checksum, settings)
 }
 
@@ -184,7 +236,7 @@ fn settle_duplicate(
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "{wal} is already archived with different content: the repository's copy {} has checksum {}, the file {} has checksum {checksum} (BLAKE3); refusing to overwrite archived WAL (is another cluster archiving into repository {}?)",
+                "{wal} is already archived with different content: the repository's copy {} has checksum {}, the file {} has checksum {checksum} (BLAKE3); refusing to overwrite archived WAL (is another cluster archiving into repository {}, or was this segment archived by hand before PostgreSQL finished it?)",
                 theirs.path,
                 theirs.object.checksum,
                 source.display(),

@@ -2,6 +2,7 @@
 //! lookups they share.
 
 pub mod archive;
+pub mod async_archive;
 pub mod catalog;
 pub mod fetch;
 pub mod prefetch;

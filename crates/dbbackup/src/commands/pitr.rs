@@ -119,6 +119,9 @@ fn archive_command(ctx: &Ctx, a: &EnableArgs, repo: &Repository) -> Result<Strin
         allow_shared_key_file: ctx.g.allow_shared_key_file,
         key_file,
         config,
+        async_archive: a.async_archive,
+        jobs: a.jobs,
+        spool_dir: a.spool_dir.as_ref().map(std::path::absolute).transpose()?,
     }
     .render())
 }
@@ -131,6 +134,22 @@ fn check_files_for_server(ctx: &Ctx, data_dir: &Path) -> Result<()> {
     }
     if let Some(k) = &ctx.g.encryption_key_file {
         pitr::check_server_can_read(&std::path::absolute(k)?, data_dir, "key file")?;
+    }
+    // Files the config file names, which archive_command reads too.
+    let st = &ctx.g.stores;
+    let named = [
+        (&st.s3.secret_access_key_file, "[s3] secret-access-key-file"),
+        (&st.s3.ca_file, "[s3] ca-file"),
+        (&st.gcs.service_account_file, "[gcs] service-account-file"),
+        (&st.gcs.ca_file, "[gcs] ca-file"),
+        (&st.azure.access_key_file, "[azure] access-key-file"),
+        (&st.azure.sas_token_file, "[azure] sas-token-file"),
+        (&st.azure.ca_file, "[azure] ca-file"),
+    ];
+    for (f, what) in named {
+        if let Some(f) = f {
+            pitr::check_server_can_read(&std::path::absolute(f)?, data_dir, what)?;
+        }
     }
     Ok(())
 }
@@ -190,13 +209,17 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
             "archive_library = '{library}' is set, and PostgreSQL uses it instead of archive_command: refusing to change archiving behind it; run again with --force to reset archive_library and archive with dbbackup"
         );
     }
+    // What archive_command will read, checked before anything is created.
+    if kept.is_none() {
+        ctx.config_for_server_commands()?;
+        check_files_for_server(ctx, Path::new(&data_dir))?;
+    }
     let repo = prepare_repo(ctx, &a, identity)?;
     pitr::check_same_history(&mut client, &repo)?;
     let command = match &kept {
         Some(c) => c.clone(),
         None => {
             let c = archive_command(ctx, &a, &repo)?;
-            check_files_for_server(ctx, &dbbackup_core::pg::data_directory(&mut client)?)?;
             note_repository_move(&current, &repo);
             c
         }
@@ -283,9 +306,10 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     let identity = identity_from_pgdata(pgdata)?;
     let current = pitr::read_offline(pgdata);
     refuse_foreign(&current, a.force, Some(pgdata))?;
+    ctx.config_for_server_commands()?;
+    check_files_for_server(ctx, pgdata)?;
     let repo = prepare_repo(ctx, a, identity)?;
     let command = archive_command(ctx, a, &repo)?;
-    check_files_for_server(ctx, pgdata)?;
     note_repository_move(&current, &repo);
     let changes = pitr::enable_changes(&current, &command, a.archive_timeout);
     let backup = pitr::apply_offline(pgdata, &changes)?;
@@ -476,6 +500,20 @@ fn print_status(r: &StatusReport) {
         (Some(w), Some(s), Some(b)) => println!("current WAL:     {w}, archive lag {s} segments ({})", human_bytes(b)),
         (Some(w), _, _) => println!("current WAL:     {w}"),
         _ => println!("current WAL:     - (in recovery)"),
+    }
+    if let Some(q) = &r.async_queue {
+        let worker = match q.worker_running {
+            Some(true) => "a worker runs",
+            Some(false) => "no worker runs",
+            None => "worker unknown",
+        };
+        println!(
+            "async queue:     {} ready, {} not yet acknowledged{}; {worker} (spool {})",
+            q.ready,
+            q.unacknowledged,
+            q.oldest_unacknowledged.as_deref().map(|o| format!(" (oldest {o})")).unwrap_or_default(),
+            q.spool
+        );
     }
     if let Some(repo) = r.repository.as_ref().filter(|r| !r.reachable) {
         // No counts: "0 segments, no gaps" would read as an empty, healthy archive.

@@ -62,6 +62,9 @@ fn restore_command(ctx: &Ctx, repo: &dbbackup_core::repo::Repository) -> Result<
 
 fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     ctx.check_command_paths()?;
+    // Before the store is asked anything: without the config file the
+    // restored server could not reach the repository anyway.
+    ctx.config_for_server_commands()?;
     if let Some(d) = &a.spool_dir {
         // It goes into restore_command, a line of postgresql.auto.conf.
         if d.to_string_lossy().chars().any(char::is_control) {

@@ -9,14 +9,19 @@ use anyhow::{anyhow, Result};
 use dbbackup_core::error::ErrorKind;
 use dbbackup_core::repo::{CreateOptions, Repository};
 use dbbackup_core::wal::archive::{archive, Archived};
+use dbbackup_core::wal::async_archive::{
+    archive_async, run_worker, AsyncCall, AsyncOutcome, WorkerEnd, WorkerLaunch, WorkerOptions, DEFAULT_JOBS,
+    DEFAULT_WAIT,
+};
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
 use dbbackup_core::wal::fetch::{check_source, fetch};
 use dbbackup_core::wal::prefetch::{self, Delivered, Prefetch, WorkerCommand};
 use dbbackup_format::WalKind;
 use serde_json::json;
+use std::ffi::OsString;
 
-use crate::cli::{ArchiveArgs, FetchArgs, FetchWorkerArgs, WalCommand};
+use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, FetchWorkerArgs, WalCommand};
 use crate::context::Ctx;
 use crate::output::{human_bytes, one_line, print_json, time_text, Table};
 use crate::EXIT_FETCH_FATAL;
@@ -25,6 +30,7 @@ pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
     match c {
         WalCommand::Archive(a) => run_archive(ctx, a),
         WalCommand::Fetch(a) => Ok(run_fetch(ctx, a)),
+        WalCommand::ArchiveWorker(a) => run_archive_worker(ctx, a),
         WalCommand::FetchWorker(a) => fetch_worker(ctx, a),
         WalCommand::List { timeline } => list(ctx, timeline),
         WalCommand::Timeline => timeline(ctx),
@@ -211,7 +217,31 @@ fn run_archive(ctx: &Ctx, a: ArchiveArgs) -> Result<ExitCode> {
     };
     let mut repo = open_or_create(ctx, &a).map_err(|e| anyhow!("wal archive {name}: {e:#}"))?;
     let codec = repo.codec_choice(a.compress, a.compress_level)?;
-    let outcome = archive(&mut repo, &a.path, &name, codec).map_err(|e| anyhow!("wal archive {name}: {e}"))?;
+    let outcome = if a.async_ {
+        let launch = WorkerLaunch {
+            exe: std::env::current_exe()
+                .map_err(|e| anyhow!("wal archive {name}: cannot find this program's path: {e}"))?,
+            args: worker_args(ctx, &a)?,
+            jobs: a.jobs.map(usize::from).unwrap_or(DEFAULT_JOBS),
+        };
+        let call = AsyncCall { spool_dir: a.spool_dir.as_deref(), launch: &launch, wait: async_wait(ctx) };
+        match archive_async(&mut repo, &a.path, &name, codec, &call).map_err(|e| anyhow!("wal archive {name}: {e}"))? {
+            AsyncOutcome::Acknowledged { ack, waited } => {
+                tracing::debug!("{name} acknowledged by the archive worker as {} (waited {waited:?})", ack.object);
+                return Ok(ExitCode::SUCCESS);
+            }
+            AsyncOutcome::Synchronous { why, archived } => {
+                if why.starts_with("--async needs") {
+                    tracing::warn!("wal archive {name}: {why}; archived it in the call");
+                } else {
+                    tracing::debug!("archived {name} in the call: {why}");
+                }
+                archived
+            }
+        }
+    } else {
+        archive(&mut repo, &a.path, &name, codec).map_err(|e| anyhow!("wal archive {name}: {e}"))?
+    };
     match outcome {
         Archived::Stored { path, original_size, stored_size, .. } => {
             tracing::debug!("archived {name} as {path} ({original_size} bytes, {stored_size} stored)");
@@ -226,6 +256,92 @@ fn run_archive(ctx: &Ctx, a: ArchiveArgs) -> Result<ExitCode> {
             );
             let _ = path;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long an asynchronous call waits for its acknowledgement: a minute,
+/// or longer when one store request may take longer.
+fn async_wait(ctx: &Ctx) -> std::time::Duration {
+    let s = &ctx.g.stores;
+    let longest = [s.s3.request_timeout, s.gcs.request_timeout, s.azure.request_timeout].into_iter().flatten().max();
+    DEFAULT_WAIT.max(std::time::Duration::from_secs(longest.unwrap_or(0) + 10))
+}
+
+/// The options a worker needs to reach the repository as this call does:
+/// paths only (the config file and key file), never a secret.
+fn worker_args(ctx: &Ctx, a: &ArchiveArgs) -> Result<Vec<OsString>> {
+    let mut w: Vec<OsString> = vec!["wal".into(), "archive-worker".into()];
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).into_os_string();
+    if ctx.g.repo.is_some() {
+        w.push("--repo".into());
+        w.push(ctx.repo_path()?.into_os_string());
+    }
+    if let Some(c) = &ctx.g.config {
+        w.push("--config".into());
+        w.push(abs(c));
+    }
+    if let Some(k) = &ctx.g.encryption_key_file {
+        w.push("--encryption-key-file".into());
+        w.push(abs(k));
+    }
+    if let Some(v) = &ctx.g.encryption_key_env {
+        w.push("--encryption-key-env".into());
+        w.push(v.into());
+    }
+    if ctx.g.allow_shared_key_file {
+        w.push("--allow-shared-key-file".into());
+    }
+    if let Some(c) = a.compress {
+        w.push(format!("--compress={c}").into());
+    }
+    if let Some(l) = a.compress_level {
+        w.push(format!("--compress-level={l}").into());
+    }
+    for _ in 0..ctx.g.verbose {
+        w.push("-v".into());
+    }
+    Ok(w)
+}
+
+/// `wal archive-worker`: the background half of `wal archive --async`.
+fn run_archive_worker(ctx: &Ctx, a: ArchiveWorkerArgs) -> Result<ExitCode> {
+    let storage = ctx.storage()?;
+    let keys = ctx.keys();
+    let open = || -> dbbackup_core::Result<Repository> {
+        let repo = Repository::open(std::sync::Arc::clone(&storage), &keys)?;
+        repo.check_key_intent(&keys, "WAL")?;
+        Ok(repo)
+    };
+    let codec = open()?.codec_choice(a.compress, a.compress_level)?;
+    let opts = WorkerOptions {
+        pg_wal: std::path::absolute(&a.pg_wal)?,
+        spool_root: std::path::absolute(&a.spool_dir)?,
+        system_identifier: a.system_identifier,
+        jobs: usize::from(a.jobs),
+        codec,
+        idle_exit: std::time::Duration::from_secs(a.idle_exit),
+    };
+    match run_worker(&open, &opts)? {
+        WorkerEnd::AlreadyRunning { lock, pid } => {
+            eprintln!(
+                "dbbackup: another archive worker{} holds {}: this one exits (one worker per spool)",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                lock.display()
+            );
+        }
+        WorkerEnd::Idle { pushed } => tracing::info!(
+            "{} archive worker {} exits: nothing ready for {} s ({pushed} segments pushed)",
+            dbbackup_core::repo::now_rfc3339(),
+            std::process::id(),
+            a.idle_exit
+        ),
+        WorkerEnd::PgWalGone { pushed } => tracing::info!(
+            "{} archive worker {} exits: {} is gone ({pushed} segments pushed)",
+            dbbackup_core::repo::now_rfc3339(),
+            std::process::id(),
+            opts.pg_wal.display()
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

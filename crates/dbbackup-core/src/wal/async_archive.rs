@@ -1,0 +1,755 @@
+//! `wal archive --async`: a background worker pushes the segments
+//! PostgreSQL has marked ready, N at a time, ahead of PostgreSQL's calls,
+//! and records an acknowledgement per segment in the spool part `archive/`.
+//!
+//! The no-lost-WAL invariant is the synchronous one: a call exits 0 only
+//! once ITS segment is durable in the repository and is that content. An
+//! acknowledgement (`ack/NAME.ok`) is written only after [`archive`]
+//! returned for the file, and holds the BLAKE3 checksum of what was
+//! stored; the call hashes the file PostgreSQL handed it and succeeds only
+//! when the checksum matches. Anything else (no worker, a worker killed at
+//! any moment, no acknowledgement in time, another content) ends in the
+//! synchronous path in the call itself, or in an error.
+//!
+//! The worker only reads `pg_wal/archive_status` (PostgreSQL and other
+//! archivers own it) and never writes into `pg_wal`. It is this binary's
+//! hidden `wal archive-worker`, started detached by a call, one per spool
+//! part (an flock on `archive/worker.lock`), and exits after a quiet
+//! period.
+//!
+//! Spool part layout: `owner.json` (see [`crate::spool`]), `worker.lock`,
+//! `worker.pid`, `worker.log`, `ack/NAME.ok`, `ack/NAME.error`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use dbbackup_format::pagehdr::{self, LONG_HEADER_LEN};
+use dbbackup_format::{WalFileName, WalKind};
+
+use crate::checksum::Checksum;
+use crate::codec::CodecSettings;
+use crate::error::{Error, Result};
+use crate::repo::{now_rfc3339, Repository};
+use crate::spool::{self, SpoolOwner};
+use crate::wal::archive::{archive, archive_with_threads, Archived};
+
+/// The spool part of asynchronous archiving.
+pub const PART: &str = "archive";
+const ACK_DIR: &str = "ack";
+const LOCK_FILE: &str = "worker.lock";
+const PID_FILE: &str = "worker.pid";
+const LOG_FILE: &str = "worker.log";
+/// A log larger than this is moved to `worker.log.old` when a worker starts.
+const LOG_ROTATE: u64 = 4 << 20;
+/// Default number of segments pushed at once (`--jobs`).
+pub const DEFAULT_JOBS: usize = 4;
+/// How long a call waits for its acknowledgement before archiving the
+/// segment itself (at least; longer when one store request may take longer).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// How long a worker stays without ready work before it exits.
+pub const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(30);
+/// Workers one call starts at most (each one that dies is replaced).
+const MAX_SPAWNS: u32 = 3;
+/// An `.error` older than the call is reported after this long without
+/// an acknowledgement (a worker that has recovered answers within it).
+const ERROR_GRACE: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts at a failing segment.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the worker looks at `archive_status`.
+const SCAN_EVERY: Duration = Duration::from_millis(50);
+/// How often a call looks for its acknowledgement.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// An acknowledgement: the segment is durable in the repository with
+/// this content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    /// BLAKE3 of the segment, as stored.
+    pub checksum: String,
+    pub size: u64,
+    /// The object holding it.
+    pub object: String,
+    /// When it was acknowledged (RFC 3339).
+    pub at: String,
+}
+
+/// The last failure of the worker for one segment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AckError {
+    pub error: String,
+    pub at: String,
+    /// Failed attempts in a row.
+    pub attempts: u32,
+}
+
+/// How a call starts a worker: this binary, its `wal archive-worker`
+/// subcommand and the repository options of the call (the config and
+/// key files are paths: no secret goes on a command line). The engine
+/// appends `--pg-wal`, `--spool-dir`, `--system-identifier`, `--jobs`.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+    pub jobs: usize,
+}
+
+/// What an asynchronous call needs besides the repository.
+#[derive(Debug, Clone)]
+pub struct AsyncCall<'a> {
+    /// `--spool-dir`, else the data directory's `dbbackup_spool`.
+    pub spool_dir: Option<&'a Path>,
+    pub launch: &'a WorkerLaunch,
+    /// How long to wait for the acknowledgement before archiving in the call.
+    pub wait: Duration,
+}
+
+/// How an asynchronous call ended (successfully).
+#[derive(Debug, Clone)]
+pub enum AsyncOutcome {
+    /// The worker stored this very content.
+    Acknowledged { ack: Ack, waited: Duration },
+    /// The call archived the file itself, for this reason.
+    Synchronous { why: String, archived: Archived },
+}
+
+/// `wal archive --async`: succeeds once `name` (the file at `source`) is
+/// durable in `repo`, acknowledged by the worker or archived here.
+pub fn archive_async(
+    repo: &mut Repository,
+    source: &Path,
+    name: &str,
+    codec: Option<CodecSettings>,
+    call: &AsyncCall<'_>,
+) -> Result<AsyncOutcome> {
+    let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
+    let sync = |repo: &mut Repository, why: String| {
+        archive(repo, source, name, codec).map(|archived| AsyncOutcome::Synchronous { why, archived })
+    };
+    // History, backup and partial files are small and rare, and must not
+    // wait behind a queue of segments.
+    if wal.kind() != WalKind::Segment {
+        return sync(repo, format!("a {} file is archived in the call", wal.kind()));
+    }
+    let abs = std::path::absolute(source).unwrap_or_else(|_| source.to_path_buf());
+    let pg_wal = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let status_dir = pg_wal.join("archive_status");
+    if !status_dir.is_dir() {
+        return sync(
+            repo,
+            format!(
+                "--async needs the segment where PostgreSQL keeps it ({} has no archive_status beside it: give %p as PostgreSQL passes it)",
+                source.display()
+            ),
+        );
+    }
+    // The worker pushes what PostgreSQL marked ready; a file it did not
+    // mark (a call by hand) would never be acknowledged.
+    if !status_dir.join(format!("{name}.ready")).exists() {
+        return sync(repo, format!("{name} is not marked ready in {}", status_dir.display()));
+    }
+    let Some(system_identifier) = read_system_identifier(&abs) else {
+        // The synchronous path says what is wrong with the file.
+        return sync(repo, format!("the header of {} cannot be read here", source.display()));
+    };
+    let owner = SpoolOwner { system_identifier: system_identifier.to_string(), repository_id: repository_id(repo) };
+    let root = spool::spool_dir(call.spool_dir, source);
+    let part = spool::open_part(&root, PART, &owner)?;
+    let acks = part.join(ACK_DIR);
+    fs::create_dir_all(&acks).map_err(|e| Error::io(format!("cannot create {}: {e}", acks.display())))?;
+
+    let start = Instant::now();
+    let started_at = SystemTime::now();
+    let mut child: Option<Child> = None;
+    let mut spawns = 0;
+    let mut next_probe = start;
+    let mut own: Option<(String, u64)> = None;
+    loop {
+        if let Some(ack) = read_json::<Ack>(&acks.join(format!("{name}.ok"))) {
+            if own.is_none() {
+                own = Some(hash_file(&abs)?);
+            }
+            let (sum, size) = own.as_ref().expect("hashed above");
+            if &ack.checksum == sum && ack.size == *size {
+                return Ok(AsyncOutcome::Acknowledged { ack, waited: start.elapsed() });
+            }
+            // Not this content: the repository's duplicate rules decide.
+            return sync(
+                repo,
+                format!(
+                    "the acknowledgement of {name} is for other content (checksum {}, {} bytes; the file has {sum}, {size} bytes)",
+                    ack.checksum, ack.size
+                ),
+            )
+            .inspect(|_| write_ack_after_sync(&acks, name, &abs));
+        }
+        let error_file = acks.join(format!("{name}.error"));
+        if let Some(err) = read_json::<AckError>(&error_file) {
+            let fresh = fs::metadata(&error_file).and_then(|m| m.modified()).is_ok_and(|t| t >= started_at);
+            if fresh || start.elapsed() >= ERROR_GRACE {
+                return Err(Error::io(format!(
+                    "the archive worker could not store it ({} attempts, last at {}): {}; it keeps retrying (worker log: {})",
+                    err.attempts,
+                    err.at,
+                    err.error,
+                    part.join(LOG_FILE).display()
+                )));
+            }
+        }
+        if start.elapsed() >= call.wait {
+            return sync(repo, format!("no acknowledgement from the archive worker within {} s", call.wait.as_secs()))
+                .inspect(|_| write_ack_after_sync(&acks, name, &abs));
+        }
+        if Instant::now() >= next_probe {
+            next_probe = Instant::now() + Duration::from_millis(500);
+            if !worker_alive(&part, &mut child) {
+                if spawns >= MAX_SPAWNS {
+                    return sync(
+                        repo,
+                        format!(
+                            "the archive worker exited {spawns} times without acknowledging {name} (see {})",
+                            part.join(LOG_FILE).display()
+                        ),
+                    )
+                    .inspect(|_| write_ack_after_sync(&acks, name, &abs));
+                }
+                match spawn_worker(call.launch, &part, &pg_wal, &root, &owner.system_identifier) {
+                    Ok(c) => child = Some(c),
+                    Err(e) => {
+                        return sync(
+                            repo,
+                            format!("cannot start the archive worker {}: {e}", call.launch.exe.display()),
+                        )
+                    }
+                }
+                spawns += 1;
+            }
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// The repository's ID as the spool records it (a repository of an old
+/// format without one is named by its location).
+fn repository_id(repo: &Repository) -> String {
+    repo.meta().id.clone().unwrap_or_else(|| repo.location())
+}
+
+/// The system identifier in a segment's first page header.
+fn read_system_identifier(path: &Path) -> Option<u64> {
+    let mut head = [0u8; LONG_HEADER_LEN];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    pagehdr::parse_long_header(&head).ok().map(|h| h.system_identifier)
+}
+
+/// BLAKE3 and size of a file.
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let err = |e: io::Error| Error::io(format!("cannot read WAL file {}: {e}", path.display()));
+    let mut f = File::open(path).map_err(err)?;
+    let mut h = Checksum::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            return Ok((h.hex(), size));
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
+/// After the call archived a segment itself: tells a worker that may
+/// still look at it (best effort; the ack is a cache of a durable fact).
+fn write_ack_after_sync(acks: &Path, name: &str, source: &Path) {
+    if let Ok((checksum, size)) = hash_file(source) {
+        let ack = Ack { checksum, size, object: String::new(), at: now_rfc3339() };
+        let _ = write_json(acks, &format!("{name}.ok"), &ack);
+        let _ = fs::remove_file(acks.join(format!("{name}.error")));
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes `dir/name` whole or not at all: a temporary name, then a rename.
+/// Not fsynced: an acknowledgement is written after the segment is durable
+/// in the repository, so losing it in a crash only costs a second push
+/// (which finds the object and stores nothing).
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let body = serde_json::to_vec(value).expect("serializes");
+    fs::write(&tmp, body).and_then(|_| fs::rename(&tmp, dir.join(name))).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Whether a worker runs for this spool part: the one this call started
+/// is still running, or someone holds the worker lock.
+fn worker_alive(part: &Path, child: &mut Option<Child>) -> bool {
+    if let Some(c) = child {
+        if matches!(c.try_wait(), Ok(None)) {
+            return true;
+        }
+    }
+    worker_running(part).unwrap_or(false)
+}
+
+/// Whether someone holds the worker lock of a spool part (`None`: cannot
+/// be told from here). The probe holds the lock for an instant; a worker
+/// starting at that instant tries again before it gives up.
+pub fn worker_running(part: &Path) -> Option<bool> {
+    let f = File::open(part.join(LOCK_FILE)).ok()?;
+    match f.try_lock() {
+        Ok(()) => Some(false),
+        Err(fs::TryLockError::WouldBlock) => Some(true),
+        Err(fs::TryLockError::Error(_)) => None,
+    }
+}
+
+/// Starts a worker detached from the caller: its own session (PostgreSQL's
+/// signals to the archiver's process group do not reach it), stdin null,
+/// stdout and stderr appended to `worker.log` in the spool part.
+fn spawn_worker(launch: &WorkerLaunch, part: &Path, pg_wal: &Path, root: &Path, sysid: &str) -> io::Result<Child> {
+    let log = part.join(LOG_FILE);
+    if fs::metadata(&log).is_ok_and(|m| m.len() > LOG_ROTATE) {
+        let _ = fs::rename(&log, part.join(format!("{LOG_FILE}.old")));
+    }
+    let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(&launch.exe);
+    cmd.args(&launch.args)
+        .arg("--pg-wal")
+        .arg(pg_wal)
+        .arg("--spool-dir")
+        .arg(root)
+        .arg("--system-identifier")
+        .arg(sysid)
+        .arg("--jobs")
+        .arg(launch.jobs.to_string())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    detach(&mut cmd);
+    cmd.spawn()
+}
+
+#[allow(unsafe_code)]
+fn detach(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the
+    // parent; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What the worker is told.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The cluster's `pg_wal` (absolute).
+    pub pg_wal: PathBuf,
+    /// The spool (its `archive/` part is used).
+    pub spool_root: PathBuf,
+    /// The cluster the calls found in their segments' headers.
+    pub system_identifier: String,
+    pub jobs: usize,
+    pub codec: Option<CodecSettings>,
+    pub idle_exit: Duration,
+}
+
+/// Why a worker ended.
+#[derive(Debug, Clone)]
+pub enum WorkerEnd {
+    /// Another worker holds the lock: this one did nothing.
+    AlreadyRunning { lock: PathBuf, pid: Option<String> },
+    /// No ready work for the quiet period.
+    Idle { pushed: u64 },
+    /// `pg_wal` is gone (the cluster was removed).
+    PgWalGone { pushed: u64 },
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<String>,
+    busy: HashSet<String>,
+    /// Failing segments: when to try again, and failures in a row.
+    retry: HashMap<String, (Instant, u32)>,
+    stop: bool,
+    pushed: u64,
+}
+
+/// The worker: pushes every ready segment without an acknowledgement, N
+/// at a time, oldest first, until nothing is ready for the quiet period.
+/// `open` opens the repository (each pushing thread keeps its own).
+pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOptions) -> Result<WorkerEnd> {
+    let repo = open()?;
+    let owner = SpoolOwner { system_identifier: o.system_identifier.clone(), repository_id: repository_id(&repo) };
+    drop(repo);
+    let part = spool::open_part(&o.spool_root, PART, &owner)?;
+    let acks = part.join(ACK_DIR);
+    fs::create_dir_all(&acks).map_err(|e| Error::io(format!("cannot create {}: {e}", acks.display())))?;
+    let lock_path = part.join(LOCK_FILE);
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("cannot open {}: {e}", lock_path.display())))?;
+    // A caller probing the lock holds it for an instant: try a few times.
+    let mut locked = false;
+    for _ in 0..5 {
+        match lock.try_lock() {
+            Ok(()) => {
+                locked = true;
+                break;
+            }
+            Err(fs::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(20)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}: {e}", lock_path.display())))
+            }
+        }
+    }
+    if !locked {
+        let pid = fs::read_to_string(part.join(PID_FILE)).ok().map(|s| s.trim().to_string());
+        return Ok(WorkerEnd::AlreadyRunning { lock: lock_path, pid });
+    }
+    let _ = fs::write(part.join(PID_FILE), format!("{}\n", std::process::id()));
+    tracing::info!(
+        "{} archive worker {} started: {} at a time from {} into the repository",
+        now_rfc3339(),
+        std::process::id(),
+        o.jobs,
+        o.pg_wal.display()
+    );
+    // Parallelism comes from several segments at once; a single job
+    // compresses with two threads, as a synchronous call does.
+    let threads = if o.jobs > 1 { 0 } else { 2 };
+    let shared = (Mutex::new(State::default()), Condvar::new());
+    let end = std::thread::scope(|s| {
+        for _ in 0..o.jobs.max(1) {
+            s.spawn(|| pusher(open, o, &acks, threads, &shared));
+        }
+        let end = scan_loop(o, &acks, &shared);
+        let (st, cv) = &shared;
+        st.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
+        end
+    });
+    let pushed = shared.0.lock().unwrap_or_else(|e| e.into_inner()).pushed;
+    let end = match end {
+        ScanEnd::Idle => WorkerEnd::Idle { pushed },
+        ScanEnd::PgWalGone => WorkerEnd::PgWalGone { pushed },
+    };
+    let _ = fs::remove_file(part.join(PID_FILE));
+    drop(lock);
+    Ok(end)
+}
+
+enum ScanEnd {
+    Idle,
+    PgWalGone,
+}
+
+/// Finds ready segments without an acknowledgement and queues them.
+fn scan_loop(o: &WorkerOptions, acks: &Path, shared: &(Mutex<State>, Condvar)) -> ScanEnd {
+    let (st, cv) = shared;
+    let status_dir = o.pg_wal.join("archive_status");
+    let mut last_active = Instant::now();
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    loop {
+        if !status_dir.is_dir() {
+            return ScanEnd::PgWalGone;
+        }
+        let ready = ready_segments(&status_dir);
+        let acked = acknowledged(acks);
+        let pending: Vec<String> = ready.into_iter().filter(|n| !acked.contains(n)).collect();
+        let now = Instant::now();
+        let active = {
+            let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+            let mut added = false;
+            for n in &pending {
+                let waiting = s.retry.get(n).is_some_and(|(at, _)| *at > now);
+                if !waiting && !s.busy.contains(n) && !s.queue.contains(n) {
+                    s.queue.push_back(n.clone());
+                    added = true;
+                }
+            }
+            if added {
+                // Oldest first: a segment back from its backoff goes first.
+                s.queue.make_contiguous().sort();
+                cv.notify_all();
+            }
+            !pending.is_empty() || !s.busy.is_empty() || !s.queue.is_empty()
+        };
+        if active {
+            last_active = now;
+        } else if now.duration_since(last_active) >= o.idle_exit {
+            return ScanEnd::Idle;
+        }
+        if now.duration_since(last_prune) >= Duration::from_secs(10) {
+            prune(&o.pg_wal, acks);
+            last_prune = now;
+        }
+        std::thread::sleep(SCAN_EVERY);
+    }
+}
+
+/// Segment names with a `.ready` file, sorted (oldest first).
+fn ready_segments(status_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(status_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let stem = n.strip_suffix(".ready")?;
+                    WalFileName::parse(stem).ok().filter(|w| w.kind() == WalKind::Segment).map(|_| stem.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Names with an `.ok` acknowledgement.
+fn acknowledged(acks: &Path) -> HashSet<String> {
+    fs::read_dir(acks)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".ok").map(str::to_string))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes acknowledgements and errors of segments no longer in `pg_wal`
+/// (archived and recycled), and temporary files a killed writer left.
+fn prune(pg_wal: &Path, acks: &Path) {
+    let Ok(rd) = fs::read_dir(acks) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with('.') {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|d| d > Duration::from_secs(60)) {
+                let _ = fs::remove_file(e.path());
+            }
+            continue;
+        }
+        let stem = n.strip_suffix(".ok").or_else(|| n.strip_suffix(".error"));
+        if let Some(stem) = stem {
+            if !pg_wal.join(stem).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// One pushing thread: takes the oldest queued segment, archives it, and
+/// acknowledges it only once `archive` returned (durable).
+fn pusher(
+    open: &(dyn Fn() -> Result<Repository> + Sync),
+    o: &WorkerOptions,
+    acks: &Path,
+    threads: u32,
+    shared: &(Mutex<State>, Condvar),
+) {
+    let (st, cv) = shared;
+    let mut repo: Option<Repository> = None;
+    loop {
+        let name = {
+            let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if s.stop {
+                    return;
+                }
+                if let Some(n) = s.queue.pop_front() {
+                    s.busy.insert(n.clone());
+                    break n;
+                }
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let result = push_one(&mut repo, open, o, &name, threads);
+        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+        s.busy.remove(&name);
+        match result {
+            Ok(ack) => {
+                s.retry.remove(&name);
+                s.pushed += 1;
+                drop(s);
+                if let Err(e) = write_json(acks, &format!("{name}.ok"), &ack) {
+                    tracing::warn!("{} cannot write the acknowledgement of {name}: {e}", now_rfc3339());
+                }
+                let _ = fs::remove_file(acks.join(format!("{name}.error")));
+            }
+            Err(e) => {
+                let attempts = s.retry.get(&name).map(|(_, n)| n + 1).unwrap_or(1);
+                let backoff = Duration::from_millis(500 << (attempts - 1).min(5)).min(MAX_BACKOFF);
+                s.retry.insert(name.clone(), (Instant::now() + backoff, attempts));
+                drop(s);
+                // A fresh repository next time (it may have been bound or
+                // replaced meanwhile).
+                repo = None;
+                let msg = crate::error::Error::to_string(&e);
+                tracing::warn!("{} cannot archive {name} (attempt {attempts}): {msg}", now_rfc3339());
+                // The call archived it itself meanwhile: no error to report.
+                if !acks.join(format!("{name}.ok")).exists() {
+                    let err = AckError { error: msg, at: now_rfc3339(), attempts };
+                    let _ = write_json(acks, &format!("{name}.error"), &err);
+                }
+            }
+        }
+    }
+}
+
+fn push_one(
+    repo: &mut Option<Repository>,
+    open: &(dyn Fn() -> Result<Repository> + Sync),
+    o: &WorkerOptions,
+    name: &str,
+    threads: u32,
+) -> Result<Ack> {
+    if repo.is_none() {
+        *repo = Some(open()?);
+    }
+    let r = repo.as_mut().expect("opened above");
+    let source = o.pg_wal.join(name);
+    let archived = archive_with_threads(r, &source, name, o.codec, threads)?;
+    let size = r.segment_size().map(|s| u64::from(s.bytes())).unwrap_or(0);
+    let (checksum, object) = match archived {
+        Archived::Stored { path, checksum, original_size, .. } => {
+            tracing::debug!("archived {name} as {path} ({original_size} bytes)");
+            (checksum, path)
+        }
+        Archived::AlreadyArchived { path, checksum } => (checksum, path),
+        Archived::Repaired { path, checksum, damage } => {
+            tracing::warn!("{name} was archived but the stored copy was damaged ({damage}); replaced it");
+            (checksum, path)
+        }
+    };
+    Ok(Ack { checksum, size, object, at: now_rfc3339() })
+}
+
+/// The queue as `pitr status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueStatus {
+    /// The spool part read.
+    pub spool: String,
+    /// Segments PostgreSQL has marked ready.
+    pub ready: usize,
+    /// Ready segments without an acknowledgement (still to push).
+    pub unacknowledged: usize,
+    /// The oldest of them.
+    pub oldest_unacknowledged: Option<String>,
+    /// The worker's last failure per ready segment without an acknowledgement.
+    pub errors: Vec<QueueError>,
+    /// Whether a worker runs now (null: cannot be told from here).
+    pub worker_running: Option<bool>,
+    /// Whose the spool part says it is.
+    pub owner: Option<SpoolOwner>,
+    /// Why the queue cannot be read from here.
+    pub error: Option<String>,
+}
+
+/// One segment the worker failed to push.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueError {
+    pub wal: String,
+    pub error: String,
+    pub at: String,
+    pub attempts: u32,
+}
+
+/// Reads the queue of the cluster whose `pg_wal` is given, from the spool
+/// at `spool_root` (read only: nothing is created or changed).
+pub fn queue_status(pg_wal: &Path, spool_root: &Path) -> QueueStatus {
+    let part = spool_root.join(PART);
+    let mut q = QueueStatus { spool: part.display().to_string(), ..Default::default() };
+    let status_dir = pg_wal.join("archive_status");
+    if let Err(e) = fs::read_dir(&status_dir) {
+        q.error = Some(format!("cannot read {}: {e}", status_dir.display()));
+        return q;
+    }
+    let ready = ready_segments(&status_dir);
+    let acks = part.join(ACK_DIR);
+    let acked = acknowledged(&acks);
+    q.ready = ready.len();
+    let pending: Vec<&String> = ready.iter().filter(|n| !acked.contains(*n)).collect();
+    q.unacknowledged = pending.len();
+    q.oldest_unacknowledged = pending.first().map(|s| s.to_string());
+    for n in pending {
+        if let Some(e) = read_json::<AckError>(&acks.join(format!("{n}.error"))) {
+            q.errors.push(QueueError { wal: n.clone(), error: e.error, at: e.at, attempts: e.attempts });
+        }
+    }
+    q.owner = read_json(&part.join("owner.json"));
+    q.worker_running = if part.join(LOCK_FILE).exists() { worker_running(&part) } else { Some(false) };
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_segments_are_segments_only_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "000000010000000000000003.ready",
+            "000000010000000000000002.ready",
+            "000000010000000000000001.done",
+            "00000002.history.ready",
+            "000000010000000000000002.00000028.backup.ready",
+            "junk.ready",
+        ] {
+            fs::write(d.path().join(n), "").unwrap();
+        }
+        assert_eq!(ready_segments(d.path()), ["000000010000000000000002", "000000010000000000000003"]);
+    }
+
+    #[test]
+    fn acks_are_whole_files_and_pruned_with_their_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let (pg_wal, acks) = (d.path().join("pg_wal"), d.path().join("ack"));
+        fs::create_dir_all(&pg_wal).unwrap();
+        fs::create_dir_all(&acks).unwrap();
+        let ack = Ack { checksum: "ab".into(), size: 16, object: "o".into(), at: "t".into() };
+        write_json(&acks, "000000010000000000000001.ok", &ack).unwrap();
+        write_json(&acks, "000000010000000000000002.ok", &ack).unwrap();
+        fs::write(pg_wal.join("000000010000000000000002"), "x").unwrap();
+        assert_eq!(read_json::<Ack>(&acks.join("000000010000000000000001.ok")), Some(ack));
+        // A torn or foreign file is no acknowledgement.
+        fs::write(acks.join("000000010000000000000003.ok"), "{\"checks").unwrap();
+        assert_eq!(read_json::<Ack>(&acks.join("000000010000000000000003.ok")), None);
+        prune(&pg_wal, &acks);
+        let left = acknowledged(&acks);
+        assert!(left.contains("000000010000000000000002") && !left.contains("000000010000000000000001"), "{left:?}");
+    }
+
+    #[test]
+    fn worker_lock_is_seen_by_probes() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(worker_running(d.path()), None, "no lock file: cannot tell");
+        let f = File::create(d.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(worker_running(d.path()), Some(false));
+        f.lock().unwrap();
+        assert_eq!(worker_running(d.path()), Some(true));
+    }
+}
