@@ -155,6 +155,44 @@ fn write_owner(p: &Path, owner: &SpoolOwner) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}: {e}", f.display())))
 }
 
+/// A worker's log beyond this many bytes is rotated (one `.old` kept).
+const WORKER_LOG_LIMIT: u64 = 4 << 20;
+
+/// Starts a spool worker detached from the PostgreSQL call that needs it:
+/// a session of its own (PostgreSQL waits for its command's process group,
+/// and signals to that group must not reach the worker), stdin null,
+/// stdout and stderr appended to `log` (mode 0600, rotated), and none of
+/// the descriptors the server left open (its pipes) held.
+pub fn spawn_worker(program: &Path, args: &[std::ffi::OsString], log: &Path) -> std::io::Result<std::process::Child> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata(log).is_ok_and(|m| m.len() > WORKER_LOG_LIMIT) {
+        let mut old = log.as_os_str().to_owned();
+        old.push(".old");
+        let _ = std::fs::rename(log, old);
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log)?;
+    let err = out.try_clone()?;
+    let mut c = std::process::Command::new(program);
+    c.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    #[allow(unsafe_code)]
+    // SAFETY: setsid and close_range are async-signal-safe system calls;
+    // nothing is allocated between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Close-on-exec rather than close: std's own error pipe must
+            // live until exec. Older kernels without it: nothing leaks
+            // that matters, so the result is not checked.
+            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
+            Ok(())
+        });
+    }
+    c.spawn()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

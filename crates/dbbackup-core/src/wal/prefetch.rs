@@ -60,8 +60,6 @@ const POLL: Duration = Duration::from_millis(20);
 /// Segments fetched at once: round trips to an object store overlap; more
 /// would only compete with recovery for the CPU on decoding.
 pub const MAX_JOBS: usize = 4;
-/// A worker log larger than this is started afresh.
-const LOG_LIMIT: u64 = 1 << 20;
 
 /// The worker's command line: this program, with the calling command's
 /// repository options (paths only: never a secret) and the prefetch settings.
@@ -308,39 +306,9 @@ pub fn ensure_worker(part: &Path, worker: &WorkerCommand) -> Result<bool> {
 }
 
 fn spawn_detached(part: &Path, worker: &WorkerCommand) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let log_path = part.join(LOG);
-    if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_LIMIT) {
-        let _ = fs::rename(&log_path, part.join(format!("{LOG}.old")));
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .map_err(|e| Error::io(format!("cannot open {}: {e}", log_path.display())))?;
-    let log2 = log.try_clone().map_err(|e| Error::io(format!("cannot open {}: {e}", log_path.display())))?;
-    let mut c = std::process::Command::new(&worker.program);
-    c.args(&worker.args).stdin(std::process::Stdio::null()).stdout(log2).stderr(log);
-    // A session of its own: PostgreSQL waits for restore_command's process
-    // group, and signals to it must not reach the worker. Descriptors the
-    // server left open (its pipes) are not the worker's to hold.
-    #[allow(unsafe_code)]
-    // SAFETY: setsid and close_range are async-signal-safe system calls;
-    // nothing is allocated between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Close-on-exec rather than close: std's own error pipe must
-            // live until exec. Older kernels without it: nothing leaks
-            // that matters, so the result is not checked.
-            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
-            Ok(())
-        });
-    }
-    c.spawn().map_err(|e| Error::io(format!("cannot start {}: {e}", worker.program.display())))?;
+    let args: Vec<std::ffi::OsString> = worker.args.iter().map(Into::into).collect();
+    crate::spool::spawn_worker(&worker.program, &args, &part.join(LOG))
+        .map_err(|e| Error::io(format!("cannot start {}: {e}", worker.program.display())))?;
     Ok(())
 }
 
