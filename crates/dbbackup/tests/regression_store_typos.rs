@@ -118,6 +118,15 @@ fn pitr_enable_refuses_a_secret_file_the_server_cannot_read() {
     assert!(!c.sql("SHOW archive_command").contains("dbbackup"));
     let out = with_config(&cfg, &["repo", "info"]).as_root().assert_code(1);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    // The server's OS user itself cannot read it: one line naming the file.
+    let out = with_config(&cfg, &["repo", "info"]).assert_code(1);
+    assert!(
+        out.stderr.contains("cannot read [s3] secret-access-key file") && out.stderr.contains("Permission denied"),
+        "{}",
+        out.stderr
+    );
+    let out = with_config(&cfg, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
+    assert!(out.stderr.contains("cannot read [s3] secret-access-key file"), "{}", out.stderr);
 }
 
 /// A server started with a relative -D: `pg_ctl restart` would stop it and
