@@ -660,6 +660,7 @@ for t in "${DR_TOOLS[@]}"; do
   [ "$a" -ge $((a0 + n)) ] || die "$t archived $((a - a0)) of $n segments in an hour"
   DR_N[$t]=$n; DR_FAIL[$t]=$((f - f0))
   note_rss "$t"; stop_worker "$WORK/spool-local"; stop_worker "$WORK/spool-s3"
+  "${PSQL[@]}" -c CHECKPOINT # recycles the archived backlog: pg_wal stays near max_wal_size
   echo "    $t: $n segments in $(printf '%.2f' "${DR[$t]}") s, ${DR_FAIL[$t]} failed calls"
 done
 fi # drain
