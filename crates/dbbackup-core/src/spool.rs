@@ -78,16 +78,119 @@ pub fn open_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<PathBuf> 
                 )));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = p.join(format!(".{OWNER_FILE}.{}", std::process::id()));
-            let body = serde_json::to_string(owner).expect("owner serializes");
-            std::fs::write(&tmp, body)
-                .and_then(|_| std::fs::rename(&tmp, &f))
-                .map_err(|e| Error::io(format!("cannot write {}: {e}", f.display())))?;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_owner(&p, owner)?,
         Err(e) => return Err(Error::io(format!("cannot read {}: {e}", f.display()))),
     }
     Ok(p)
+}
+
+/// Opens the `part` of the spool at `dir` as [`open_part`] does, but for a
+/// part that is only a cache (prefetched segments, always re-fetchable):
+/// one another cluster or repository left there (or whose owner file is
+/// unreadable) is emptied and taken over instead of refused. Lock files
+/// (`*.lock`) stay, so a worker of the previous owner that still holds one
+/// keeps a second worker from starting until it has noticed and left.
+/// Returns the part and, when it was taken over, whose it was.
+pub fn take_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<(PathBuf, Option<TakenOver>)> {
+    match open_part(dir, part, owner) {
+        Ok(p) => return Ok((p, None)),
+        Err(e) if matches!(e.kind(), crate::error::ErrorKind::Identity | crate::error::ErrorKind::Integrity) => {}
+        Err(e) => return Err(e),
+    }
+    let p = dir.join(part);
+    let previous = std::fs::read_to_string(p.join(OWNER_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let entries =
+        std::fs::read_dir(&p).map_err(|e| Error::io(format!("cannot read spool directory {}: {e}", p.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("cannot read spool directory {}: {e}", p.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".lock") || name == OWNER_FILE {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "cannot empty spool {}: cannot remove {}: {e}",
+                    p.display(),
+                    path.display()
+                )))
+            }
+        }
+    }
+    // Written last: until it names the new owner, nothing in the part is
+    // trusted by anyone.
+    write_owner(&p, owner)?;
+    Ok((p, Some(TakenOver { previous })))
+}
+
+/// Whose the spool part at `part` (a directory [`open_part`] returned) says
+/// it is now; `None` when it is gone or its owner file unreadable. For a
+/// long-running worker to notice that its part was removed or taken over.
+pub fn part_owner(part: &Path) -> Option<SpoolOwner> {
+    let text = std::fs::read_to_string(part.join(OWNER_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A spool part [`take_part`] emptied and took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    /// Whose it was; `None`: its owner file was unreadable.
+    pub previous: Option<SpoolOwner>,
+}
+
+fn write_owner(p: &Path, owner: &SpoolOwner) -> Result<()> {
+    let f = p.join(OWNER_FILE);
+    let tmp = p.join(format!(".{OWNER_FILE}.{}", std::process::id()));
+    let body = serde_json::to_string(owner).expect("owner serializes");
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, &f))
+        .map_err(|e| Error::io(format!("cannot write {}: {e}", f.display())))
+}
+
+/// A worker's log beyond this many bytes is rotated (one `.old` kept).
+const WORKER_LOG_LIMIT: u64 = 4 << 20;
+
+/// Starts a spool worker detached from the PostgreSQL call that needs it:
+/// a session of its own (PostgreSQL waits for its command's process group,
+/// and signals to that group must not reach the worker), stdin null,
+/// stdout and stderr appended to `log` (mode 0600, rotated), and none of
+/// the descriptors the server left open (its pipes) held.
+pub fn spawn_worker(program: &Path, args: &[std::ffi::OsString], log: &Path) -> std::io::Result<std::process::Child> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata(log).is_ok_and(|m| m.len() > WORKER_LOG_LIMIT) {
+        let mut old = log.as_os_str().to_owned();
+        old.push(".old");
+        let _ = std::fs::rename(log, old);
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log)?;
+    let err = out.try_clone()?;
+    let mut c = std::process::Command::new(program);
+    c.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    #[allow(unsafe_code)]
+    // SAFETY: setsid and close_range are async-signal-safe system calls;
+    // nothing is allocated between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Close-on-exec rather than close: std's own error pipe must
+            // live until exec. Older kernels without it: nothing leaks
+            // that matters, so the result is not checked.
+            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
+            Ok(())
+        });
+    }
+    c.spawn()
 }
 
 #[cfg(test)]
@@ -109,5 +212,28 @@ mod tests {
         assert_eq!(open_part(d.path(), "archive", &a).unwrap(), p);
         let e = open_part(d.path(), "archive", &b).unwrap_err().to_string();
         assert!(e.contains("belongs to cluster 1 and repository r1") && e.contains("remove"), "{e}");
+    }
+
+    #[test]
+    fn a_cache_part_of_another_owner_is_emptied_and_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let a = SpoolOwner { system_identifier: "1".into(), repository_id: "r1".into() };
+        let b = SpoolOwner { system_identifier: "2".into(), repository_id: "r1".into() };
+        let (p, taken) = take_part(d.path(), "fetch", &a).unwrap();
+        assert!(taken.is_none());
+        std::fs::write(p.join("000000010000000000000003"), "x").unwrap();
+        std::fs::write(p.join("worker.lock"), "").unwrap();
+        assert_eq!(take_part(d.path(), "fetch", &a).unwrap().1, None);
+        assert!(p.join("000000010000000000000003").exists());
+        let (p2, taken) = take_part(d.path(), "fetch", &b).unwrap();
+        assert_eq!(p2, p);
+        assert_eq!(taken, Some(TakenOver { previous: Some(a.clone()) }));
+        assert!(!p.join("000000010000000000000003").exists());
+        assert!(p.join("worker.lock").exists());
+        assert_eq!(open_part(d.path(), "fetch", &b).unwrap(), p);
+        // An unreadable owner file: taken over too.
+        std::fs::write(p.join(OWNER_FILE), "{junk").unwrap();
+        assert_eq!(take_part(d.path(), "fetch", &a).unwrap().1, Some(TakenOver { previous: None }));
+        assert_eq!(open_part(d.path(), "fetch", &a).unwrap(), p);
     }
 }

@@ -92,6 +92,33 @@ impl History {
     }
 }
 
+/// The timeline whose file recovery asks for first when it needs segment
+/// `segno` on its way to `target` (whose history is `history`; `None` for
+/// timeline 1 or a timeline followed alone), as PostgreSQL's
+/// `XLogFileReadAnyTLI` decides: the newest timeline on the way whose first
+/// segment (the one holding its branch point) is at or before `segno`. The
+/// segment holding a branch point is read from the child, which copied
+/// the parent's WAL up to that point.
+pub fn timeline_of_segment(
+    target: TimelineId,
+    history: Option<&History>,
+    segno: u64,
+    size: crate::wal::SegmentSize,
+) -> TimelineId {
+    let Some(h) = history.filter(|h| h.timeline == target) else { return target };
+    if size.segment_of(h.parent().switch_lsn) <= segno {
+        return target;
+    }
+    // Entry i: timeline entries[i].parent began at entries[i - 1].switch_lsn
+    // (the first at 0). Newest first.
+    for i in (1..h.entries.len()).rev() {
+        if size.segment_of(h.entries[i - 1].switch_lsn) <= segno {
+            return h.entries[i].parent;
+        }
+    }
+    h.entries[0].parent
+}
+
 /// Checks that the content of a history file PostgreSQL hands over for
 /// archiving is what its name says: a timeline history file that parses
 /// (for timeline 2 or later: timeline 1 has none), or a backup history
@@ -174,6 +201,26 @@ mod tests {
         assert_eq!(h.timeline_at("0/9000000".parse().unwrap()), TimelineId(1));
         assert_eq!(h.timeline_at("0/9945100".parse().unwrap()), TimelineId(3));
         assert_eq!(h.timeline_at("0/9945200".parse().unwrap()), TimelineId(3));
+    }
+
+    #[test]
+    fn segments_map_to_the_timeline_recovery_reads_them_from() {
+        use crate::wal::SegmentSize;
+        let size = SegmentSize::new(16 << 20).unwrap();
+        let h = History::parse(TimelineId(3), TL3).unwrap();
+        let tl = |segno| timeline_of_segment(TimelineId(3), Some(&h), segno, size).0;
+        // Timeline 2 branched in segment 3 (0/3000160), timeline 3 at the
+        // start of segment 5: the branch segment comes from the child.
+        assert_eq!([tl(1), tl(2), tl(3), tl(4), tl(5), tl(9)], [1, 1, 2, 2, 3, 3]);
+        // No history: the target alone.
+        assert_eq!(timeline_of_segment(TimelineId(1), None, 7, size).0, 1);
+        assert_eq!(timeline_of_segment(TimelineId(4), Some(&h), 1, size).0, 4);
+        // Switch points going backwards within one segment: the newest wins,
+        // as PostgreSQL tries the newest timeline first.
+        let text = "1\t0/9945138\tbefore transaction 764\n\n2\t0/9945080\tbefore transaction 750\n";
+        let h = History::parse(TimelineId(3), text).unwrap();
+        let tl = |segno| timeline_of_segment(TimelineId(3), Some(&h), segno, size).0;
+        assert_eq!([tl(8), tl(9), tl(10)], [1, 3, 3]);
     }
 
     #[test]

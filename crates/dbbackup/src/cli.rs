@@ -133,9 +133,11 @@ pub enum RestoreCommand {
     #[command(after_help = "Chooses the newest complete backup that can reach the target (or --base-backup), \
         checks that the archive covers the way from it to the target before writing anything, unpacks it in \
         parallel into --target-dir (absent or empty, mode 0700), fsyncs every file, and writes recovery.signal \
-        and the recovery settings (restore_command = this binary's `wal fetch`, with the repository's ID). \
-        --auto-start starts the restored server (--port P to choose its port) and --monitor follows recovery \
-        to its end and reports where it stopped.\n\n\
+        and the recovery settings (restore_command = this binary's `wal fetch`, with the repository's ID, and \
+        --prefetch 8 with the timeline followed: a background worker keeps the next segments fetched and \
+        verified in a spool beside pg_wal; --prefetch 0 turns it off). --auto-start starts the restored \
+        server (--port P to choose its port) and --monitor follows recovery to its end, reports where it \
+        stopped, and removes the prefetch spool once recovery has ended.\n\n\
         The restored copy does not archive (archive_mode = off) unless --archive-mode preserve: a copy archiving \
         into the repository it came from starts a second live history there. Without --timeline, a repository \
         whose older timeline kept archiving after a newer one was born is refused: choose with --timeline. A \
@@ -236,6 +238,13 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
     pub tablespace_map: Vec<(String, String)>,
+    /// Segments restore_command keeps fetched ahead of replay (`wal fetch --prefetch`); 0: off [default: 8,
+    /// fewer for segments above 16 MiB: at most 128 MiB of spool]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub prefetch: Option<u16>,
+    /// Where restore_command's prefetch spool is, outside pg_wal [default: dbbackup_spool in the target directory]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,12 +550,23 @@ pub enum WalCommand {
         of finishing early at the wrong point.\n\nA repository that cannot be the archive this recovery needs is \
         such a failure too: a missing one (an unmounted file system), one bound to no cluster or to another \
         cluster than the recovering data directory's, and, with --repo-id (which `restore pitr` writes), one \
-        with another ID (re-created at the same path).\n\nExample:\n  \
-        restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'")]
+        with another ID (re-created at the same path).\n\n\
+        --prefetch N (which `restore pitr` writes, N = 8 by default): a background worker keeps the next N \
+        segments on the timeline recovery follows fetched, decoded and verified in the spool (--spool-dir, \
+        default dbbackup_spool in the data directory, never inside pg_wal), so a call for one of them is a \
+        rename. A segment not in the spool is fetched from the repository as without --prefetch: exit 1 only \
+        when the repository does not have it, never from the spool. The spool holds at most N segments, is \
+        owned by one cluster and repository (one left by another is emptied and taken over), and is emptied \
+        by the worker after 30 s without a call.\n\nExamples:\n  \
+        restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg'\n  \
+        restore_command = '/usr/local/bin/dbbackup wal fetch %f %p --repo /backups/pg --prefetch 8'")]
     Fetch(FetchArgs),
     /// The background worker of `wal archive --async` (started by it; not for direct use)
     #[command(hide = true)]
     ArchiveWorker(ArchiveWorkerArgs),
+    /// The background worker of `wal fetch --prefetch` (started by it)
+    #[command(hide = true, name = "fetch-worker")]
+    FetchWorker(FetchWorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -611,6 +631,37 @@ pub struct FetchArgs {
     /// Refuse (exit 128) unless the repository has this ID (`repo info` shows it)
     #[arg(long, value_name = "ID")]
     pub repo_id: Option<String>,
+    /// Keep the next N segments fetched, decoded and verified ahead of recovery in the spool (a
+    /// background worker); 0: off
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub prefetch: u16,
+    /// With --prefetch: the spool directory, outside pg_wal [default: dbbackup_spool in the data directory]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// With --prefetch: the timeline recovery follows (`restore pitr` writes it) [default: the newest
+    /// whose history holds the requested segment's timeline]
+    #[arg(long, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch_timeline: Option<u32>,
+}
+
+/// The prefetch worker `wal fetch --prefetch` starts (not for users).
+#[derive(Debug, Args)]
+pub struct FetchWorkerArgs {
+    /// The spool directory
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: PathBuf,
+    /// Segments to keep ahead
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub prefetch: u16,
+    /// The timeline recovery follows
+    #[arg(long, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch_timeline: Option<u32>,
+    /// The repository ID the calling command was given
+    #[arg(long, value_name = "ID")]
+    pub repo_id: Option<String>,
+    /// Seconds without a call before the worker removes what it spooled and exits
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub idle_exit: u64,
 }
 
 /// A label goes into `backup_label` as one line: a control character

@@ -118,6 +118,15 @@ fn pitr_enable_refuses_a_secret_file_the_server_cannot_read() {
     assert!(!c.sql("SHOW archive_command").contains("dbbackup"));
     let out = with_config(&cfg, &["repo", "info"]).as_root().assert_code(1);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    // The server's OS user itself cannot read it: one line naming the file.
+    let out = with_config(&cfg, &["repo", "info"]).assert_code(1);
+    assert!(
+        out.stderr.contains("cannot read [s3] secret-access-key file") && out.stderr.contains("Permission denied"),
+        "{}",
+        out.stderr
+    );
+    let out = with_config(&cfg, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
+    assert!(out.stderr.contains("cannot read [s3] secret-access-key file"), "{}", out.stderr);
 }
 
 /// A server started with a relative -D: `pg_ctl restart` would stop it and
@@ -156,4 +165,17 @@ fn a_mistyped_bucket_is_said_by_every_command() {
     }
     let out = with_config(&cfg, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
     assert!(out.stderr.contains("bucket"), "{}", out.stderr);
+}
+
+/// An Azure account key that is not base64: said as such, not as the
+/// client library's "Invalid last symbol".
+#[test]
+fn an_invalid_azure_key_is_said_as_such() {
+    let a = dbbackup_testkit::stores::Azurite::start();
+    let d = TestDir::new();
+    let cfg = private_file(&d, "az.toml", a.config_toml("pg").replace(a.access_key(), "not-a-key-X"));
+    let out = with_config(&cfg, &["repo", "init"]).assert_code(1);
+    assert!(out.stderr.contains("access-key is not a valid account key"), "{}", out.stderr);
+    let out = with_config(&cfg, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
+    assert!(out.stderr.contains("access-key is not a valid account key"), "{}", out.stderr);
 }

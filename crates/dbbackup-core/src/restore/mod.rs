@@ -78,9 +78,56 @@ pub struct RestoreOptions {
     pub skip_extraction: bool,
     pub archive_off: bool,
     pub tablespace_map: Vec<(String, String)>,
-    /// `restore_command`, already quoted for the shell.
+    /// `restore_command`, already quoted for the shell (without the
+    /// prefetch options, which [`run`] adds once it knows the timeline).
     pub restore_command: String,
     pub port: Option<u16>,
+    /// `--prefetch N` for restore_command: `None` the default
+    /// ([`default_prefetch`]), 0 off.
+    pub prefetch: Option<u16>,
+    /// `--spool-dir` for restore_command (absolute); `None`: the default,
+    /// `dbbackup_spool` in the restored data directory.
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Segments `restore pitr` has `wal fetch` keep ahead by default: 8, as many
+/// as pgBackRest's default archive-get queue (128 MiB) holds of 16 MiB
+/// segments; enough to hide a round trip to an object store behind the
+/// replay of the segments before it. Bounded by those 128 MiB of spool for
+/// larger segments (at least 1).
+pub fn default_prefetch(size: Option<SegmentSize>) -> u16 {
+    const SPOOL_BYTES: u64 = 128 << 20;
+    let seg = size.map_or(16 << 20, |s| u64::from(s.bytes()));
+    (SPOOL_BYTES / seg).clamp(1, 8) as u16
+}
+
+impl RestoreOptions {
+    /// How many segments restore_command prefetches (0: off).
+    pub fn prefetch_depth(&self, size: Option<SegmentSize>) -> u16 {
+        self.prefetch.unwrap_or_else(|| default_prefetch(size))
+    }
+
+    /// Where restore_command's spool is.
+    pub fn spool(&self) -> PathBuf {
+        self.spool_dir.clone().unwrap_or_else(|| self.target_dir.join(crate::spool::SPOOL_DIR_NAME))
+    }
+
+    /// Adds `--prefetch N --prefetch-timeline T [--spool-dir D]` to
+    /// restore_command (nothing when prefetching is off).
+    fn add_prefetch(&mut self, size: Option<SegmentSize>, timeline: Option<TimelineId>) {
+        let n = self.prefetch_depth(size);
+        if n == 0 {
+            return;
+        }
+        let mut w = vec!["--prefetch".to_string(), n.to_string()];
+        if let Some(t) = timeline {
+            w.extend(["--prefetch-timeline".into(), t.to_string()]);
+        }
+        if let Some(d) = &self.spool_dir {
+            w.extend(["--spool-dir".into(), d.display().to_string()]);
+        }
+        self.restore_command = format!("{} {}", self.restore_command, dbbackup_format::guc::shell_join(&w));
+    }
 }
 
 /// Where the restored files come from.
@@ -1280,4 +1327,16 @@ fn probe(pm: &crate::pitr::Postmaster, lines: &[String], target: &Target) -> Res
 /// The segment size of a repository, for callers that print plans.
 pub fn segment_size(repo: &Repository) -> Option<SegmentSize> {
     repo.segment_size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefetch_is_8_segments_within_128_mib() {
+        let n = |mb: u32| default_prefetch(SegmentSize::new(mb << 20));
+        assert_eq!([n(1), n(16), n(32), n(64), n(256), n(1024)], [8, 8, 4, 2, 1, 1]);
+        assert_eq!(default_prefetch(None), 8);
+    }
 }

@@ -98,10 +98,16 @@ pub fn run(repo: &Repository, mut opts: RestoreOptions, how: StartOptions, say: 
             let tli = label_timeline(&target_dir).unwrap_or(TimelineId(1));
             end = archive_end(repo, opts.timeline.unwrap_or(TimelineChoice::Latest), tli)?;
         }
+        let timeline = match opts.timeline {
+            Some(TimelineChoice::Id(n)) => Some(TimelineId(n)),
+            _ => None,
+        };
+        opts.add_prefetch(repo.segment_size(), timeline);
         (major, None, None)
     } else {
         let plan = plan(repo, &opts)?;
         opts.target = plan.target.clone();
+        opts.add_prefetch(repo.segment_size(), Some(plan.target_timeline));
         end = plan.archive_end;
         say(&format!(
             "restoring {} to {} on timeline {}: the archive covers {} to {} ({} segments)",
@@ -193,6 +199,19 @@ pub fn run(repo: &Repository, mut opts: RestoreOptions, how: StartOptions, say: 
         ));
         if let Some(d) = &o.detail {
             say(&format!("  {d}"));
+        }
+        // Recovery is over: nothing will ask for a prefetched segment again.
+        // (Paused at the target, it may go on; failed, the worker's notes
+        // help and it empties the spool itself.)
+        if matches!(o.state.as_str(), "promoted" | "shut down") && opts.prefetch_depth(repo.segment_size()) > 0 {
+            let spool = opts.spool();
+            match crate::wal::prefetch::remove_part(&spool) {
+                Ok(true) => {
+                    say(&format!("removed the prefetch spool {}", spool.join(crate::wal::prefetch::PART).display()))
+                }
+                Ok(false) => {}
+                Err(e) => say(&format!("warning: {e}")),
+            }
         }
         done.recovery = Some(o);
     }

@@ -313,7 +313,13 @@ fn build_error(
             ));
         }
     }
-    Error::invalid(format!("repository {url}: {e}"))
+    let raw = e.to_string();
+    if raw.contains("Invalid Access Key") {
+        return Error::invalid(format!(
+            "repository {url}: the [{table}] access-key is not a valid account key (base64): copy the storage account's key again ({raw})"
+        ));
+    }
+    Error::invalid(format!("repository {url}: {raw}"))
 }
 
 /// `request-timeout` (seconds) of a table, checked.

@@ -195,6 +195,8 @@ fn explain(raw: &str, hints: &Hints) -> Option<String> {
         "401 Unauthorized",
     ]) {
         fixed("access denied: check the credentials (access key and secret) and the permissions on the bucket")
+    } else if has(&["Invalid Access Key", "Invalid last symbol", "Invalid symbol", "Invalid byte"]) {
+        fixed("the [azure] access-key is not a valid account key (base64): copy the storage account's key again")
     } else if let Some(tls) = explain_tls(raw, hints) {
         Some(tls)
     } else if has(&[

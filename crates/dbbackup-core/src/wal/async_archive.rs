@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,8 +45,6 @@ const ACK_DIR: &str = "ack";
 const LOCK_FILE: &str = "worker.lock";
 const PID_FILE: &str = "worker.pid";
 const LOG_FILE: &str = "worker.log";
-/// A log larger than this is moved to `worker.log.old` when a worker starts.
-const LOG_ROTATE: u64 = 4 << 20;
 /// Default number of segments pushed at once (`--jobs`).
 pub const DEFAULT_JOBS: usize = 4;
 /// How long a call waits for its acknowledgement before archiving the
@@ -320,42 +318,10 @@ pub fn worker_running(part: &Path) -> Option<bool> {
 /// signals to the archiver's process group do not reach it), stdin null,
 /// stdout and stderr appended to `worker.log` in the spool part.
 fn spawn_worker(launch: &WorkerLaunch, part: &Path, pg_wal: &Path, root: &Path, sysid: &str) -> io::Result<Child> {
-    let log = part.join(LOG_FILE);
-    if fs::metadata(&log).is_ok_and(|m| m.len() > LOG_ROTATE) {
-        let _ = fs::rename(&log, part.join(format!("{LOG_FILE}.old")));
-    }
-    let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
-    let err = out.try_clone()?;
-    let mut cmd = Command::new(&launch.exe);
-    cmd.args(&launch.args)
-        .arg("--pg-wal")
-        .arg(pg_wal)
-        .arg("--spool-dir")
-        .arg(root)
-        .arg("--system-identifier")
-        .arg(sysid)
-        .arg("--jobs")
-        .arg(launch.jobs.to_string())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    detach(&mut cmd);
-    cmd.spawn()
-}
-
-#[allow(unsafe_code)]
-fn detach(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches no memory of the
-    // parent; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut args: Vec<std::ffi::OsString> = launch.args.iter().map(Into::into).collect();
+    args.extend(["--pg-wal".into(), pg_wal.into(), "--spool-dir".into(), root.into()]);
+    args.extend(["--system-identifier".into(), sysid.into(), "--jobs".into(), launch.jobs.to_string().into()]);
+    crate::spool::spawn_worker(&launch.exe, &args, &part.join(LOG_FILE))
 }
 
 /// What the worker is told.

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod async_archive;
 pub mod catalog;
 pub mod fetch;
+pub mod prefetch;
 pub mod verify;
 
 use std::io::{Read, Write};

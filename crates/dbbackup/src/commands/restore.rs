@@ -65,6 +65,13 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
     // Before the store is asked anything: without the config file the
     // restored server could not reach the repository anyway.
     ctx.config_for_server_commands()?;
+    if let Some(d) = &a.spool_dir {
+        // It goes into restore_command, a line of postgresql.auto.conf.
+        if d.to_string_lossy().chars().any(char::is_control) {
+            bail!("--spool-dir {d:?} holds a control character (a newline?): it cannot be written into PostgreSQL's configuration; use another path");
+        }
+        dbbackup_core::wal::prefetch::check_spool_dir(&std::path::absolute(d)?)?;
+    }
     let repo = ctx.open_repo()?;
     let target = if let Some(t) = a.target_time {
         Target::Time(t)
@@ -95,6 +102,8 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         tablespace_map: a.tablespace_map,
         restore_command: restore_command(ctx, &repo)?,
         port: if ctx.port_on_cli { ctx.g.port } else { None },
+        prefetch: a.prefetch,
+        spool_dir: a.spool_dir.as_deref().map(std::path::absolute).transpose()?,
     };
     let how = restore::StartOptions { auto_start: a.auto_start, monitor: a.monitor };
     let done = restore::run(&repo, opts, how, &|line| ctx.note(line))?;

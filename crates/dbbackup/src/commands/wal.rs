@@ -16,11 +16,12 @@ use dbbackup_core::wal::async_archive::{
 use dbbackup_core::wal::catalog::{timelines, Catalog};
 use dbbackup_core::wal::decode_verified;
 use dbbackup_core::wal::fetch::{check_source, fetch};
+use dbbackup_core::wal::prefetch::{self, Delivered, Prefetch, WorkerCommand};
 use dbbackup_format::WalKind;
 use serde_json::json;
 use std::ffi::OsString;
 
-use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, WalCommand};
+use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, FetchWorkerArgs, WalCommand};
 use crate::context::Ctx;
 use crate::output::{human_bytes, one_line, print_json, time_text, Table};
 use crate::EXIT_FETCH_FATAL;
@@ -30,6 +31,7 @@ pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
         WalCommand::Archive(a) => run_archive(ctx, a),
         WalCommand::Fetch(a) => Ok(run_fetch(ctx, a)),
         WalCommand::ArchiveWorker(a) => run_archive_worker(ctx, a),
+        WalCommand::FetchWorker(a) => fetch_worker(ctx, a),
         WalCommand::List { timeline } => list(ctx, timeline),
         WalCommand::Timeline => timeline(ctx),
         WalCommand::Verify { jobs } => verify(ctx, jobs),
@@ -362,9 +364,23 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
     if let Err(e) = check_source(&repo, a.repo_id.as_deref(), data_dir) {
         return fatal(e.to_string());
     }
-    match fetch(&repo, &a.filename, &a.destination) {
-        Ok(f) => {
+    let fetched = if a.prefetch > 0 {
+        let spool_dir = dbbackup_core::spool::spool_dir(a.spool_dir.as_deref(), &a.destination);
+        let worker = match worker_command(ctx, &a, &spool_dir) {
+            Ok(w) => w,
+            Err(e) => return fatal(format!("{e:#}")),
+        };
+        prefetch::fetch_prefetching(&repo, &a.filename, &a.destination, &Prefetch { spool_dir, worker })
+    } else {
+        fetch(&repo, &a.filename, &a.destination).map(Delivered::Repository)
+    };
+    match fetched {
+        Ok(Delivered::Repository(f)) => {
             tracing::debug!("restored {} from {} ({} bytes)", a.filename, f.path, f.size);
+            ExitCode::SUCCESS
+        }
+        Ok(Delivered::Spool { size }) => {
+            tracing::debug!("restored {} from the prefetch spool ({size} bytes)", a.filename);
             ExitCode::SUCCESS
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -373,6 +389,53 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
         }
         Err(e) => fatal(e.to_string()),
     }
+}
+
+/// The prefetch worker's command line: this program with the repository
+/// options this call was given (paths, never a secret; the environment is
+/// inherited) and the prefetch settings.
+fn worker_command(ctx: &Ctx, a: &FetchArgs, spool_dir: &std::path::Path) -> Result<WorkerCommand> {
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find this program's path: {e}"))?;
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).into_os_string();
+    let mut args: Vec<std::ffi::OsString> = vec!["wal".into(), "fetch-worker".into()];
+    args.extend(["--spool-dir".into(), spool_dir.as_os_str().to_owned()]);
+    args.extend(["--prefetch".into(), a.prefetch.to_string().into()]);
+    if let Some(t) = a.prefetch_timeline {
+        args.extend(["--prefetch-timeline".into(), t.to_string().into()]);
+    }
+    if let Some(id) = &a.repo_id {
+        args.extend(["--repo-id".into(), id.into()]);
+    }
+    args.extend(["--repo".into(), ctx.repo_path()?.into_os_string()]);
+    if let Some(c) = &ctx.g.config {
+        args.extend(["--config".into(), abs(c)]);
+    }
+    if let Some(f) = &ctx.g.encryption_key_file {
+        args.extend(["--encryption-key-file".into(), abs(f)]);
+    }
+    if let Some(v) = &ctx.g.encryption_key_env {
+        args.extend(["--encryption-key-env".into(), v.into()]);
+    }
+    if ctx.g.allow_shared_key_file {
+        args.push("--allow-shared-key-file".into());
+    }
+    for _ in 0..ctx.g.verbose {
+        args.push("-v".into());
+    }
+    Ok(WorkerCommand { program: exe, args })
+}
+
+fn fetch_worker(ctx: &Ctx, a: FetchWorkerArgs) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    check_source(&repo, a.repo_id.as_deref(), None)?;
+    let o = prefetch::WorkerOptions {
+        spool_dir: a.spool_dir,
+        depth: usize::from(a.prefetch),
+        timeline: a.prefetch_timeline.map(dbbackup_format::TimelineId),
+        idle_exit: std::time::Duration::from_secs(a.idle_exit),
+    };
+    prefetch::run_worker(&repo, &o)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
