@@ -538,10 +538,13 @@ as "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
 fresh_dir "$WORK/rp0"
 as "$DBB" restore pitr --repo "$WORK/repo-zstd" --base-backup latest --jobs 2 --target-dir "$WORK/rp0" --force --archive-mode off >/dev/null 2>"$WORK/cmd.err" ||
   die "restore pitr for the replay failed: $(tail -n 5 "$WORK/cmd.err")"
-PF=8 # restore pitr's default, read from what it wrote when it has one
+# The --prefetch row runs what restore pitr wrote by default ("--prefetch
+# N --prefetch-timeline T"), with the repository option of each kind.
+PF=8; PF_OPTS="--prefetch 8"
 if [ -n "$HAVE_PREFETCH" ]; then
-  w=$(grep -o -- '--prefetch [0-9]*' "$WORK/rp0/postgresql.auto.conf" | tail -n1 | awk '{print $2}')
-  [ -n "$w" ] && [ "$w" != 0 ] && PF=$w
+  w=$(grep -o -- '--prefetch [0-9]*\( --prefetch-timeline [0-9]*\)\{0,1\}' "$WORK/rp0/postgresql.auto.conf" | tail -n1)
+  [ -n "$w" ] || die "restore pitr wrote no --prefetch into restore_command: $(grep restore_command "$WORK/rp0/postgresql.auto.conf")"
+  PF_OPTS=$w; PF=$(echo "$w" | awk '{print $2}')
 fi
 # The in-pg_wal row: every segment recovery reads (from the backup's start
 # on), fetched once from the repository, copied into pg_wal beforehand.
@@ -582,8 +585,8 @@ dbb_fetch() { echo "$DBB wal fetch %f %p $1"; }
 pgbr_get() { echo "pgbackrest --config=$WORK/$1.conf --stanza=bench --pg1-path=$WORK/rp archive-get %f \"%p\""; }
 RCMD[dbb]=$(dbb_fetch "--repo $WORK/repo-zstd${HAVE_PREFETCH:+ --prefetch 0}")
 RCMD[dbb_s3]=$(dbb_fetch "--config $S3_CONF${HAVE_PREFETCH:+ --prefetch 0}")
-RCMD[dbb_pf]=$(dbb_fetch "--repo $WORK/repo-zstd --prefetch $PF")
-RCMD[dbb_s3_pf]=$(dbb_fetch "--config $S3_CONF --prefetch $PF")
+RCMD[dbb_pf]=$(dbb_fetch "--repo $WORK/repo-zstd $PF_OPTS")
+RCMD[dbb_s3_pf]=$(dbb_fetch "--config $S3_CONF $PF_OPTS")
 RCMD[pgbr]=$(pgbr_get pgbackrest); RCMD[pgbr_async]=$(pgbr_get pgbackrest-async)
 RCMD[pgbr_s3]=$(pgbr_get pgbackrest-s3); RCMD[pgbr_s3_async]=$(pgbr_get pgbackrest-s3-async)
 REPLAYS=(pgwal dbb_pf pgbr_async dbb pgbr dbb_s3_pf pgbr_s3_async dbb_s3 pgbr_s3)
@@ -692,6 +695,47 @@ printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool (cluster $DBSIZE)" "backup s" "
 printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "pgBackRest lz4, 2 processes" "$B_PGBR" "$R_PGBR" "1.00" "$BS_PGBR" "$BM_PGBR/$RM_PGBR"
 printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "dbbackup zstd, 2 jobs" "$B_DBB" "$R_DBB" "$(ratio "$B_DBB" "$B_PGBR")/$(ratio "$R_DBB" "$R_PGBR")" "$BS_DBB" "$BM_DBB/$RM_DBB"
 fi
+if want wal; then
+# S3: ratio = over pgBackRest on S3; S3/local = over the same tool locally.
+printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (Garage, loopback)" "archive ms" "fetch ms" "ratio" "S3/local" "peak KiB"
+printf '%-28s %10s %10s %9s %9s %12s\n' "pgBackRest lz4, https" "$(ms "$A_PGBR_S3")" "$(ms "$F_PGBR_S3")" "1.00" \
+  "$(ratio "$A_PGBR_S3" "$A_PGBR")/$(ratio "$F_PGBR_S3" "$F_PGBR")" "$M_A_PGBR_S3/$M_F_PGBR_S3"
+printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, http" "$(ms "$A_S3")" "$(ms "$F_S3")" "$(ratio "$A_S3" "$A_PGBR_S3")/$(ratio "$F_S3" "$F_PGBR_S3")" \
+  "$(ratio "$A_S3" "${A[zstd]}")/$(ratio "$F_S3" "${F[zstd]}")" "$M_A_S3/$M_F_S3"
+printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, https" "$(ms "$A_TLS")" "$(ms "$F_TLS")" "$(ratio "$A_TLS" "$A_PGBR_S3")/$(ratio "$F_TLS" "$F_PGBR_S3")" \
+  "$(ratio "$A_TLS" "${A[zstd]}")/$(ratio "$F_TLS" "${F[zstd]}")" "$M_A_TLS/$M_F_TLS"
+fi
+if want backup; then
+printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (cluster $DBSIZE)" "backup s" "restore s" "ratio" "S3/local" "peak KiB"
+printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "pgBackRest lz4, https" "${B[pgbr_s3]}" "${R[pgbr_s3]}" "1.00" \
+  "$(ratio "${B[pgbr_s3]}" "$B_PGBR")/$(ratio "${R[pgbr_s3]}" "$R_PGBR")" "${BM[pgbr_s3]}/${RM[pgbr_s3]}"
+for t in dbb_s3 dbb_tls; do
+  label="dbbackup zstd, http"; [ $t = dbb_tls ] && label="dbbackup zstd, https"
+  printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "$label" "${B[$t]}" "${R[$t]}" "$(ratio "${B[$t]}" "${B[pgbr_s3]}")/$(ratio "${R[$t]}" "${R[pgbr_s3]}")" \
+    "$(ratio "${B[$t]}" "$B_DBB")/$(ratio "${R[$t]}" "$R_DBB")" "${BM[$t]}/${RM[$t]}"
+done
+fi
+if want wal && want backup; then
+echo
+echo "ratio = dbbackup time / pgBackRest time (archive/fetch, backup/restore); goals: archive <= 0.4, fetch <= 0.4,"
+echo "backup and restore <= 0.6, repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB (archive/fetch)"
+echo "and <= 262144 KiB (backup/restore). pgBackRest's RSS is its main process (it forks workers)."
+echo "S3 goals: dbbackup backup and restore S3/local <= 1.3 and <= 0.6 of pgBackRest on the same Garage;"
+echo "peak RSS of archive/fetch on S3 <= 49152 KiB. S3/local = the S3 time over the same tool's local time."
+fi
+# One verdict line per S3 goal, for the console and the page.
+S3_GOALS=()
+want backup && for t in dbb_s3 dbb_tls; do
+  how=http; [ $t = dbb_tls ] && how=https
+  for op in backup restore; do
+    if [ $op = backup ]; then v=${B[$t]}; l=$B_DBB; p=${B[pgbr_s3]}; else v=${R[$t]}; l=$R_DBB; p=${R[pgbr_s3]}; fi
+    S3_GOALS+=("dbbackup $op, $how: S3/local $(ratio "$v" "$l") (goal <= 1.3: $(goal "$(ratio "$v" "$l")" 1.3)), over pgBackRest $(ratio "$v" "$p") (goal <= 0.6: $(goal "$(ratio "$v" "$p")" 0.6))")
+  done
+done
+want wal && for pair in "archive, http:$M_A_S3" "fetch, http:$M_F_S3" "archive, https:$M_A_TLS" "fetch, https:$M_F_TLS"; do
+  S3_GOALS+=("dbbackup ${pair%%:*}: peak RSS ${pair##*:} KiB (goal <= 49152: $(goal "${pair##*:}" 49152))")
+done
+[ ${#S3_GOALS[@]} = 0 ] || printf '  %s\n' "${S3_GOALS[@]}"
 if want replay; then
   rlbl() {
     case $1 in
@@ -757,47 +801,6 @@ if want keepup || want drain; then
   done
   printf '  %s\n' "${RSS_GOALS[@]}"
 fi
-if want wal; then
-# S3: ratio = over pgBackRest on S3; S3/local = over the same tool locally.
-printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (Garage, loopback)" "archive ms" "fetch ms" "ratio" "S3/local" "peak KiB"
-printf '%-28s %10s %10s %9s %9s %12s\n' "pgBackRest lz4, https" "$(ms "$A_PGBR_S3")" "$(ms "$F_PGBR_S3")" "1.00" \
-  "$(ratio "$A_PGBR_S3" "$A_PGBR")/$(ratio "$F_PGBR_S3" "$F_PGBR")" "$M_A_PGBR_S3/$M_F_PGBR_S3"
-printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, http" "$(ms "$A_S3")" "$(ms "$F_S3")" "$(ratio "$A_S3" "$A_PGBR_S3")/$(ratio "$F_S3" "$F_PGBR_S3")" \
-  "$(ratio "$A_S3" "${A[zstd]}")/$(ratio "$F_S3" "${F[zstd]}")" "$M_A_S3/$M_F_S3"
-printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, https" "$(ms "$A_TLS")" "$(ms "$F_TLS")" "$(ratio "$A_TLS" "$A_PGBR_S3")/$(ratio "$F_TLS" "$F_PGBR_S3")" \
-  "$(ratio "$A_TLS" "${A[zstd]}")/$(ratio "$F_TLS" "${F[zstd]}")" "$M_A_TLS/$M_F_TLS"
-fi
-if want backup; then
-printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (cluster $DBSIZE)" "backup s" "restore s" "ratio" "S3/local" "peak KiB"
-printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "pgBackRest lz4, https" "${B[pgbr_s3]}" "${R[pgbr_s3]}" "1.00" \
-  "$(ratio "${B[pgbr_s3]}" "$B_PGBR")/$(ratio "${R[pgbr_s3]}" "$R_PGBR")" "${BM[pgbr_s3]}/${RM[pgbr_s3]}"
-for t in dbb_s3 dbb_tls; do
-  label="dbbackup zstd, http"; [ $t = dbb_tls ] && label="dbbackup zstd, https"
-  printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "$label" "${B[$t]}" "${R[$t]}" "$(ratio "${B[$t]}" "${B[pgbr_s3]}")/$(ratio "${R[$t]}" "${R[pgbr_s3]}")" \
-    "$(ratio "${B[$t]}" "$B_DBB")/$(ratio "${R[$t]}" "$R_DBB")" "${BM[$t]}/${RM[$t]}"
-done
-fi
-if want wal && want backup; then
-echo
-echo "ratio = dbbackup time / pgBackRest time (archive/fetch, backup/restore); goals: archive <= 0.4, fetch <= 0.4,"
-echo "backup and restore <= 0.6, repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB (archive/fetch)"
-echo "and <= 262144 KiB (backup/restore). pgBackRest's RSS is its main process (it forks workers)."
-echo "S3 goals: dbbackup backup and restore S3/local <= 1.3 and <= 0.6 of pgBackRest on the same Garage;"
-echo "peak RSS of archive/fetch on S3 <= 49152 KiB. S3/local = the S3 time over the same tool's local time."
-fi
-# One verdict line per S3 goal, for the console and the page.
-S3_GOALS=()
-want backup && for t in dbb_s3 dbb_tls; do
-  how=http; [ $t = dbb_tls ] && how=https
-  for op in backup restore; do
-    if [ $op = backup ]; then v=${B[$t]}; l=$B_DBB; p=${B[pgbr_s3]}; else v=${R[$t]}; l=$R_DBB; p=${R[pgbr_s3]}; fi
-    S3_GOALS+=("dbbackup $op, $how: S3/local $(ratio "$v" "$l") (goal <= 1.3: $(goal "$(ratio "$v" "$l")" 1.3)), over pgBackRest $(ratio "$v" "$p") (goal <= 0.6: $(goal "$(ratio "$v" "$p")" 0.6))")
-  done
-done
-want wal && for pair in "archive, http:$M_A_S3" "fetch, http:$M_F_S3" "archive, https:$M_A_TLS" "fetch, https:$M_F_TLS"; do
-  S3_GOALS+=("dbbackup ${pair%%:*}: peak RSS ${pair##*:} KiB (goal <= 49152: $(goal "${pair##*:}" 49152))")
-done
-[ ${#S3_GOALS[@]} = 0 ] || printf '  %s\n' "${S3_GOALS[@]}"
 mkdir -p target/bench
 # results.json: one member per part run.
 JS=()
@@ -1010,6 +1013,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "recovery has ended (and checked to reach the same rows). *every segment in pg_wal*: the segments copied"
   echo "into pg_wal beforehand, \`restore_command = 'false'\`. pgBackRest async: \`archive-async=y\`, \`process-max=4\`,"
   echo "\`archive-get-queue-max\` at its default 128 MiB (8 segments, as dbbackup's default \`--prefetch 8\`)."
+  [ -z "$HAVE_PREFETCH" ] || echo "The --prefetch rows add what \`restore pitr\` writes by default: \`$PF_OPTS\`."
   echo "Page cache dropped before each recovery. */pg_wal* is over the in-pg_wal recovery, */pgBackRest async* over"
   echo "pgBackRest async on the same kind of repository."
   echo
