@@ -8,7 +8,6 @@
 #   size:    repository bytes for the same segments
 #   memory:  peak RSS of one archive and one fetch
 #   backup and restore of a ~1.5 GB pgbench cluster, 2 jobs / 2 processes
-#   replay:  WAL replay time per segment through each restore_command
 #   S3:      archive, fetch, backup and restore again with the repositories
 #            in a one-node Garage on loopback: pgBackRest over https (it
 #            speaks S3 over TLS only; stunnel terminates TLS in front of
@@ -22,7 +21,8 @@
 #   replay:  recovery through BENCH_REPLAY_SEGS (BENCH_BACKLOG) segments:
 #            every segment already in pg_wal, dbbackup wal fetch with and
 #            without --prefetch, pgBackRest archive-get sync and async;
-#            local and S3
+#            local and S3 (without --prefetch in `wal fetch --help`,
+#            its rows say "not measured")
 #
 # Parts: BENCH_ONLY=wal,backup,replay,keepup,drain runs only those (for
 # development; "wal" is archive, fetch, size and memory, "backup" the base
