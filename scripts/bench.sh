@@ -8,11 +8,27 @@
 #   size:    repository bytes for the same segments
 #   memory:  peak RSS of one archive and one fetch
 #   backup and restore of a ~1.5 GB pgbench cluster, 2 jobs / 2 processes
-#   replay:  WAL replay time per segment through each restore_command
 #   S3:      archive, fetch, backup and restore again with the repositories
 #            in a one-node Garage on loopback: pgBackRest over https (it
 #            speaks S3 over TLS only; stunnel terminates TLS in front of
 #            Garage), dbbackup over http and, like pgBackRest, over https
+#   keepup:  archive lag after pgbench at full speed for BENCH_KEEPUP_SECS
+#            (60) s: dbbackup sync and --async --jobs 4, pgBackRest
+#            archive-async process-max=4; local and S3
+#   drain:   time to archive a backlog of BENCH_BACKLOG (200) ready
+#            segments once archive_command works again; same tools; the
+#            peak RSS of dbbackup's async worker
+#   replay:  recovery through BENCH_REPLAY_SEGS (BENCH_BACKLOG) segments:
+#            every segment already in pg_wal, dbbackup wal fetch with and
+#            without --prefetch, pgBackRest archive-get sync and async;
+#            local and S3 (without --prefetch in `wal fetch --help`,
+#            its rows say "not measured")
+#
+# Parts: BENCH_ONLY=wal,backup,replay,keepup,drain runs only those (for
+# development; "wal" is archive, fetch, size and memory, "backup" the base
+# backups and restores); a partial run writes its page to
+# target/bench/benchmarks.md, not docs/. BENCH_DBBACKUP=PATH benchmarks
+# that binary instead of building one.
 #
 # Not a test: it never fails on slowness (it does stop when a command
 # fails). Results: target/bench/results.json and docs/benchmarks.md.
@@ -27,7 +43,17 @@ if [ ! -x "$GARAGE" ]; then
     "--root $DBBACKUP_CACHE/garage\`, or point DBBACKUP_GARAGE_BIN at it" >&2
   exit 1
 fi
-cargo build --release -q -p dbbackup
+PARTS=(wal backup replay keepup drain)
+BENCH_ONLY=${BENCH_ONLY:-}
+for p in ${BENCH_ONLY//,/ }; do
+  [[ " ${PARTS[*]} " == *" $p "* ]] || { echo "bench: BENCH_ONLY: no part \"$p\" (parts: ${PARTS[*]})" >&2; exit 1; }
+done
+want() { [ -z "$BENCH_ONLY" ] || [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
+if [ -n "${BENCH_DBBACKUP:-}" ]; then
+  [ -x "$BENCH_DBBACKUP" ] || { echo "bench: BENCH_DBBACKUP=$BENCH_DBBACKUP is not an executable" >&2; exit 1; }
+else
+  cargo build --release -q -p dbbackup
+fi
 
 RUNS=${BENCH_RUNS:-15}
 SEGMENTS=${BENCH_SEGMENTS:-8}
@@ -39,18 +65,42 @@ if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; RUN=(runuser -u postgres --)
 as() { "${RUN[@]}" "$@"; }
 # Files the tools (run as postgres) must own: their secrets' config files.
 give() { if [ "$(id -u)" = 0 ]; then chown postgres "$@"; fi; }
-cp target/release/dbbackup "$WORK/dbbackup"; chmod 755 "$WORK/dbbackup"
+cp "${BENCH_DBBACKUP:-target/release/dbbackup}" "$WORK/dbbackup"; chmod 755 "$WORK/dbbackup"
 DBB="$WORK/dbbackup"
 PORT=$((20000 + RANDOM % 20000))
 GARAGE_PID=; STUNNEL_PID=
 cleanup() {
   as "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  as "$PGBIN/pg_ctl" -D "$WORK/rp" -m immediate stop >/dev/null 2>&1 || true
+  stop_worker "$WORK/spool-local" 2>/dev/null || true; stop_worker "$WORK/spool-s3" 2>/dev/null || true
   local p
   for p in $STUNNEL_PID $GARAGE_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 die() { echo "bench: $*" >&2; exit 1; }
+# dbbackup's async archive worker of a --spool-dir: its pid, if it runs.
+worker_pid() {
+  local pid
+  pid=$(cat "$1/archive/worker.pid" 2>/dev/null) || return 0
+  grep -qa archive-worker "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+  return 0
+}
+worker_hwm() { # spool dir: peak RSS (KiB, VmHWM) of its running worker, or nothing
+  local pid; pid=$(worker_pid "$1")
+  [ -n "$pid" ] && awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null
+  return 0
+}
+stop_worker() { # spool dir: the worker pushes whatever is .ready, even another tool's turn
+  local pid; pid=$(worker_pid "$1")
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+# 16 MiB segments (initdb's default): number <-> file name.
+segno() { echo $((16#${1:8:8} * 256 + 16#${1:16:8})); }
+segname() { printf '%s%08X%08X' "$2" $(($1 / 256)) $(($1 % 256)); } # number timeline
 
 echo "==> cluster and real WAL (pgbench)"
 as "$PGBIN/initdb" -D "$WORK/data" -A trust -U postgres --locale=C >/dev/null
@@ -221,6 +271,13 @@ CONF
 give "$WORK/pgbackrest-s3.conf"; chmod 600 "$WORK/pgbackrest-s3.conf"
 PGBR_S3=(pgbackrest --config="$WORK/pgbackrest-s3.conf" --stanza=bench)
 as "${PGBR_S3[@]}" stanza-create >/dev/null
+# The same stanzas, asynchronous: archive-push and archive-get through a
+# spool of their own, 4 processes (archive-get-queue-max at its default,
+# 128 MiB: 8 segments, as dbbackup's default --prefetch 8).
+for c in pgbackrest pgbackrest-s3; do
+  sed -e "s#^spool-path=.*#spool-path=$WORK/$c-async-spool\narchive-async=y\nprocess-max=4#" "$WORK/$c.conf" >"$WORK/$c-async.conf"
+  give "$WORK/$c-async.conf"; chmod 600 "$WORK/$c-async.conf"
+done
 
 echo "==> dbbackup repositories (local, S3)"
 as "$DBB" repo init --repo "$WORK/repo-zstd" --pgdata "$WORK/data" >/dev/null
@@ -246,8 +303,11 @@ S3_CONF="$WORK/s3.toml"; S3_TLS_CONF="$WORK/s3-tls.toml"
 s3_config "$S3_CONF" "$S3_URL"
 s3_config "$S3_TLS_CONF" "https://127.0.0.1:$TLS_PORT" "ca-file = \"$CA\""
 as "$DBB" repo init --config "$S3_CONF" --pgdata "$WORK/data" >/dev/null
+# wal archive --async: one spool per repository (a spool belongs to one).
+for d in spool-local spool-s3; do mkdir -p "$WORK/$d"; give "$WORK/$d"; chmod 700 "$WORK/$d"; done
 DBB_TLS=("$DBB")
 
+if want wal; then
 echo "==> repository size for ${#SEGS[@]} segments"
 for s in "${SEGS[@]}"; do
   as "${PGBR[@]}" archive-push "$WORK/segs/$s"
@@ -310,11 +370,8 @@ F_PGBR_S3=$(median as "${PGBR_S3[@]}" archive-get "$SEG" "$WORK/out"); M_F_PGBR_
 F_S3=$(median as "$DBB" wal fetch "$SEG" "$WORK/out" --config "$S3_CONF"); M_F_S3=$(rss "$DBB" wal fetch "$SEG" "$WORK/out" --config "$S3_CONF")
 F_TLS=$(median as "${DBB_TLS[@]}" wal fetch "$SEG" "$WORK/out" --config "$S3_TLS_CONF"); M_F_TLS=$(rss "${DBB_TLS[@]}" wal fetch "$SEG" "$WORK/out" --config "$S3_TLS_CONF")
 cmp -s "$WORK/out" "$WORK/segs/$SEG" || die "the segment fetched from S3 differs from $SEG"
+fi # wal
 
-echo "==> base backup and restore of a pgbench cluster (scale ${BENCH_SCALE:=100}), 2 jobs each"
-as "$PGBIN/pgbench" -q -i -s "$BENCH_SCALE" -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
-DBSIZE=$("${PSQL[@]}" -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
-echo "    cluster size $DBSIZE"
 # Each tool needs archiving into its repository for its backups to
 # complete; while a tool's backup runs, archive_command archives into that
 # repository only, so no backup waits for another tool's archiving.
@@ -325,21 +382,43 @@ ARCH[pgbr_s3]="pgbackrest --config=$WORK/pgbackrest-s3.conf --stanza=bench archi
 ARCH[dbb_s3]="$DBB wal archive %p %f --config $S3_CONF"
 ARCH[dbb_tls]=${ARCH[dbb_s3]} # the same repository; its WAL goes over http
 ARCH[local]="${ARCH[dbb]} && ${ARCH[pgbr]}"
-"${PSQL[@]}" -c "ALTER SYSTEM SET archive_mode = on" -c "ALTER SYSTEM SET archive_command = '${ARCH[local]}'"
-ARCH_NOW=${ARCH[local]}
-as "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w restart >/dev/null
-archive_into() { # tool: archive_command archives into its repository only
+# Asynchronous: dbbackup --async --jobs 4, pgBackRest archive-async with process-max=4.
+ARCH[dbb_async]="$DBB wal archive %p %f --repo $WORK/repo-zstd --async --jobs 4 --spool-dir $WORK/spool-local"
+ARCH[dbb_s3_async]="$DBB wal archive %p %f --config $S3_CONF --async --jobs 4 --spool-dir $WORK/spool-s3"
+ARCH[pgbr_async]="pgbackrest --config=$WORK/pgbackrest-async.conf --stanza=bench archive-push %p"
+ARCH[pgbr_s3_async]="pgbackrest --config=$WORK/pgbackrest-s3-async.conf --stanza=bench archive-push %p"
+ARCH[none]="" # archive_mode on, nothing archived: segments wait as .ready
+ARCHIVING=; ARCH_NOW=
+archiving_on() { # archive_mode on (a restart), into the local repositories
+  [ -n "$ARCHIVING" ] && return 0
+  "${PSQL[@]}" -c "ALTER SYSTEM SET archive_mode = on" -c "ALTER SYSTEM SET archive_command = '${ARCH[local]}'"
+  ARCHIVING=1; ARCH_NOW=${ARCH[local]}
+  as "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w restart >/dev/null
+}
+set_archive() { # tool: archive_command archives into its repository only, from now
+  "${PSQL[@]}" -c "ALTER SYSTEM SET archive_command = '${ARCH[$1]}'" -c "SELECT pg_reload_conf()" >/dev/null
+  ARCH_NOW=${ARCH[$1]}
+}
+archive_into() { # tool: set_archive, once WAL already waiting went where it was meant to
   local cmd=${ARCH[$1]}
   [ "$cmd" = "$ARCH_NOW" ] && return 0
-  # WAL already waiting goes where it was meant to.
   for _ in $(seq 1 1200); do
     compgen -G "$WORK/data/pg_wal/archive_status/*.ready" >/dev/null || break
     sleep 0.1
   done
-  "${PSQL[@]}" -c "ALTER SYSTEM SET archive_command = '$cmd'" -c "SELECT pg_reload_conf()" >/dev/null
+  set_archive "$1"
   sleep 1 # the archiver rereads its configuration on SIGHUP
-  ARCH_NOW=$cmd
 }
+ready_count() { find "$WORK/data/pg_wal/archive_status" -name '*.ready' | wc -l; }
+drain_wait() { # until no segment waits to be archived (at most 30 min)
+  for _ in $(seq 1 18000); do
+    [ "$(ready_count)" = 0 ] && return 0
+    sleep 0.1
+  done
+  die "archiving is stuck: $(ready_count) segments still .ready after 30 min with archive_command '$ARCH_NOW'; server log: $(tail -n 5 "$WORK/server.log")"
+}
+archiver_stats() { "${PSQL[@]}" -F ' ' -c "SELECT archived_count, failed_count, coalesce(last_archived_wal, '-') FROM pg_stat_archiver"; }
+elapsed() { printf '%.6f' "$(echo "$(date +%s.%N) - $1" | bc -l)"; } # seconds since t0
 timed() { # sets T (seconds) and MEM (peak KiB) of one run; stops the bench if it fails
   local t0 t1 rssf
   rssf=$(mktemp); chmod 666 "$rssf"
@@ -354,6 +433,13 @@ med3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 max3() { printf '%s\n' "$@" | sort -g | tail -n1; }
 fresh_dir() { rm -rf "$1"; mkdir -p "$1"; chown postgres "$1" 2>/dev/null || true; chmod 700 "$1"; }
 settle() { sync; if [ "$(id -u)" = 0 ]; then echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true; fi; }
+
+if want backup; then
+echo "==> base backup and restore of a pgbench cluster (scale ${BENCH_SCALE:=100}), 2 jobs each"
+as "$PGBIN/pgbench" -q -i -s "$BENCH_SCALE" -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+DBSIZE=$("${PSQL[@]}" -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
+echo "    cluster size $DBSIZE"
+archiving_on
 backup_cmd() { # tool: sets CMD
   local conn=(--host "$WORK" --port "$PORT" --user postgres)
   case $1 in
@@ -410,40 +496,177 @@ for t in "${TOOLS[@]}"; do
 done
 B_PGBR=${B[pgbr]}; B_DBB=${B[dbb]}; R_PGBR=${R[pgbr]}; R_DBB=${R[dbb]}
 BM_PGBR=${BM[pgbr]}; BM_DBB=${BM[dbb]}; RM_PGBR=${RM[pgbr]}; RM_DBB=${RM[dbb]}
+fi # backup
 
-echo "==> WAL replay through the restore_command (${REPLAY_SECONDS:=20} s of pgbench WAL)"
-# One backup, then WAL, archived into both repositories; the same restored
-# copy replays it twice: once with `dbbackup wal fetch`, once with
-# `pgbackrest archive-get` as restore_command.
-as "$DBB" backup base --fast --jobs 2 --repo "$WORK/repo-zstd" --host "$WORK" --port "$PORT" --user postgres >/dev/null 2>&1
-FIRST=$("${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
-as "$PGBIN/pgbench" -n -T "$REPLAY_SECONDS" -c 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
-LAST=$("${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
-"${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
-for _ in $(seq 1 600); do
-  [ "$("${PSQL[@]}" -c "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ] && break
-  sleep 0.1
+# The peak RSS of dbbackup's async worker (--jobs 4), sampled (VmHWM) at
+# the end of each keepup and drain run, before it is stopped; per kind.
+WRSS_LOCAL=0; WRSS_S3=0
+note_rss() { # tool
+  local v
+  case $1 in
+    dbb_async) v=$(worker_hwm "$WORK/spool-local"); [ "${v:-0}" -gt "$WRSS_LOCAL" ] && WRSS_LOCAL=$v ;;
+    dbb_s3_async) v=$(worker_hwm "$WORK/spool-s3"); [ "${v:-0}" -gt "$WRSS_S3" ] && WRSS_S3=$v ;;
+  esac
+  return 0
+}
+
+if want replay; then
+REPLAY_WANT=${BENCH_REPLAY_SEGS:-${BENCH_BACKLOG:-200}}
+echo "==> WAL replay: recovery through $REPLAY_WANT segments of pgbench WAL, local and S3"
+# One backup, then WAL archived into all four repositories; copies of one
+# restored data directory replay it, each with another restore_command.
+help=$(as "$DBB" wal fetch --help 2>&1 || true)
+HAVE_PREFETCH=; [[ $help == *--prefetch* ]] && HAVE_PREFETCH=1
+[ -n "$HAVE_PREFETCH" ] || echo "    skipping the dbbackup --prefetch rows: \`dbbackup wal fetch --help\` has no --prefetch (this build has no prefetching fetch)"
+ARCH[replay]="${ARCH[dbb]} && ${ARCH[pgbr]} && ${ARCH[dbb_s3]} && ${ARCH[pgbr_s3]}"
+archiving_on; drain_wait; archive_into replay
+as "$DBB" backup base --fast --jobs 2 --repo "$WORK/repo-zstd" --host "$WORK" --port "$PORT" --user postgres >/dev/null 2>"$WORK/cmd.err" ||
+  die "backup base for the replay failed: $(tail -n 5 "$WORK/cmd.err")"
+cur_seg() { "${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())"; }
+FIRST=$(cur_seg)
+while [ $(($(segno "$(cur_seg)") - $(segno "$FIRST"))) -lt "$REPLAY_WANT" ]; do
+  as "$PGBIN/pgbench" -n -T 2 -c 2 -j 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
 done
-REPLAY_SEGS=$(( 16#${LAST:16:8} - 16#${FIRST:16:8} + 1 ))
+LAST=$(cur_seg)
+"${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+drain_wait
+[ "$("${PSQL[@]}" -c "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ] || die "$LAST was not archived"
+REPLAY_SEGS=$(($(segno "$LAST") - $(segno "$FIRST") + 1))
+# Each recovery must end where the primary stopped: the same rows.
+REPLAY_ROWS=$("${PSQL[@]}" -c "SELECT count(*) FROM pgbench_history")
 as "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
-fresh_dir "$WORK/rp"
-as "$DBB" restore pitr --repo "$WORK/repo-zstd" --base-backup latest --jobs 2 --target-dir "$WORK/rp" --force --archive-mode off >/dev/null 2>&1
-cp -a "$WORK/rp" "$WORK/rp2"
-echo "restore_command = 'pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench --pg1-path=$WORK/rp2 archive-get %f \"%p\"'" >>"$WORK/rp2/postgresql.auto.conf"
-replay() { # seconds from start until recovery has ended
-  local dir=$1 p=$((PORT + 1)) t0 t1
+fresh_dir "$WORK/rp0"
+as "$DBB" restore pitr --repo "$WORK/repo-zstd" --base-backup latest --jobs 2 --target-dir "$WORK/rp0" --force --archive-mode off >/dev/null 2>"$WORK/cmd.err" ||
+  die "restore pitr for the replay failed: $(tail -n 5 "$WORK/cmd.err")"
+# The --prefetch row runs what restore pitr wrote by default ("--prefetch
+# N --prefetch-timeline T"), with the repository option of each kind.
+PF=8; PF_OPTS="--prefetch 8"
+if [ -n "$HAVE_PREFETCH" ]; then
+  w=$(grep -o -- '--prefetch [0-9]*\( --prefetch-timeline [0-9]*\)\{0,1\}' "$WORK/rp0/postgresql.auto.conf" | tail -n1)
+  [ -n "$w" ] || die "restore pitr wrote no --prefetch into restore_command: $(grep restore_command "$WORK/rp0/postgresql.auto.conf")"
+  PF_OPTS=$w; PF=$(echo "$w" | awk '{print $2}')
+fi
+# The in-pg_wal row: every segment recovery reads (from the backup's start
+# on), fetched once from the repository, copied into pg_wal beforehand.
+START=$(sed -n 's/^START WAL LOCATION: .*(file \([0-9A-F]\{24\}\))$/\1/p' "$WORK/rp0/backup_label" 2>/dev/null)
+[ -n "$START" ] || die "no START WAL LOCATION in $WORK/rp0/backup_label"
+fresh_dir "$WORK/replay-wal"
+n=$(segno "$START")
+while :; do
+  f=$(segname "$n" "${START:0:8}"); rc=0
+  as "$DBB" wal fetch "$f" "$WORK/replay-wal/$f" --repo "$WORK/repo-zstd" >/dev/null 2>"$WORK/cmd.err" || rc=$?
+  [ "$rc" = 1 ] && break
+  [ "$rc" = 0 ] || die "wal fetch $f failed ($rc): $(tail -n 5 "$WORK/cmd.err")"
+  n=$((n + 1))
+done
+[ "$n" -gt "$(segno "$LAST")" ] || die "the repository ends before $LAST"
+replay() { # dir: seconds from start until recovery has ended, checked to have replayed it all
+  local dir=$1 p=$((PORT + 1)) t0 t1 st= rows
   t0=$(date +%s.%N)
-  as "$PGBIN/pg_ctl" -D "$dir" -l "$dir/replay.log" -o "-p $p -c unix_socket_directories=$WORK" -w -t 600 start >/dev/null
+  as "$PGBIN/pg_ctl" -D "$dir" -l "$dir/replay.log" -o "-p $p -c unix_socket_directories=$WORK" -w -t 600 start >/dev/null ||
+    die "recovery in $dir failed: $(tail -n 5 "$dir/replay.log")"
   for _ in $(seq 1 12000); do
-    [ "$(as "$PGBIN/psql" -X -A -t -q -h "$WORK" -p "$p" -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break
+    st=$(as "$PGBIN/psql" -X -A -t -q -h "$WORK" -p "$p" -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
+    [ "$st" = f ] && break
+    [ -f "$dir/postmaster.pid" ] && kill -0 "$(head -n1 "$dir/postmaster.pid")" 2>/dev/null ||
+      die "recovery in $dir stopped: $(tail -n 5 "$dir/replay.log")"
     sleep 0.05
   done
   t1=$(date +%s.%N)
+  [ "$st" = f ] || die "recovery in $dir has not ended after 10 minutes: $(tail -n 5 "$dir/replay.log")"
+  rows=$(as "$PGBIN/psql" -X -A -t -q -h "$WORK" -p "$p" -U postgres -d postgres -c 'SELECT count(*) FROM pgbench_history')
   as "$PGBIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null
+  [ "$rows" = "$REPLAY_ROWS" ] || die "recovery in $dir ended early: $rows rows in pgbench_history, the primary had $REPLAY_ROWS ($(tail -n 3 "$dir/replay.log"))"
   printf '%.6f\n' "$(echo "$t1 - $t0" | bc -l)"
 }
-settle; P_PGBR=$(replay "$WORK/rp2"); settle; P_DBB=$(replay "$WORK/rp")
+declare -A RCMD P
+RCMD[pgwal]=false # every segment in pg_wal: restore_command finds nothing
+dbb_fetch() { echo "$DBB wal fetch %f %p $1"; }
+pgbr_get() { echo "pgbackrest --config=$WORK/$1.conf --stanza=bench --pg1-path=$WORK/rp archive-get %f \"%p\""; }
+RCMD[dbb]=$(dbb_fetch "--repo $WORK/repo-zstd${HAVE_PREFETCH:+ --prefetch 0}")
+RCMD[dbb_s3]=$(dbb_fetch "--config $S3_CONF${HAVE_PREFETCH:+ --prefetch 0}")
+RCMD[dbb_pf]=$(dbb_fetch "--repo $WORK/repo-zstd $PF_OPTS")
+RCMD[dbb_s3_pf]=$(dbb_fetch "--config $S3_CONF $PF_OPTS")
+RCMD[pgbr]=$(pgbr_get pgbackrest); RCMD[pgbr_async]=$(pgbr_get pgbackrest-async)
+RCMD[pgbr_s3]=$(pgbr_get pgbackrest-s3); RCMD[pgbr_s3_async]=$(pgbr_get pgbackrest-s3-async)
+REPLAYS=(pgwal dbb_pf pgbr_async dbb pgbr dbb_s3_pf pgbr_s3_async dbb_s3 pgbr_s3)
+for r in "${REPLAYS[@]}"; do
+  [[ $r == *_pf && -z $HAVE_PREFETCH ]] && continue
+  rm -rf "$WORK/rp"
+  cp -a "$WORK/rp0" "$WORK/rp"
+  [ "$r" = pgwal ] && cp -a "$WORK/replay-wal/." "$WORK/rp/pg_wal/"
+  echo "restore_command = '${RCMD[$r]}'" >>"$WORK/rp/postgresql.auto.conf"
+  settle; P[$r]=$(replay "$WORK/rp")
+  echo "    $r: $(printf '%.2f' "${P[$r]}") s"
+done
+rm -rf "$WORK/rp" "$WORK/rp0" "$WORK/replay-wal"
 as "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+P_PGBR=${P[pgbr]}; P_DBB=${P[dbb]}
+fi # replay
+
+if want keepup; then
+KEEPUP_SECS=${BENCH_KEEPUP_SECS:-60}
+echo "==> keeping up: pgbench at full speed (4 clients, synchronous_commit off) for $KEEPUP_SECS s, archive lag at the end"
+archiving_on
+KU_TOOLS=(dbb dbb_async pgbr_async dbb_s3 dbb_s3_async pgbr_s3_async)
+declare -A KU_LAG KU_READY KU_MIB KU_CATCH KU_FAIL
+for t in "${KU_TOOLS[@]}"; do
+  drain_wait; archive_into "$t"
+  "${PSQL[@]}" -c CHECKPOINT
+  read -r _ f0 _ <<<"$(archiver_stats)"
+  lsn0=$("${PSQL[@]}" -c "SELECT pg_current_wal_lsn()")
+  # synchronous_commit off: commits do not wait for the WAL flush, so the
+  # rate is CPU-bound, not bound by this disk's fsync latency.
+  as env PGOPTIONS="-c synchronous_commit=off" "$PGBIN/pgbench" -n -T "$KEEPUP_SECS" -c 4 -j 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>"$WORK/cmd.err" ||
+    die "pgbench failed: $(tail -n 5 "$WORK/cmd.err")"
+  read -r cur last fails mib <<<"$("${PSQL[@]}" -F ' ' -c "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, '-'), failed_count, round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 1048576) FROM pg_stat_archiver")"
+  KU_READY[$t]=$(ready_count)
+  # Complete segments not yet archived: between the one being written and
+  # the last archived (a .backup file's name starts with its segment's).
+  lag=$(($(segno "$cur") - 1))
+  [ "$last" != - ] && lag=$(($(segno "$cur") - $(segno "${last:0:24}") - 1))
+  [ "$lag" -lt 0 ] && lag=0
+  KU_LAG[$t]=$lag; KU_MIB[$t]=$mib
+  t0=$(date +%s.%N); drain_wait; KU_CATCH[$t]=$(elapsed "$t0")
+  read -r _ fails _ <<<"$(archiver_stats)"
+  KU_FAIL[$t]=$((fails - f0))
+  note_rss "$t"; stop_worker "$WORK/spool-local"; stop_worker "$WORK/spool-s3"
+  echo "    $t: lag ${KU_LAG[$t]} segments, ${KU_READY[$t]} .ready, $mib MiB of WAL, caught up $(printf '%.1f' "${KU_CATCH[$t]}") s later, ${KU_FAIL[$t]} failed calls"
+done
+fi # keepup
+
+if want drain; then
+BACKLOG=${BENCH_BACKLOG:-200}
+echo "==> draining a backlog of $BACKLOG ready segments"
+archiving_on
+"${PSQL[@]}" -c "CREATE TABLE IF NOT EXISTS bench_backlog (i int)"
+# One row and a switch per segment: each is a whole 16 MiB segment,
+# nearly all of it zeros.
+SWITCHES=$(for i in $(seq 1 "$BACKLOG"); do echo "INSERT INTO bench_backlog VALUES ($i); SELECT pg_switch_wal();"; done)
+DR_TOOLS=(dbb_async pgbr_async dbb dbb_s3_async pgbr_s3_async dbb_s3)
+declare -A DR DR_N DR_FAIL
+for t in "${DR_TOOLS[@]}"; do
+  drain_wait; archive_into none
+  "${PSQL[@]}" <<<"$SWITCHES" >/dev/null
+  for _ in $(seq 1 100); do [ "$(ready_count)" -ge "$BACKLOG" ] && break; sleep 0.1; done
+  n=$(ready_count)
+  [ "$n" -ge "$BACKLOG" ] || die "only $n segments are .ready after $BACKLOG switches"
+  read -r a0 f0 _ <<<"$(archiver_stats)"
+  t0=$(date +%s.%N)
+  set_archive "$t"
+  for _ in $(seq 1 36000); do
+    read -r a f _ <<<"$(archiver_stats)"
+    [ "$a" -ge $((a0 + n)) ] && break
+    sleep 0.1
+  done
+  DR[$t]=$(elapsed "$t0")
+  [ "$a" -ge $((a0 + n)) ] || die "$t archived $((a - a0)) of $n segments in an hour"
+  DR_N[$t]=$n; DR_FAIL[$t]=$((f - f0))
+  note_rss "$t"; stop_worker "$WORK/spool-local"; stop_worker "$WORK/spool-s3"
+  "${PSQL[@]}" -c CHECKPOINT # recycles the archived backlog: pg_wal stays near max_wal_size
+  echo "    $t: $n segments in $(printf '%.2f' "${DR[$t]}") s, ${DR_FAIL[$t]} failed calls"
+done
+fi # drain
 
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
@@ -451,19 +674,28 @@ s2() { printf '%.2f' "$1"; }
 goal() { # value limit: "met" or "missed"
   if [ "$(echo "$1 <= $2" | bc -l)" = 1 ]; then echo met; else echo missed; fi
 }
+lbl() { # tool key of the keepup, drain and replay parts: its label
+  case $1 in
+    dbb | dbb_s3) echo "dbbackup wal archive (sync)" ;;
+    dbb_async | dbb_s3_async) echo "dbbackup --async --jobs 4" ;;
+    pgbr_async | pgbr_s3_async) echo "pgBackRest archive-async, process-max=4" ;;
+  esac
+}
+kind() { case $1 in *_s3*) echo S3 ;; *) echo local ;; esac; }
+if want wal; then
 printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool" "archive ms" "fetch ms" "ratio" "repo bytes" "peak KiB"
 printf '%-28s %10s %10s %8s %12s %10s\n' "pgBackRest lz4" "$(ms "$A_PGBR")" "$(ms "$F_PGBR")" "1.00" "$SZ_PGBR" "$M_A_PGBR/$M_F_PGBR"
 for v in zstd lz4 enc; do
   case $v in zstd) label="dbbackup zstd (default)"; sz=$SZ_ZSTD;; lz4) label="dbbackup lz4"; sz=$SZ_LZ4;; enc) label="dbbackup zstd+aes-256-gcm"; sz=$SZ_ENC;; esac
   printf '%-28s %10s %10s %8s %12s %10s\n' "$label" "$(ms "${A[$v]}")" "$(ms "${F[$v]}")" "$(ratio "${A[$v]}" "$A_PGBR")/$(ratio "${F[$v]}" "$F_PGBR")" "$sz" "${M_A[$v]}/${M_F[$v]}"
 done
+fi
+if want backup; then
 printf '\n%-28s %10s %10s %8s %12s %10s\n' "tool (cluster $DBSIZE)" "backup s" "restore s" "ratio" "backup bytes" "peak KiB"
 printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "pgBackRest lz4, 2 processes" "$B_PGBR" "$R_PGBR" "1.00" "$BS_PGBR" "$BM_PGBR/$RM_PGBR"
 printf '%-28s %10.1f %10.1f %8s %12s %10s\n' "dbbackup zstd, 2 jobs" "$B_DBB" "$R_DBB" "$(ratio "$B_DBB" "$B_PGBR")/$(ratio "$R_DBB" "$R_PGBR")" "$BS_DBB" "$BM_DBB/$RM_DBB"
-PS_DBB=$(echo "scale=1; $P_DBB * 1000 / $REPLAY_SEGS" | bc -l); PS_PGBR=$(echo "scale=1; $P_PGBR * 1000 / $REPLAY_SEGS" | bc -l)
-printf '\n%-28s %10s %10s %8s\n' "replay of $REPLAY_SEGS segments" "total s" "ms/seg" "ratio"
-printf '%-28s %10.1f %10s %8s\n' "pgbackrest archive-get" "$P_PGBR" "$PS_PGBR" "1.00"
-printf '%-28s %10.1f %10s %8s\n' "dbbackup wal fetch" "$P_DBB" "$PS_DBB" "$(ratio "$P_DBB" "$P_PGBR")"
+fi
+if want wal; then
 # S3: ratio = over pgBackRest on S3; S3/local = over the same tool locally.
 printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (Garage, loopback)" "archive ms" "fetch ms" "ratio" "S3/local" "peak KiB"
 printf '%-28s %10s %10s %9s %9s %12s\n' "pgBackRest lz4, https" "$(ms "$A_PGBR_S3")" "$(ms "$F_PGBR_S3")" "1.00" \
@@ -472,6 +704,8 @@ printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, http" "$(ms "$A_S3")" "$
   "$(ratio "$A_S3" "${A[zstd]}")/$(ratio "$F_S3" "${F[zstd]}")" "$M_A_S3/$M_F_S3"
 printf '%-28s %10s %10s %9s %9s %12s\n' "dbbackup zstd, https" "$(ms "$A_TLS")" "$(ms "$F_TLS")" "$(ratio "$A_TLS" "$A_PGBR_S3")/$(ratio "$F_TLS" "$F_PGBR_S3")" \
   "$(ratio "$A_TLS" "${A[zstd]}")/$(ratio "$F_TLS" "${F[zstd]}")" "$M_A_TLS/$M_F_TLS"
+fi
+if want backup; then
 printf '\n%-28s %10s %10s %9s %9s %12s\n' "S3 (cluster $DBSIZE)" "backup s" "restore s" "ratio" "S3/local" "peak KiB"
 printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "pgBackRest lz4, https" "${B[pgbr_s3]}" "${R[pgbr_s3]}" "1.00" \
   "$(ratio "${B[pgbr_s3]}" "$B_PGBR")/$(ratio "${R[pgbr_s3]}" "$R_PGBR")" "${BM[pgbr_s3]}/${RM[pgbr_s3]}"
@@ -480,46 +714,146 @@ for t in dbb_s3 dbb_tls; do
   printf '%-28s %10.1f %10.1f %9s %9s %12s\n' "$label" "${B[$t]}" "${R[$t]}" "$(ratio "${B[$t]}" "${B[pgbr_s3]}")/$(ratio "${R[$t]}" "${R[pgbr_s3]}")" \
     "$(ratio "${B[$t]}" "$B_DBB")/$(ratio "${R[$t]}" "$R_DBB")" "${BM[$t]}/${RM[$t]}"
 done
+fi
+if want wal && want backup; then
 echo
 echo "ratio = dbbackup time / pgBackRest time (archive/fetch, backup/restore); goals: archive <= 0.4, fetch <= 0.4,"
 echo "backup and restore <= 0.6, repository no larger than pgBackRest lz4, peak RSS <= 32768 KiB (archive/fetch)"
 echo "and <= 262144 KiB (backup/restore). pgBackRest's RSS is its main process (it forks workers)."
 echo "S3 goals: dbbackup backup and restore S3/local <= 1.3 and <= 0.6 of pgBackRest on the same Garage;"
 echo "peak RSS of archive/fetch on S3 <= 49152 KiB. S3/local = the S3 time over the same tool's local time."
+fi
 # One verdict line per S3 goal, for the console and the page.
 S3_GOALS=()
-for t in dbb_s3 dbb_tls; do
+want backup && for t in dbb_s3 dbb_tls; do
   how=http; [ $t = dbb_tls ] && how=https
   for op in backup restore; do
     if [ $op = backup ]; then v=${B[$t]}; l=$B_DBB; p=${B[pgbr_s3]}; else v=${R[$t]}; l=$R_DBB; p=${R[pgbr_s3]}; fi
     S3_GOALS+=("dbbackup $op, $how: S3/local $(ratio "$v" "$l") (goal <= 1.3: $(goal "$(ratio "$v" "$l")" 1.3)), over pgBackRest $(ratio "$v" "$p") (goal <= 0.6: $(goal "$(ratio "$v" "$p")" 0.6))")
   done
 done
-for pair in "archive, http:$M_A_S3" "fetch, http:$M_F_S3" "archive, https:$M_A_TLS" "fetch, https:$M_F_TLS"; do
+want wal && for pair in "archive, http:$M_A_S3" "fetch, http:$M_F_S3" "archive, https:$M_A_TLS" "fetch, https:$M_F_TLS"; do
   S3_GOALS+=("dbbackup ${pair%%:*}: peak RSS ${pair##*:} KiB (goal <= 49152: $(goal "${pair##*:}" 49152))")
 done
-printf '  %s\n' "${S3_GOALS[@]}"
+[ ${#S3_GOALS[@]} = 0 ] || printf '  %s\n' "${S3_GOALS[@]}"
+if want replay; then
+  rlbl() {
+    case $1 in
+      pgwal) echo "every segment in pg_wal" ;;
+      dbb | dbb_s3) echo "dbbackup wal fetch${HAVE_PREFETCH:+ --prefetch 0}" ;;
+      dbb_pf | dbb_s3_pf) echo "dbbackup wal fetch --prefetch $PF" ;;
+      pgbr | pgbr_s3) echo "pgbackrest archive-get" ;;
+      pgbr_async | pgbr_s3_async) echo "pgbackrest archive-get, async" ;;
+    esac
+  }
+  # ratios: over the in-pg_wal recovery, and over pgBackRest async on the same kind of repository
+  printf '\n%-40s %8s %8s %9s %10s\n' "replay of $REPLAY_SEGS segments" "total s" "ms/seg" "/pg_wal" "/pgbr async"
+  for r in "${REPLAYS[@]}"; do
+    k=local; [ "$r" = pgwal ] && k=; [[ $r == *_s3* ]] && k=S3
+    if [ -z "${P[$r]:-}" ]; then printf '%-40s %s\n' "$(rlbl "$r")${k:+, $k}" "not measured (no --prefetch in this build)"; continue; fi
+    a=pgbr_async; [ "$k" = S3 ] && a=pgbr_s3_async
+    printf '%-40s %8.2f %8.1f %9s %10s\n' "$(rlbl "$r")${k:+, $k}" "${P[$r]}" "$(echo "scale=1; ${P[$r]} * 1000 / $REPLAY_SEGS" | bc -l)" \
+      "$(ratio "${P[$r]}" "${P[pgwal]}")" "$([ -n "$k" ] && ratio "${P[$r]}" "${P[$a]}")"
+  done
+  REPLAY_GOALS=()
+  for k in local S3; do
+    r=dbb_pf; a=pgbr_async; [ $k = S3 ] && { r=dbb_s3_pf; a=pgbr_s3_async; }
+    if [ -z "${P[$r]:-}" ]; then
+      REPLAY_GOALS+=("replay with --prefetch, $k: not measured (\`dbbackup wal fetch\` of this build has no --prefetch)")
+      continue
+    fi
+    x=$(ratio "${P[$r]}" "${P[pgwal]}"); y=$(ratio "${P[$r]}" "${P[$a]}")
+    REPLAY_GOALS+=("replay with --prefetch $PF, $k: ${x}x the in-pg_wal recovery (goal <= 1.15: $(goal "$x" 1.15)), ${y}x pgBackRest async (goal <= 0.7: $(goal "$y" 0.7))")
+  done
+  printf '  %s\n' "${REPLAY_GOALS[@]}"
+fi
+if want keepup; then
+  printf '\n%-46s %8s %7s %9s %9s %7s\n' "keeping up: pgbench ${KEEPUP_SECS} s" "lag seg" ".ready" "WAL MiB" "catch-up" "failed"
+  for t in "${KU_TOOLS[@]}"; do
+    printf '%-46s %8s %7s %9s %9.1f %7s\n' "$(lbl "$t"), $(kind "$t")" "${KU_LAG[$t]}" "${KU_READY[$t]}" "${KU_MIB[$t]}" "${KU_CATCH[$t]}" "${KU_FAIL[$t]}"
+  done
+  KEEPUP_GOALS=()
+  for t in dbb_async dbb_s3_async; do
+    KEEPUP_GOALS+=("$(lbl "$t"), $(kind "$t"): lag ${KU_LAG[$t]} segments after ${KEEPUP_SECS} s of pgbench (goal <= 2: $(goal "${KU_LAG[$t]}" 2))")
+  done
+  printf '  %s\n' "${KEEPUP_GOALS[@]}"
+fi
+if want drain; then
+  printf '\n%-46s %8s %9s %8s %7s\n' "draining $BACKLOG ready segments" "s" "seg/s" "ratio" "failed"
+  for t in "${DR_TOOLS[@]}"; do
+    a=pgbr_async; [ "$(kind "$t")" = S3 ] && a=pgbr_s3_async
+    printf '%-46s %8.2f %9.1f %8s %7s\n' "$(lbl "$t"), $(kind "$t")" "${DR[$t]}" "$(echo "scale=1; ${DR_N[$t]} / ${DR[$t]}" | bc -l)" "$(ratio "${DR[$t]}" "${DR[$a]}")" "${DR_FAIL[$t]}"
+  done
+  DRAIN_GOALS=()
+  for t in dbb_async dbb_s3_async; do
+    a=pgbr_async; [ $t = dbb_s3_async ] && a=pgbr_s3_async
+    x=$(ratio "${DR[$t]}" "${DR[$a]}")
+    DRAIN_GOALS+=("$(lbl "$t"), $(kind "$t"): drains ${DR_N[$t]} segments in $(s2 "${DR[$t]}") s, ${x}x pgBackRest async (goal <= 0.5: $(goal "$x" 0.5))")
+  done
+  printf '  %s\n' "${DRAIN_GOALS[@]}"
+fi
+RSS_GOALS=()
+if want keepup || want drain; then
+  for k in local S3; do
+    v=$WRSS_LOCAL; [ $k = S3 ] && v=$WRSS_S3
+    if [ "$v" = 0 ]; then RSS_GOALS+=("async worker (--jobs 4), $k: peak RSS not sampled (no worker was running at the end of a run)")
+    else RSS_GOALS+=("async worker (--jobs 4), $k: peak RSS $v KiB (goal <= 65536: $(goal "$v" 65536))"); fi
+  done
+  printf '  %s\n' "${RSS_GOALS[@]}"
+fi
 mkdir -p target/bench
-cat > target/bench/results.json <<JSON
-{"segments": ${#SEGS[@]}, "runs": $RUNS,
+# results.json: one member per part run.
+JS=()
+want wal && JS+=("$(cat <<JSON
+"segments": ${#SEGS[@]}, "runs": $RUNS,
  "pgbackrest": {"archive_s": $A_PGBR, "fetch_s": $F_PGBR, "repo_bytes": $SZ_PGBR, "archive_rss_kib": $M_A_PGBR, "fetch_rss_kib": $M_F_PGBR},
  "dbbackup_zstd": {"archive_s": ${A[zstd]}, "fetch_s": ${F[zstd]}, "repo_bytes": $SZ_ZSTD, "archive_rss_kib": ${M_A[zstd]}, "fetch_rss_kib": ${M_F[zstd]}},
  "dbbackup_lz4": {"archive_s": ${A[lz4]}, "fetch_s": ${F[lz4]}, "repo_bytes": $SZ_LZ4, "archive_rss_kib": ${M_A[lz4]}, "fetch_rss_kib": ${M_F[lz4]}},
  "dbbackup_encrypted": {"archive_s": ${A[enc]}, "fetch_s": ${F[enc]}, "repo_bytes": $SZ_ENC, "archive_rss_kib": ${M_A[enc]}, "fetch_rss_kib": ${M_F[enc]}},
- "base_backup": {"cluster": "$DBSIZE", "pgbackrest_s": $B_PGBR, "dbbackup_s": $B_DBB, "pgbackrest_bytes": $BS_PGBR, "dbbackup_bytes": $BS_DBB, "pgbackrest_rss_kib": $BM_PGBR, "dbbackup_rss_kib": $BM_DBB},
- "restore": {"pgbackrest_s": $R_PGBR, "dbbackup_s": $R_DBB, "pgbackrest_rss_kib": $RM_PGBR, "dbbackup_rss_kib": $RM_DBB},
- "replay": {"segments": $REPLAY_SEGS, "pgbackrest_s": $P_PGBR, "dbbackup_s": $P_DBB},
- "s3": {"store": "garage $GARAGE_VERSION on loopback",
-  "pgbackrest_https": {"archive_s": $A_PGBR_S3, "fetch_s": $F_PGBR_S3, "archive_rss_kib": $M_A_PGBR_S3, "fetch_rss_kib": $M_F_PGBR_S3,
-    "backup_s": ${B[pgbr_s3]}, "restore_s": ${R[pgbr_s3]}, "backup_rss_kib": ${BM[pgbr_s3]}, "restore_rss_kib": ${RM[pgbr_s3]}},
-  "dbbackup_http": {"archive_s": $A_S3, "fetch_s": $F_S3, "archive_rss_kib": $M_A_S3, "fetch_rss_kib": $M_F_S3,
-    "backup_s": ${B[dbb_s3]}, "restore_s": ${R[dbb_s3]}, "backup_rss_kib": ${BM[dbb_s3]}, "restore_rss_kib": ${RM[dbb_s3]}},
-  "dbbackup_https": {"archive_s": $A_TLS, "fetch_s": $F_TLS, "archive_rss_kib": $M_A_TLS, "fetch_rss_kib": $M_F_TLS,
-    "backup_s": ${B[dbb_tls]}, "restore_s": ${R[dbb_tls]}, "backup_rss_kib": ${BM[dbb_tls]}, "restore_rss_kib": ${RM[dbb_tls]}}}}
+ "s3_wal": {"store": "garage $GARAGE_VERSION on loopback",
+  "pgbackrest_https": {"archive_s": $A_PGBR_S3, "fetch_s": $F_PGBR_S3, "archive_rss_kib": $M_A_PGBR_S3, "fetch_rss_kib": $M_F_PGBR_S3},
+  "dbbackup_http": {"archive_s": $A_S3, "fetch_s": $F_S3, "archive_rss_kib": $M_A_S3, "fetch_rss_kib": $M_F_S3},
+  "dbbackup_https": {"archive_s": $A_TLS, "fetch_s": $F_TLS, "archive_rss_kib": $M_A_TLS, "fetch_rss_kib": $M_F_TLS}}
 JSON
+)")
+want backup && JS+=("$(cat <<JSON
+"base_backup": {"cluster": "$DBSIZE", "pgbackrest_s": $B_PGBR, "dbbackup_s": $B_DBB, "pgbackrest_bytes": $BS_PGBR, "dbbackup_bytes": $BS_DBB, "pgbackrest_rss_kib": $BM_PGBR, "dbbackup_rss_kib": $BM_DBB},
+ "restore": {"pgbackrest_s": $R_PGBR, "dbbackup_s": $R_DBB, "pgbackrest_rss_kib": $RM_PGBR, "dbbackup_rss_kib": $RM_DBB},
+ "s3_backup": {"store": "garage $GARAGE_VERSION on loopback",
+  "pgbackrest_https": {"backup_s": ${B[pgbr_s3]}, "restore_s": ${R[pgbr_s3]}, "backup_rss_kib": ${BM[pgbr_s3]}, "restore_rss_kib": ${RM[pgbr_s3]}},
+  "dbbackup_http": {"backup_s": ${B[dbb_s3]}, "restore_s": ${R[dbb_s3]}, "backup_rss_kib": ${BM[dbb_s3]}, "restore_rss_kib": ${RM[dbb_s3]}},
+  "dbbackup_https": {"backup_s": ${B[dbb_tls]}, "restore_s": ${R[dbb_tls]}, "backup_rss_kib": ${BM[dbb_tls]}, "restore_rss_kib": ${RM[dbb_tls]}}}
+JSON
+)")
+jnum() { echo "${1:-null}"; } # a figure, or null when not measured
+if want replay; then
+  j="\"replay\": {\"segments\": $REPLAY_SEGS, \"prefetch\": $([ -n "$HAVE_PREFETCH" ] && echo "$PF" || echo null), \"seconds\": {"
+  sep=
+  for r in "${REPLAYS[@]}"; do j+="$sep\"$r\": $(jnum "${P[$r]:-}")"; sep=", "; done
+  JS+=("$j}}")
+fi
+if want keepup; then
+  j="\"keepup\": {\"seconds\": $KEEPUP_SECS, \"clients\": 4"
+  for t in "${KU_TOOLS[@]}"; do
+    j+=", \"$t\": {\"lag_segments\": ${KU_LAG[$t]}, \"ready\": ${KU_READY[$t]}, \"wal_mib\": ${KU_MIB[$t]}, \"catch_up_s\": ${KU_CATCH[$t]}, \"failed\": ${KU_FAIL[$t]}}"
+  done
+  JS+=("$j}")
+fi
+if want drain; then
+  j="\"drain\": {\"backlog\": $BACKLOG"
+  for t in "${DR_TOOLS[@]}"; do j+=", \"$t\": {\"segments\": ${DR_N[$t]}, \"seconds\": ${DR[$t]}, \"failed\": ${DR_FAIL[$t]}}"; done
+  JS+=("$j}")
+fi
+if want keepup || want drain; then
+  JS+=("\"async_worker_rss_kib\": {\"jobs\": 4, \"local\": $([ "$WRSS_LOCAL" = 0 ] && echo null || echo "$WRSS_LOCAL"), \"s3\": $([ "$WRSS_S3" = 0 ] && echo null || echo "$WRSS_S3")}")
+fi
+JS+=("\"parts\": \"${BENCH_ONLY:-all}\", \"store\": \"garage $GARAGE_VERSION on loopback\"")
+{ printf '{'; (IFS=,; printf '%s' "${JS[*]}"); printf '}\n'; } > target/bench/results.json
 echo "results: target/bench/results.json"
 
-# The same figures as a Markdown page, with the machine they came from.
+# The same figures as a Markdown page, with the machine they came from; a
+# partial run does not replace the full run's page.
+PAGE=docs/benchmarks.md; [ -z "$BENCH_ONLY" ] || PAGE=target/bench/benchmarks.md
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {
   echo "# Benchmarks"
@@ -527,6 +861,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "Written by \`./scripts/bench.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores ($CPU), $(free -g | awk '/Mem:/ {print $2}') GiB RAM,"
   echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), $(pgbackrest version). Ratios are dbbackup's time over pgBackRest's"
   echo "in the same run on the same data (lower is better); absolute times on shared machines vary."
+  [ -z "$BENCH_ONLY" ] || { echo; echo "A partial run: only $BENCH_ONLY."; }
+  if want wal; then
   echo
   echo "## WAL: one 16 MiB segment (median of $RUNS runs; ${#SEGS[@]} pgbench segments for sizes)"
   echo
@@ -537,6 +873,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     case $v in zstd) label="dbbackup (zstd, default)"; sz=$SZ_ZSTD;; lz4) label="dbbackup lz4"; sz=$SZ_LZ4;; enc) label="dbbackup zstd + AES-256-GCM"; sz=$SZ_ENC;; esac
     echo "| $label | $(ms "${A[$v]}") | $(ms "${F[$v]}") | $(ratio "${A[$v]}" "$A_PGBR") | $(ratio "${F[$v]}" "$F_PGBR") | $sz | ${M_A[$v]} / ${M_F[$v]} |"
   done
+  fi
+  if want backup; then
   echo
   echo "## Base backup and restore: pgbench scale $BENCH_SCALE ($DBSIZE), 2 jobs / 2 processes"
   echo
@@ -548,15 +886,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "Median of 3 rounds, the tools taking turns (with the S3 runs below); before each restore the previous"
   echo "restored copy is removed, dirty pages synced and (as root) the page cache dropped. While a tool's backup"
   echo "runs, archive_command archives into that tool's repository only. Peak RSS is the largest of the 3."
-  echo
-  echo "## WAL replay: $REPLAY_SEGS segments of pgbench WAL through the restore_command"
-  echo
-  echo "The same restored copy started twice, once with each restore_command, timed until recovery ended."
-  echo
-  echo "| restore_command | total s | ms per segment | ratio |"
-  echo "|---|---:|---:|---:|"
-  echo "| pgbackrest archive-get | $(s2 "$P_PGBR") | $PS_PGBR | 1.00 |"
-  echo "| dbbackup wal fetch | $(s2 "$P_DBB") | $PS_DBB | $(ratio "$P_DBB" "$P_PGBR") |"
+  fi
+  if want wal || want backup; then
   echo
   echo "Where a 16 MiB archive or fetch spends its time: process start-up and \`runuser\` (about 4 ms, both tools),"
   echo "reading and checksumming 16 MiB (BLAKE3, about 3 ms), zstd level 1 on two worker threads (archive) or"
@@ -568,6 +899,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "peak RSS <= 32 MiB for archive/fetch and <= 256 MiB for backup/restore. pgBackRest's RSS is its main"
   echo "process only (it forks workers); each invocation here includes \`runuser\` start-up for both tools."
   echo
+  fi
+  if want wal || want backup; then
   echo "## S3: the same on Garage $GARAGE_VERSION (one node, loopback)"
   echo
   echo "Garage keeps metadata in sqlite and fsyncs data and metadata before it acknowledges a PUT (as the local"
@@ -576,6 +909,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "over plain http (accepted for a loopback endpoint) and over https through the same stunnel (the CA given"
   echo "by \`ca-file\` in its config). *ratio* is over pgBackRest on S3; *S3/local* is a tool's time on S3 over its own"
   echo "time on the local repository above."
+  fi
+  if want wal; then
   echo
   echo "### WAL: one 16 MiB segment (median of $RUNS runs; each archive starts with the segment's object deleted)"
   echo
@@ -584,6 +919,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "| pgBackRest archive-push/get (lz4, https) | $(ms "$A_PGBR_S3") | $(ms "$F_PGBR_S3") | 1.00 | 1.00 | $(ratio "$A_PGBR_S3" "$A_PGBR") | $(ratio "$F_PGBR_S3" "$F_PGBR") | $M_A_PGBR_S3 / $M_F_PGBR_S3 |"
   echo "| dbbackup (zstd, http) | $(ms "$A_S3") | $(ms "$F_S3") | $(ratio "$A_S3" "$A_PGBR_S3") | $(ratio "$F_S3" "$F_PGBR_S3") | $(ratio "$A_S3" "${A[zstd]}") | $(ratio "$F_S3" "${F[zstd]}") | $M_A_S3 / $M_F_S3 |"
   echo "| dbbackup (zstd, https) | $(ms "$A_TLS") | $(ms "$F_TLS") | $(ratio "$A_TLS" "$A_PGBR_S3") | $(ratio "$F_TLS" "$F_PGBR_S3") | $(ratio "$A_TLS" "${A[zstd]}") | $(ratio "$F_TLS" "${F[zstd]}") | $M_A_TLS / $M_F_TLS |"
+  fi
+  if want backup; then
   echo
   echo "### Base backup and restore: the same cluster, 2 jobs / 2 processes"
   echo
@@ -597,6 +934,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo
   echo "The same 3 rounds as the local runs, all five taking turns, restores counted until the copy is durable."
   echo "Both dbbackup rows use one repository; during the https backup its WAL is archived over http."
+  fi
+  if want wal || want backup; then
   echo
   echo "Where the S3 time goes, in this version: \`wal archive\` takes the repository's WAL lease (a GET, a"
   echo "conditional PUT and a GET to check it, for stores that ignore conditional writes as Garage does), uploads,"
@@ -610,5 +949,84 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "and <= 0.6 of pgBackRest's on the same Garage; peak RSS <= 48 MiB for archive and fetch. In this run:"
   echo
   printf -- '- %s\n' "${S3_GOALS[@]}"
-} > docs/benchmarks.md
-echo "report: docs/benchmarks.md"
+  fi
+  if want keepup || want drain || want replay; then
+  echo
+  echo "## Archiving under load and replay: local and S3 (Garage $GARAGE_VERSION, loopback)"
+  echo
+  echo "One cluster, its repositories and the Garage above; on S3, dbbackup over http and pgBackRest over https"
+  echo "(through stunnel). Asynchronous archiving: dbbackup \`wal archive --async --jobs 4\` (a spool per"
+  echo "repository) and pgBackRest \`archive-async=y\`, \`process-max=4\` (\`spool-path\` of its own); the synchronous"
+  echo "\`dbbackup wal archive\` is there for reference. Each run starts with nothing waiting to be archived, and"
+  echo "dbbackup's worker is stopped after its run (it would push the next tool's ready segments)."
+  fi
+  if want keepup; then
+  echo
+  echo "### Keeping up: pgbench at full speed for $KEEPUP_SECS s (4 clients, 2 threads, synchronous_commit off)"
+  echo
+  echo "Lag: complete segments not yet archived when pgbench stops (between the segment being written,"
+  echo "\`pg_walfile_name(pg_current_wal_lsn())\`, and \`pg_stat_archiver.last_archived_wal\`); *.ready*: the files"
+  echo "waiting in \`pg_wal/archive_status\` then; *catch-up*: seconds until none waits. A CHECKPOINT before each run."
+  echo
+  echo "| repository | archive_command | lag (segments) | .ready | WAL written MiB | catch-up s | failed calls |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  for t in "${KU_TOOLS[@]}"; do
+    echo "| $(kind "$t") | $(lbl "$t") | ${KU_LAG[$t]} | ${KU_READY[$t]} | ${KU_MIB[$t]} | $(printf '%.1f' "${KU_CATCH[$t]}") | ${KU_FAIL[$t]} |"
+  done
+  echo
+  printf -- '- %s\n' "${KEEPUP_GOALS[@]}"
+  fi
+  if want drain; then
+  echo
+  echo "### Draining a backlog of $BACKLOG ready segments"
+  echo
+  echo "Archiving broken (archive_command empty: PostgreSQL keeps the segments as .ready), $BACKLOG segments"
+  echo "made by as many \`pg_switch_wal()\` calls after a one-row insert each (whole 16 MiB segments, almost all"
+  echo "zeros: the cost is per segment, not per byte); then the tool's archive_command is set and the"
+  echo "configuration reloaded, timed until \`pg_stat_archiver.archived_count\` has grown by the backlog (polled every 100 ms)."
+  echo "*ratio* is over pgBackRest async on the same kind of repository."
+  echo
+  echo "| repository | archive_command | segments | seconds | segments/s | ratio | failed calls |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  for t in "${DR_TOOLS[@]}"; do
+    a=pgbr_async; [ "$(kind "$t")" = S3 ] && a=pgbr_s3_async
+    echo "| $(kind "$t") | $(lbl "$t") | ${DR_N[$t]} | $(s2 "${DR[$t]}") | $(echo "scale=1; ${DR_N[$t]} / ${DR[$t]}" | bc -l) | $(ratio "${DR[$t]}" "${DR[$a]}") | ${DR_FAIL[$t]} |"
+  done
+  echo
+  printf -- '- %s\n' "${DRAIN_GOALS[@]}"
+  fi
+  if want keepup || want drain; then
+  echo
+  echo "### Peak RSS of dbbackup's async worker (--jobs 4)"
+  echo
+  echo "\`VmHWM\` of the \`wal archive-worker\` process, read from /proc at the end of each keepup and drain run"
+  echo "(before the worker is stopped); the largest per kind of repository. Goal: <= 64 MiB."
+  echo
+  printf -- '- %s\n' "${RSS_GOALS[@]}"
+  fi
+  if want replay; then
+  echo
+  echo "### WAL replay: a recovery through $REPLAY_SEGS segments of pgbench WAL"
+  echo
+  echo "One base backup, then pgbench WAL archived into all four repositories; copies of one restored data"
+  echo "directory recover to the end of the archive, each with another restore_command, timed from start until"
+  echo "recovery has ended (and checked to reach the same rows). *every segment in pg_wal*: the segments copied"
+  echo "into pg_wal beforehand, \`restore_command = 'false'\`. pgBackRest async: \`archive-async=y\`, \`process-max=4\`,"
+  echo "\`archive-get-queue-max\` at its default 128 MiB (8 segments, as dbbackup's default \`--prefetch 8\`)."
+  [ -z "$HAVE_PREFETCH" ] || echo "The --prefetch rows add what \`restore pitr\` writes by default: \`$PF_OPTS\`."
+  echo "Page cache dropped before each recovery. */pg_wal* is over the in-pg_wal recovery, */pgBackRest async* over"
+  echo "pgBackRest async on the same kind of repository."
+  echo
+  echo "| restore_command | repository | total s | ms per segment | /pg_wal | /pgBackRest async |"
+  echo "|---|---|---:|---:|---:|---:|"
+  for r in "${REPLAYS[@]}"; do
+    k=local; [ "$r" = pgwal ] && k=-; [[ $r == *_s3* ]] && k=S3
+    if [ -z "${P[$r]:-}" ]; then echo "| $(rlbl "$r") | $k | not measured: no --prefetch in this build | | | |"; continue; fi
+    a=pgbr_async; [ "$k" = S3 ] && a=pgbr_s3_async
+    echo "| $(rlbl "$r") | $k | $(s2 "${P[$r]}") | $(echo "scale=1; ${P[$r]} * 1000 / $REPLAY_SEGS" | bc -l) | $(ratio "${P[$r]}" "${P[pgwal]}") | $([ "$k" != - ] && ratio "${P[$r]}" "${P[$a]}") |"
+  done
+  echo
+  printf -- '- %s\n' "${REPLAY_GOALS[@]}"
+  fi
+} > "$PAGE"
+echo "report: $PAGE"
