@@ -29,6 +29,25 @@ pub struct Setting {
     pub pending_restart: bool,
 }
 
+/// The settings' values, as `enable_changes` and `disable_changes` compare
+/// them. A value waiting for a restart (`pending_restart`: the file says
+/// otherwise) is marked, so it never equals the wanted value: `pitr enable`
+/// right after `pitr disable` (no restart between) must write
+/// `archive_mode = on` again, or the restart it asks for turns archiving off.
+pub fn values_with_pending(settings: &BTreeMap<String, Setting>) -> BTreeMap<String, String> {
+    settings
+        .iter()
+        .map(|(k, v)| {
+            let value = if v.pending_restart {
+                format!("{} (another value waits for a restart)", v.value)
+            } else {
+                v.value.clone()
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 /// Reads settings from `pg_settings` (missing ones, such as
 /// `archive_library` before 15, are absent from the map).
 pub fn read_settings(client: &mut postgres::Client) -> Result<BTreeMap<String, Setting>> {
@@ -509,7 +528,8 @@ pub fn keep_proven_wrapper(
     let CommandShape::Opaque { reason } = analyze_archive_command(&cmd, Some(data_dir)) else {
         return Ok(None);
     };
-    let on = |n: &str, off: &str| current.get(n).is_some_and(|v| v != off);
+    // The running value (a pending one is marked after it).
+    let on = |n: &str, off: &str| current.get(n).is_some_and(|v| v.split(' ').next() != Some(off));
     let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
     if !on("archive_mode", "off") || !on("wal_level", "minimal") || recovering {
         return Ok(None);

@@ -179,3 +179,27 @@ fn an_invalid_azure_key_is_said_as_such() {
     let out = with_config(&cfg, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
     assert!(out.stderr.contains("access-key is not a valid account key"), "{}", out.stderr);
 }
+
+/// `pitr disable` then `pitr enable` with no restart between: enable must
+/// write archive_mode = on again (the file says off, waiting for the
+/// restart), or the restart it asks for turns archiving off. And the other
+/// way round for disable.
+#[test]
+fn enable_after_disable_without_a_restart_keeps_archiving_on() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let repo_s = repo.display().to_string();
+    let c = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    pitr(&c, &["enable", "--restart", "--repo", &repo_s]).assert_success();
+    pitr(&c, &["disable"]).assert_success();
+    pitr(&c, &["enable", "--repo", &repo_s]).assert_success();
+    c.restart();
+    assert_eq!(c.sql("SHOW archive_mode"), "on");
+    // And enable then disable: the restart must turn it off.
+    pitr(&c, &["disable", "--restart"]).assert_success();
+    assert_eq!(c.sql("SHOW archive_mode"), "off");
+    pitr(&c, &["enable", "--repo", &repo_s]).assert_success();
+    pitr(&c, &["disable"]).assert_success();
+    c.restart();
+    assert_eq!(c.sql("SHOW archive_mode"), "off");
+}

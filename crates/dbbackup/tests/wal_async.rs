@@ -521,3 +521,54 @@ fn worker_drains_a_backlog_within_64_mib() {
     c.sql("SELECT pg_reload_conf()");
     assert_all_archived_identical(&c, &RepoArgs::local(&repo_dir));
 }
+
+/// An acknowledgement is a note, the repository the truth: the worker acks
+/// a segment while PostgreSQL's archiver is paused, the object is removed
+/// (a snapshot rolled back, a hand), then the archiver's call comes. It
+/// must store the segment again, never report it durable from the ack.
+#[test]
+fn an_acknowledged_segment_removed_from_the_repository_is_stored_again() {
+    let d = TestDir::new();
+    let repo_dir = d.join("repo");
+    let repo = RepoArgs::local(&repo_dir);
+    let c = async_cluster(PgVersion::V15, &repo, "");
+    // The first call starts the worker, which stays for its quiet period.
+    make_archived_segment(&c);
+    let pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'");
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
+    let seg = c.switch_wal();
+    let ack = spool_part(&c).join(format!("ack/{seg}.ok"));
+    let started = std::time::Instant::now();
+    while !ack.exists() {
+        if started.elapsed() > Duration::from_secs(60) {
+            signal("-CONT");
+            panic!("no acknowledgement of {seg} from the worker");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let objects = |dir: &Path| -> Vec<PathBuf> {
+        walk(dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&seg)).collect()
+    };
+    let gone = objects(&repo_dir.join("wal"));
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    std::fs::remove_file(&gone[0]).unwrap();
+    signal("-CONT");
+    c.wait_archived(&seg, Duration::from_secs(60));
+    assert_eq!(objects(&repo_dir.join("wal")).len(), 1, "{seg} was not stored again");
+    repo.dbb(&["wal", "verify"]).assert_success();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -174,7 +174,15 @@ pub fn archive_async(
             }
             let (sum, size) = own.as_ref().expect("hashed above");
             if &ack.checksum == sum && ack.size == *size {
-                return Ok(AsyncOutcome::Acknowledged { ack, waited: start.elapsed() });
+                // The ack is a note, the repository the truth: an object
+                // removed since (a snapshot rolled back, a lifecycle rule,
+                // a hand) is stored again, never reported durable.
+                let stored = crate::wal::find(repo, &wal)?.iter().any(|o| o.object.checksum == ack.checksum);
+                if stored {
+                    return Ok(AsyncOutcome::Acknowledged { ack, waited: start.elapsed() });
+                }
+                return sync(repo, format!("{name} was acknowledged but is no longer in the repository"))
+                    .inspect(|_| write_ack_after_sync(&acks, name, &abs));
             }
             // Not this content: the repository's duplicate rules decide.
             return sync(

@@ -185,7 +185,7 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     pitr::check_privilege(&mut client)?;
     let identity = identity_from_server(server_identity(&mut client)?);
     let settings = pitr::read_settings(&mut client)?;
-    let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let current = pitr::values_with_pending(&settings);
     let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
     // A wrapper that already archives here is kept, once proven.
     let kept = if a.force {
@@ -365,7 +365,7 @@ fn disable(ctx: &Ctx, restart: bool, force: bool) -> Result<ExitCode> {
     let mut client = conn.connect()?;
     pitr::check_privilege(&mut client)?;
     let settings = pitr::read_settings(&mut client)?;
-    let current = settings.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let current = pitr::values_with_pending(&settings);
     let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
     refuse_foreign_disable(&current, force, Path::new(&data_dir))?;
     let changes = pitr::disable_changes(&current);
