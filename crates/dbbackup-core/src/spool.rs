@@ -68,7 +68,7 @@ pub fn open_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<PathBuf> 
             })?;
             if &found != owner {
                 return Err(Error::identity(format!(
-                    "spool {} belongs to cluster {} and repository {}, not to this cluster {} and repository {}: it was left by another cluster or repository (a copied data directory?); remove {} (nothing in it is needed here) or give another --spool-dir",
+                    "spool {} belongs to cluster {} and repository {}, not to this cluster {} and repository {}: another cluster or repository uses it (a shared --spool-dir?) or left it (a copied data directory, a new repository?); give this cluster its own --spool-dir, or, when no `dbbackup wal archive-worker` runs for it any more, remove {} (nothing in it is needed here)",
                     p.display(),
                     found.system_identifier,
                     found.repository_id,
