@@ -572,3 +572,23 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The worker leaves when its server stops (well before its 30 s quiet
+/// period): nothing will ask for what is ready, and a failing segment must
+/// not be retried for ever behind a stopped server.
+#[test]
+fn the_worker_leaves_when_its_server_stops() {
+    let d = TestDir::new();
+    let repo = RepoArgs::local(&d.join("repo"));
+    let c = async_cluster(PgVersion::V15, &repo, "");
+    make_archived_segment(&c);
+    let pid = wait_worker_pid(&c, None, Duration::from_secs(30));
+    c.stop();
+    let start = std::time::Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(start.elapsed() < Duration::from_secs(15), "worker {pid} still runs after its server stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(spool_part(&c).join("worker.log")).unwrap_or_default();
+    assert!(log.contains("stopped"), "{log}");
+}

@@ -355,6 +355,8 @@ pub enum WorkerEnd {
     Idle { pushed: u64 },
     /// `pg_wal` is gone (the cluster was removed).
     PgWalGone { pushed: u64 },
+    /// The server stopped: nothing will ask for what is ready.
+    ServerGone { pushed: u64 },
 }
 
 #[derive(Default)]
@@ -429,6 +431,7 @@ pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOpti
     let end = match end {
         ScanEnd::Idle => WorkerEnd::Idle { pushed },
         ScanEnd::PgWalGone => WorkerEnd::PgWalGone { pushed },
+        ScanEnd::ServerGone => WorkerEnd::ServerGone { pushed },
     };
     let _ = fs::remove_file(part.join(PID_FILE));
     drop(lock);
@@ -438,6 +441,22 @@ pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOpti
 enum ScanEnd {
     Idle,
     PgWalGone,
+    ServerGone,
+}
+
+/// Whether the server of this `pg_wal` runs: its postmaster.pid names a
+/// live process. A worker whose server stopped has no one left to serve
+/// (a failing segment would otherwise be retried for ever).
+fn server_running(pg_wal: &Path) -> bool {
+    let Some(data_dir) = pg_wal.parent() else { return true };
+    match fs::read_to_string(data_dir.join("postmaster.pid")) {
+        Ok(text) => text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists()),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
 }
 
 /// Finds ready segments without an acknowledgement and queues them.
@@ -446,9 +465,16 @@ fn scan_loop(o: &WorkerOptions, acks: &Path, shared: &(Mutex<State>, Condvar)) -
     let status_dir = o.pg_wal.join("archive_status");
     let mut last_active = Instant::now();
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    let mut last_server_check = Instant::now();
     loop {
         if !status_dir.is_dir() {
             return ScanEnd::PgWalGone;
+        }
+        if last_server_check.elapsed() >= Duration::from_secs(1) {
+            last_server_check = Instant::now();
+            if !server_running(&o.pg_wal) {
+                return ScanEnd::ServerGone;
+            }
         }
         let ready = ready_segments(&status_dir);
         let acked = acknowledged(acks);

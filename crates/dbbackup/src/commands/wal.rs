@@ -336,6 +336,12 @@ fn run_archive_worker(ctx: &Ctx, a: ArchiveWorkerArgs) -> Result<ExitCode> {
             std::process::id(),
             a.idle_exit
         ),
+        WorkerEnd::ServerGone { pushed } => tracing::info!(
+            "{} archive worker {} exits: the server of {} stopped ({pushed} segments pushed)",
+            dbbackup_core::repo::now_rfc3339(),
+            std::process::id(),
+            opts.pg_wal.display()
+        ),
         WorkerEnd::PgWalGone { pushed } => tracing::info!(
             "{} archive worker {} exits: {} is gone ({pushed} segments pushed)",
             dbbackup_core::repo::now_rfc3339(),
