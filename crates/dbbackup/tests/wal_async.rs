@@ -71,6 +71,15 @@ fn archiver(c: &Cluster) -> (i64, i64, String) {
     (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
 }
 
+/// Waits (up to a minute) until pg_stat_archiver counts a failed call.
+fn wait_for_archive_failure(c: &Cluster) {
+    let start = std::time::Instant::now();
+    while archiver(c).1 == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no failure:\n{}", c.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The spool part of the cluster's asynchronous archiving.
 fn spool_part(c: &Cluster) -> PathBuf {
     c.data_dir().join("dbbackup_spool/archive")
@@ -311,11 +320,7 @@ fn worker_failure_reaches_the_call_and_pitr_status() {
     Cmd::new("chmod").args(["-R", "a-w"]).arg(repo_dir.join("wal")).as_root().assert_success();
     c.sql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)");
     let name = c.switch_wal();
-    let start = std::time::Instant::now();
-    while archiver(&c).1 == 0 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no failure:\n{}", c.log_tail(20));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_archive_failure(&c);
     let log = c.log_tail(50);
     assert!(
         log.contains(&format!("dbbackup: error: wal archive {name}: the archive worker could not store it"))
@@ -356,11 +361,7 @@ fn stale_spool_of_another_cluster_is_refused() {
     );
     c.sql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)");
     let name = c.switch_wal();
-    let start = std::time::Instant::now();
-    while archiver(&c).1 == 0 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no failure:\n{}", c.log_tail(20));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_archive_failure(&c);
     let log = c.log_tail(50);
     assert!(
         log.contains(&format!("dbbackup: error: wal archive {name}: spool"))

@@ -262,8 +262,9 @@ pub struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
-    /// Carries the plan out ([`apply`]).
-    pub fn apply(self) -> Result<()> {
+    /// Carries the plan out ([`apply`]); the lock is held until `self`
+    /// is dropped.
+    pub fn apply(&self) -> Result<()> {
         apply(self.repo, &self.backups, &self.plan)
     }
 }

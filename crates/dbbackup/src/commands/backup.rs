@@ -226,8 +226,7 @@ fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
 /// as counts, bytes and ranges per timeline (a long archive removes
 /// thousands of objects); `-v` and `--json` list every object.
 pub fn run_plan(ctx: &Ctx, p: retention::Prepared<'_>, dry_run: bool) -> Result<()> {
-    let plan = p.plan.clone();
-    let plan = &plan;
+    let plan = &p.plan;
     if ctx.g.json {
         let mut v = serde_json::to_value(plan)?;
         v["dry_run"] = json!(dry_run);
