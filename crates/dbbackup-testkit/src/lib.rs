@@ -597,8 +597,36 @@ pub struct Cluster {
 
 /// A TCP port nobody listens on right now. Also the socket name
 /// (`.s.PGSQL.<port>`), which is per cluster directory anyway.
+///
+/// Chosen outside the kernel's ephemeral range: a server restarted on its
+/// old port (a Garage node after a simulated crash) must not find it
+/// taken by some process's outgoing connection, which is what ports
+/// from `bind(0)` are handed out to (a CI run failed on exactly that).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let (lo, hi) = ephemeral_range();
+    // Below the range if there is room, else above it.
+    let (from, to) = if lo > 12_000 { (10_000u32, lo - 1) } else { (hi + 1, 65_535) };
+    let random = std::hash::RandomState::new();
+    for attempt in 0u32..1000 {
+        let mut h = random.build_hasher();
+        h.write_u32(attempt);
+        let port = (from + (h.finish() % u64::from(to - from + 1)) as u32) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `/proc/sys/net/ipv4/ip_local_port_range`, or Linux's default.
+fn ephemeral_range() -> (u32, u32) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|w| w.parse::<u32>().ok());
+    match (it.next(), it.next()) {
+        (Some(lo), Some(hi)) if lo <= hi && hi <= 65_535 && !(lo <= 12_000 && hi >= 65_000) => (lo, hi),
+        _ => (32_768, 60_999),
+    }
 }
 
 impl Cluster {

@@ -195,7 +195,8 @@ pub(crate) fn listening(port: u16) -> bool {
 /// Whether a log says a port was taken (then the server is retried on
 /// other ports: `free_port` cannot reserve them).
 pub(crate) fn port_clash(log: &Path) -> bool {
-    let text = tail(log, 40).to_lowercase();
+    // The whole log: a panic's backtrace pushes its message out of any tail.
+    let text = std::fs::read_to_string(log).unwrap_or_default().to_lowercase();
     ["address already in use", "eaddrinuse", "address in use"].iter().any(|m| text.contains(m))
 }
 
@@ -561,12 +562,19 @@ api_bind_addr = "127.0.0.1:{admin}"
     /// every running node sees it and all partitions are whole again.
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].proc.is_none(), "Garage node {i} is already running");
-        if let Err(clash) = self.launch(i) {
-            panic!(
-                "Garage node {i} did not restart{}; its log:\n{}",
-                if clash { " (its ports were taken meanwhile)" } else { "" },
-                tail(&self.nodes[i].log(), 40)
-            );
+        // Its peers know its RPC address, so it must come back on the same
+        // ports; a clash (a socket of the killed process lingering) is
+        // waited out a little.
+        for attempt in 1..=5 {
+            match self.launch(i) {
+                Ok(()) => break,
+                Err(true) if attempt < 5 => std::thread::sleep(Duration::from_secs(2)),
+                Err(clash) => panic!(
+                    "Garage node {i} did not restart{}; its log:\n{}",
+                    if clash { " (its ports stayed taken)" } else { "" },
+                    tail(&self.nodes[i].log(), 120)
+                ),
+            }
         }
         // Reconnect both ways at once: left alone, a node that saw this
         // one die retries it only about half a minute later.
