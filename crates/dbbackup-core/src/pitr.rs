@@ -889,6 +889,8 @@ pub struct Finding {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RepoHealth {
     pub location: String,
+    /// The repository's ID (its location for an old repository without one).
+    pub id: Option<String>,
     pub reachable: bool,
     pub error: Option<String>,
     pub system_identifier: Option<String>,
@@ -1191,6 +1193,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         let opened_storage = crate::storage::location::open_path(&p, &opts.stores);
         let mut h = RepoHealth {
             location: p.display().to_string(),
+            id: None,
             reachable: false,
             error: None,
             system_identifier: None,
@@ -1238,6 +1241,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         match opened {
             Err(e) => h.error = Some(e.to_string()),
             Ok(repo) => {
+                h.id = Some(repo.meta().id.clone().unwrap_or_else(|| repo.location()));
                 h.system_identifier = repo.identity().map(|c| c.system_identifier.to_string());
                 let found = crate::repo::identity_from_server(ident);
                 if let Err(e) = repo.check_identity(&found, "this server") {
@@ -1303,6 +1307,33 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         }
         h
     });
+    // PostgreSQL archives in order: what is missing after the
+    // segment it last archived is still waiting in pg_wal (the
+    // asynchronous worker stores several at once, and a failing
+    // one lets newer ones pass), not lost.
+    let last_archived = archiver
+        .last_archived_wal
+        .as_deref()
+        .and_then(|w| WalFileName::parse(w).ok())
+        .filter(|w| w.kind() == dbbackup_format::WalKind::Segment);
+    let queued = |g: &crate::wal::catalog::Gap| {
+        let first = WalFileName::parse(&g.first_missing).ok();
+        match (first, &last_archived, size) {
+            (Some(first), Some(last), Some(size)) => {
+                // A newer timeline's segments all come after (a promotion
+                // whose first segments are still on their way).
+                let current = current_wal.as_deref().and_then(|w| WalFileName::parse(w).ok()).map(|w| w.timeline());
+                (first.timeline() > last.timeline() && current.is_some_and(|c| first.timeline() <= c))
+                    || (first.timeline() == last.timeline()
+                        && first.segment_no(size).zip(last.segment_no(size)).is_some_and(|(f, l)| f > l))
+            }
+            _ => false,
+        }
+    };
+    let mut repository = repository;
+    if let Some(r) = repository.as_mut() {
+        r.gaps.retain(|g| !queued(g));
+    }
     match &repository {
         None => add(
             Verdict::Error,
@@ -1466,14 +1497,31 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 &format!("remove {} (a copy left by another cluster; nothing in it is needed here)", q.spool),
             );
         }
+        let repo_id = repository.as_ref().and_then(|r| r.id.clone());
+        if let Some((o, id)) = q
+            .owner
+            .as_ref()
+            .filter(|o| o.system_identifier == own)
+            .zip(repo_id)
+            .filter(|(o, id)| &o.repository_id != id)
+        {
+            add(
+                Verdict::Ok,
+                format!(
+                    "the spool {} was last used for repository {}, not this one ({id}): the next `wal archive --async` call takes it over",
+                    q.spool, o.repository_id
+                ),
+                "nothing to do",
+            );
+        }
         if let Some(first) = q.errors.first() {
             add(
                 Verdict::Warning,
                 format!(
-                    "the asynchronous archive worker cannot store {} segment(s), the oldest {} ({} attempts, last at {}): {}",
+                    "the asynchronous archive worker cannot store {} segment(s), the oldest {} ({}, last at {}): {}",
                     q.errors.len(),
                     first.wal,
-                    first.attempts,
+                    crate::wal::async_archive::attempts(first.attempts),
                     first.at,
                     first.error
                 ),

@@ -34,6 +34,19 @@ pub fn spool_dir(given: Option<&Path>, wal_path: &Path) -> PathBuf {
     }
 }
 
+/// Refuses a spool inside `pg_wal`: PostgreSQL, pg_rewind and
+/// pg_basebackup take every file there for WAL.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if dir.components().any(|c| c.as_os_str() == "pg_wal" || c.as_os_str() == "pg_xlog") {
+        return Err(Error::invalid(format!(
+            "spool directory {} is inside pg_wal, where PostgreSQL and pg_rewind take every file for WAL: give a --spool-dir outside pg_wal, or leave it out (default: {} in the data directory)",
+            dir.display(),
+            SPOOL_DIR_NAME
+        )));
+    }
+    Ok(())
+}
+
 /// Whose a spool part is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpoolOwner {
@@ -129,6 +142,24 @@ pub fn take_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<(PathBuf,
     // trusted by anyone.
     write_owner(&p, owner)?;
     Ok((p, Some(TakenOver { previous })))
+}
+
+/// For the part a cluster keeps while it archives (`archive`): when
+/// `dir/part` belongs to this same cluster but another repository (the
+/// cluster was pointed at a new one), makes it this repository's and
+/// returns whose it was. The owner file is rewritten first, so that a
+/// worker of the previous repository notices and leaves; what that
+/// worker acknowledged is then removed by the caller. Another cluster's
+/// part, or one that does not exist yet, is left as it is (for
+/// [`open_part`] to refuse or create).
+pub fn retarget_part(dir: &Path, part: &str, owner: &SpoolOwner) -> Result<Option<SpoolOwner>> {
+    let p = dir.join(part);
+    let Some(found) = part_owner(&p) else { return Ok(None) };
+    if found.system_identifier != owner.system_identifier || found.repository_id == owner.repository_id {
+        return Ok(None);
+    }
+    write_owner(&p, owner)?;
+    Ok(Some(found))
 }
 
 /// Whose the spool part at `part` (a directory [`open_part`] returned) says

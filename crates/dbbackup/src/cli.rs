@@ -214,7 +214,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub exclusive: bool,
     /// Files restored in parallel
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Start the restored server (the global --port chooses its port)
     #[arg(long)]
@@ -238,9 +238,9 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_map)]
     pub tablespace_map: Vec<(String, String)>,
-    /// Segments restore_command keeps fetched ahead of replay (`wal fetch --prefetch`); 0: off [default: 8,
+    /// Segments restore_command keeps fetched ahead of replay (`wal fetch --prefetch`); 0: off, at most 256 [default: 8,
     /// fewer for segments above 16 MiB: at most 128 MiB of spool]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
     pub prefetch: Option<u16>,
     /// Where restore_command's prefetch spool is, outside pg_wal [default: dbbackup_spool in the target directory]
     #[arg(long, value_name = "DIR")]
@@ -281,7 +281,7 @@ pub enum BackupCommand {
         /// Backup ID or `latest`
         id: String,
         /// Parallel workers
-        #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+        #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", default_value_t = 2)]
         jobs: usize,
     },
     /// Delete one backup (not the only complete one, unless --force)
@@ -320,7 +320,7 @@ pub struct BaseArgs {
     #[arg(long, value_name = "TEXT", value_parser = parse_label)]
     pub label: Option<String>,
     /// Files copied in parallel
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", default_value_t = 2)]
     pub jobs: usize,
     /// Compression for this backup instead of the repository default
     #[arg(long, value_name = "ALG", value_parser = parse_codec)]
@@ -432,8 +432,8 @@ pub struct EnableArgs {
     /// PostgreSQL's calls (see `wal archive --help`)
     #[arg(long = "async")]
     pub async_archive: bool,
-    /// With --async: segments pushed at once [default: 4]
-    #[arg(long, short = 'j', value_name = "N", requires = "async_archive", value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// With --async: segments pushed at once, 1 to 64 [default: 4]
+    #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", requires = "async_archive", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,
     /// With --async: the spool directory [default: dbbackup_spool in the data directory]
     #[arg(long, value_name = "DIR", requires = "async_archive")]
@@ -526,7 +526,7 @@ pub enum WalCommand {
     )]
     Verify {
         /// Parallel workers
-        #[arg(long, short = 'j', value_name = "N", default_value_t = 2)]
+        #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", default_value_t = 2)]
         jobs: usize,
     },
     /// Remove WAL older than N days, except what any kept base backup needs
@@ -591,8 +591,8 @@ pub struct ArchiveArgs {
     /// With --async: where the acknowledgements are kept [default: dbbackup_spool in the data directory]
     #[arg(long, value_name = "DIR", requires = "async_")]
     pub spool_dir: Option<PathBuf>,
-    /// With --async: segments the worker pushes at once [default: 4]
-    #[arg(long, short = 'j', value_name = "N", requires = "async_", value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// With --async: segments the worker pushes at once, 1 to 64 [default: 4]
+    #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", requires = "async_", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,
 }
 
@@ -609,7 +609,7 @@ pub struct ArchiveWorkerArgs {
     #[arg(long, value_name = "ID")]
     pub system_identifier: String,
     /// Segments pushed at once
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, allow_negative_numbers = true, short = 'j', value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// As `wal archive --compress`
     #[arg(long, value_name = "ALG", num_args = 0..=1, require_equals = true, default_missing_value = "zstd", value_parser = parse_codec)]
@@ -632,15 +632,15 @@ pub struct FetchArgs {
     #[arg(long, value_name = "ID")]
     pub repo_id: Option<String>,
     /// Keep the next N segments fetched, decoded and verified ahead of recovery in the spool (a
-    /// background worker); 0: off
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    /// background worker); 0: off, at most 256
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
     pub prefetch: u16,
     /// With --prefetch: the spool directory, outside pg_wal [default: dbbackup_spool in the data directory]
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
     /// With --prefetch: the timeline recovery follows (`restore pitr` writes it) [default: the newest
     /// whose history holds the requested segment's timeline]
-    #[arg(long, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch_timeline: Option<u32>,
 }
 
@@ -651,10 +651,10 @@ pub struct FetchWorkerArgs {
     #[arg(long, value_name = "DIR")]
     pub spool_dir: PathBuf,
     /// Segments to keep ahead
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub prefetch: u16,
     /// The timeline recovery follows
-    #[arg(long, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_name = "TIMELINE", value_parser = clap::value_parser!(u32).range(1..))]
     pub prefetch_timeline: Option<u32>,
     /// The repository ID the calling command was given
     #[arg(long, value_name = "ID")]

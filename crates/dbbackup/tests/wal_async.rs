@@ -593,3 +593,119 @@ fn the_worker_leaves_when_its_server_stops() {
     let log = std::fs::read_to_string(spool_part(&c).join("worker.log")).unwrap_or_default();
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// The DBA moves archiving to a new repository (the old one broke) with
+/// `pitr enable --repo NEW --async`: the spool follows the cluster. The
+/// first call takes the spool over, the worker of the old repository
+/// (still retrying there) leaves, a new one pushes into the new
+/// repository, and everything waiting arrives there.
+#[test]
+fn a_cluster_pointed_at_a_new_repository_takes_its_spool_along() {
+    let c = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    let d = TestDir::new();
+    let (old, new) = (d.join("old"), d.join("new"));
+    pitr(&c, &["enable", "--repo", &old.display().to_string(), "--async", "--jobs", "2", "--restart"]).assert_success();
+    make_archived_segment(&c);
+    let old_id =
+        json(&dbb(["repo", "info", "--json", "--repo"]).arg(&old).assert_success())["id"].as_str().unwrap().to_string();
+    // The old repository breaks: the worker keeps retrying there.
+    Cmd::new("chmod").args(["-R", "a-w"]).arg(old.join("wal")).as_root().assert_success();
+    c.sql("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+    let stuck = c.switch_wal();
+    wait_for_archive_failure(&c);
+    let old_worker = wait_worker_pid(&c, None, Duration::from_secs(30));
+
+    let out = pitr(&c, &["enable", "--repo", &new.display().to_string(), "--async", "--jobs", "2"]).assert_success();
+    assert!(out.stdout.contains("archiving works"), "{}\n{}", out.stdout, out.stderr);
+    c.wait_archived(&stuck, Duration::from_secs(90));
+    let start = std::time::Instant::now();
+    while Path::new(&format!("/proc/{old_worker}")).exists() {
+        assert!(start.elapsed() < Duration::from_secs(15), "the old repository's worker {old_worker} still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_args = RepoArgs::local(&new);
+    let new_id = json(&new_args.dbb(&["repo", "info", "--json"]).assert_success())["id"].as_str().unwrap().to_string();
+    let owner: Value = serde_json::from_slice(&std::fs::read(spool_part(&c).join("owner.json")).unwrap()).unwrap();
+    assert_eq!(owner["repository_id"], new_id.as_str(), "{owner}");
+    let log = std::fs::read_to_string(spool_part(&c).join("worker.log")).unwrap();
+    assert!(log.contains(&format!("exits: the spool is repository {new_id}'s now")), "{log}");
+    // What waited, and what comes next, is in the new repository as written.
+    let next = make_archived_segment(&c);
+    let archived = archived_checksums(&new_args);
+    for name in [&stuck, &next] {
+        let want = archived.get(name).unwrap_or_else(|| panic!("{name} is not in the new repository: {archived:?}"));
+        assert_eq!(&b3_file(&c.data_dir().join("pg_wal").join(name)), want, "{name}");
+    }
+    assert!(!archived_checksums(&RepoArgs::local(&old)).contains_key(&stuck));
+    let v = json(&pitr(&c, &["status", "--json"]).assert_success());
+    assert_ne!(v["verdict"], "error", "{}", findings(&v));
+    assert!(!findings(&v).contains(&old_id), "{}", findings(&v));
+    Cmd::new("chmod").args(["-R", "u+w"]).arg(old.join("wal")).as_root().assert_success();
+}
+
+/// `pitr enable --async` refuses a spool another cluster left before it
+/// changes anything (every call would be refused), naming the fix; and a
+/// --spool-dir inside pg_wal.
+#[test]
+fn pitr_enable_async_refuses_another_clusters_spool_before_changing_anything() {
+    let c = Cluster::new(ClusterOptions::new(PgVersion::V15));
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    c.dir().write(
+        "data/dbbackup_spool/archive/owner.json",
+        r#"{"system_identifier":"7000000000000000001","repository_id":"someone-else"}"#,
+    );
+    let out = pitr(&c, &["enable", "--repo", &repo.display().to_string(), "--async", "--restart"]).assert_code(1);
+    assert!(
+        out.stderr.contains("belongs to cluster 7000000000000000001, not to this cluster")
+            && out.stderr.contains("give this cluster its own --spool-dir"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(c.sql("SHOW archive_mode"), "off", "pitr enable changed settings before refusing");
+    assert!(!repo.exists(), "pitr enable created the repository before refusing");
+    let inside = c.data_dir().join("pg_wal/spool").display().to_string();
+    let out =
+        pitr(&c, &["enable", "--repo", &repo.display().to_string(), "--async", "--spool-dir", &inside]).assert_code(1);
+    assert!(out.stderr.contains("is inside pg_wal"), "{}", out.stderr);
+    // Without --async the spool does not matter.
+    pitr(&c, &["enable", "--repo", &repo.display().to_string(), "--restart"]).assert_success();
+}
+
+/// The oldest ready segment keeps failing while newer ones are stored
+/// (here: the repository is read-only for the server's user, and root
+/// stores the newer ones by hand, as a worker does when the oldest fails
+/// alone): `pitr status` reports the failing segment, not a gap with "take
+/// a new base backup" (nothing is lost: the segment waits in pg_wal).
+#[test]
+fn a_failing_oldest_segment_is_a_queue_not_a_gap() {
+    let d = TestDir::new();
+    let repo_dir = d.join("repo");
+    let repo = RepoArgs::local(&repo_dir);
+    let c = async_cluster(PgVersion::V15, &repo, "--jobs 2");
+    make_archived_segment(&c);
+    Cmd::new("chmod").args(["-R", "a-w"]).arg(repo_dir.join("wal")).as_root().assert_success();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        c.sql("INSERT INTO filler SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
+        names.push(c.switch_wal());
+    }
+    wait_for_archive_failure(&c);
+    for n in &names[1..] {
+        let mut by_hand = dbb(["wal", "archive"]);
+        by_hand.arg(c.data_dir().join("pg_wal").join(n)).arg(n).arg("--repo").arg(&repo_dir).as_root();
+        by_hand.assert_success();
+    }
+    for f in walk(&repo_dir.join("wal")) {
+        chown_to_run_user(&f);
+    }
+    let blocked = &names[0];
+    let v = json(&pitr(&c, &["status", "--json"]).args(&repo.0).output());
+    let f = findings(&v);
+    assert!(!f.contains("gap") && !f.contains("take a new base backup"), "{f}");
+    assert_eq!(v["repository"]["gaps"], serde_json::json!([]), "{v}");
+    assert!(f.contains("the asynchronous archive worker cannot store") && f.contains(blocked.as_str()), "{f}");
+    // Fixed: everything arrives, and nothing was lost.
+    Cmd::new("chmod").args(["-R", "u+w"]).arg(repo_dir.join("wal")).as_root().assert_success();
+    assert_all_archived_identical(&c, &repo);
+}

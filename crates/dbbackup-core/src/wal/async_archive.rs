@@ -157,8 +157,22 @@ pub fn archive_async(
     };
     let owner = SpoolOwner { system_identifier: system_identifier.to_string(), repository_id: repository_id(repo) };
     let root = spool::spool_dir(call.spool_dir, source);
+    spool::check_dir(&root)?;
+    // The cluster was pointed at another repository: the spool follows
+    // (its worker for the previous one leaves, its acknowledgements are
+    // that repository's and mean nothing here).
+    let retargeted = spool::retarget_part(&root, PART, &owner)?;
     let part = spool::open_part(&root, PART, &owner)?;
     let acks = part.join(ACK_DIR);
+    if let Some(previous) = retargeted {
+        tracing::info!(
+            "spool {} was repository {}'s; it is now {}'s (its worker leaves, its acknowledgements are removed)",
+            part.display(),
+            previous.repository_id,
+            owner.repository_id
+        );
+        let _ = fs::remove_dir_all(&acks);
+    }
     fs::create_dir_all(&acks).map_err(|e| Error::io(format!("cannot create {}: {e}", acks.display())))?;
 
     let start = Instant::now();
@@ -199,8 +213,8 @@ pub fn archive_async(
             let fresh = fs::metadata(&error_file).and_then(|m| m.modified()).is_ok_and(|t| t >= started_at);
             if fresh || start.elapsed() >= ERROR_GRACE {
                 return Err(Error::io(format!(
-                    "the archive worker could not store it ({} attempts, last at {}): {}; it keeps retrying (worker log: {})",
-                    err.attempts,
+                    "the archive worker could not store it ({}, last at {}): {}; it keeps retrying (worker log: {})",
+                    attempts(err.attempts),
                     err.at,
                     err.error,
                     part.join(LOG_FILE).display()
@@ -237,6 +251,15 @@ pub fn archive_async(
             }
         }
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// "1 attempt", "3 attempts".
+pub fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
     }
 }
 
@@ -357,6 +380,9 @@ pub enum WorkerEnd {
     PgWalGone { pushed: u64 },
     /// The server stopped: nothing will ask for what is ready.
     ServerGone { pushed: u64 },
+    /// The spool part was taken over for another repository (the cluster
+    /// archives there now) or removed.
+    OwnerChanged { pushed: u64, now: Option<SpoolOwner> },
 }
 
 #[derive(Default)]
@@ -419,9 +445,9 @@ pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOpti
     let shared = (Mutex::new(State::default()), Condvar::new());
     let end = std::thread::scope(|s| {
         for _ in 0..o.jobs.max(1) {
-            s.spawn(|| pusher(open, o, &acks, threads, &shared));
+            s.spawn(|| pusher(open, o, &part, &owner, threads, &shared));
         }
-        let end = scan_loop(o, &acks, &shared);
+        let end = scan_loop(o, &part, &owner, &shared);
         let (st, cv) = &shared;
         st.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         cv.notify_all();
@@ -432,6 +458,7 @@ pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOpti
         ScanEnd::Idle => WorkerEnd::Idle { pushed },
         ScanEnd::PgWalGone => WorkerEnd::PgWalGone { pushed },
         ScanEnd::ServerGone => WorkerEnd::ServerGone { pushed },
+        ScanEnd::OwnerChanged => WorkerEnd::OwnerChanged { pushed, now: spool::part_owner(&part) },
     };
     let _ = fs::remove_file(part.join(PID_FILE));
     drop(lock);
@@ -442,6 +469,7 @@ enum ScanEnd {
     Idle,
     PgWalGone,
     ServerGone,
+    OwnerChanged,
 }
 
 /// Whether the server of this `pg_wal` runs: its postmaster.pid names a
@@ -460,8 +488,9 @@ fn server_running(pg_wal: &Path) -> bool {
 }
 
 /// Finds ready segments without an acknowledgement and queues them.
-fn scan_loop(o: &WorkerOptions, acks: &Path, shared: &(Mutex<State>, Condvar)) -> ScanEnd {
+fn scan_loop(o: &WorkerOptions, part: &Path, owner: &SpoolOwner, shared: &(Mutex<State>, Condvar)) -> ScanEnd {
     let (st, cv) = shared;
+    let acks = &part.join(ACK_DIR);
     let status_dir = o.pg_wal.join("archive_status");
     let mut last_active = Instant::now();
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
@@ -475,6 +504,9 @@ fn scan_loop(o: &WorkerOptions, acks: &Path, shared: &(Mutex<State>, Condvar)) -
             if !server_running(&o.pg_wal) {
                 return ScanEnd::ServerGone;
             }
+        }
+        if spool::part_owner(part).as_ref() != Some(owner) {
+            return ScanEnd::OwnerChanged;
         }
         let ready = ready_segments(&status_dir);
         let acked = acknowledged(acks);
@@ -566,11 +598,13 @@ fn prune(pg_wal: &Path, acks: &Path) {
 fn pusher(
     open: &(dyn Fn() -> Result<Repository> + Sync),
     o: &WorkerOptions,
-    acks: &Path,
+    part: &Path,
+    owner: &SpoolOwner,
     threads: u32,
     shared: &(Mutex<State>, Condvar),
 ) {
     let (st, cv) = shared;
+    let acks = &part.join(ACK_DIR);
     let mut repo: Option<Repository> = None;
     loop {
         let name = {
@@ -594,6 +628,11 @@ fn pusher(
                 s.retry.remove(&name);
                 s.pushed += 1;
                 drop(s);
+                // Durable in this worker's repository, which may no longer
+                // be the part's (the calls check the repository anyway).
+                if spool::part_owner(part).as_ref() != Some(owner) {
+                    continue;
+                }
                 if let Err(e) = write_json(acks, &format!("{name}.ok"), &ack) {
                     tracing::warn!("{} cannot write the acknowledgement of {name}: {e}", now_rfc3339());
                 }
@@ -645,6 +684,24 @@ fn push_one(
         }
     };
     Ok(Ack { checksum, size, object, at: now_rfc3339() })
+}
+
+/// What `pitr enable --async` checks before it writes archive_command:
+/// the spool at `root` is not inside pg_wal, and its archive part, if
+/// any, is this cluster's (another repository's is fine: the first call
+/// takes it over). The error is the one every call would give.
+pub fn check_spool_for(root: &Path, system_identifier: u64) -> Result<()> {
+    spool::check_dir(root)?;
+    let part = root.join(PART);
+    match spool::part_owner(&part) {
+        Some(found) if found.system_identifier != system_identifier.to_string() => Err(Error::identity(format!(
+            "spool {} belongs to cluster {}, not to this cluster {system_identifier}: every `wal archive --async` call would be refused; give this cluster its own --spool-dir, or, when no `dbbackup wal archive-worker` runs for it any more, remove {}",
+            part.display(),
+            found.system_identifier,
+            part.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The queue as `pitr status` shows it.

@@ -99,19 +99,6 @@ pub fn owner_of(repo: &Repository) -> Option<SpoolOwner> {
     })
 }
 
-/// Refuses a spool inside `pg_wal`: PostgreSQL, pg_rewind and
-/// pg_basebackup take every file there for WAL.
-pub fn check_spool_dir(dir: &Path) -> Result<()> {
-    if dir.components().any(|c| c.as_os_str() == "pg_wal" || c.as_os_str() == "pg_xlog") {
-        return Err(Error::invalid(format!(
-            "spool directory {} is inside pg_wal, where PostgreSQL and pg_rewind take every file for WAL: give a --spool-dir outside pg_wal, or leave it out (default: {} in the data directory)",
-            dir.display(),
-            spool::SPOOL_DIR_NAME
-        )));
-    }
-    Ok(())
-}
-
 /// `wal fetch NAME DEST --prefetch N`: NAME from the spool when the worker
 /// has it, else from the repository as [`fetch`] does (same errors, same
 /// "not found"); then the worker is told where recovery is and started
@@ -119,7 +106,7 @@ pub fn check_spool_dir(dir: &Path) -> Result<()> {
 /// logged and fetching goes on without it.
 pub fn fetch_prefetching(repo: &Repository, name: &str, dest: &Path, p: &Prefetch) -> Result<Delivered> {
     let wal = WalFileName::parse(name).map_err(|e| Error::invalid(e.to_string()))?;
-    check_spool_dir(&p.spool_dir)?;
+    spool::check_dir(&p.spool_dir)?;
     // History files are small and asked for once; an unbound repository
     // has no segment (fetch says why).
     let (Some(size), Some(owner), WalKind::Segment) = (repo.segment_size(), owner_of(repo), wal.kind()) else {
@@ -511,7 +498,7 @@ pub fn run_worker(repo: &Repository, o: &WorkerOptions) -> Result<WorkerExit> {
             repo.location()
         )));
     };
-    check_spool_dir(&o.spool_dir)?;
+    spool::check_dir(&o.spool_dir)?;
     // Never takes over: the call that started it did, for this owner; a
     // mismatch means the repository changed under it.
     let part = spool::open_part(&o.spool_dir, PART, &owner)?;
@@ -733,12 +720,12 @@ mod tests {
 
     #[test]
     fn a_spool_inside_pg_wal_is_refused() {
-        assert!(check_spool_dir(Path::new("/d/pg_wal/spool")).is_err());
-        assert!(check_spool_dir(Path::new("/d/pg_xlog")).is_err());
-        let e = check_spool_dir(Path::new("/d/pg_wal")).unwrap_err().to_string();
+        assert!(spool::check_dir(Path::new("/d/pg_wal/spool")).is_err());
+        assert!(spool::check_dir(Path::new("/d/pg_xlog")).is_err());
+        let e = spool::check_dir(Path::new("/d/pg_wal")).unwrap_err().to_string();
         assert!(e.contains("outside pg_wal"), "{e}");
-        assert!(check_spool_dir(Path::new("/d/dbbackup_spool")).is_ok());
-        assert!(check_spool_dir(Path::new("/srv/pg_wal_spool")).is_ok());
+        assert!(spool::check_dir(Path::new("/d/dbbackup_spool")).is_ok());
+        assert!(spool::check_dir(Path::new("/srv/pg_wal_spool")).is_ok());
     }
 
     #[test]

@@ -187,6 +187,7 @@ fn enable(ctx: &Ctx, a: EnableArgs) -> Result<ExitCode> {
     let settings = pitr::read_settings(&mut client)?;
     let current = pitr::values_with_pending(&settings);
     let data_dir = dbbackup_core::pg::data_directory(&mut client)?.display().to_string();
+    check_spool(&a, Path::new(&data_dir), identity.system_identifier)?;
     // A wrapper that already archives here is kept, once proven.
     let kept = if a.force {
         None
@@ -304,6 +305,7 @@ fn old_copy(backup: &Option<std::path::PathBuf>) -> String {
 
 fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> {
     let identity = identity_from_pgdata(pgdata)?;
+    check_spool(a, pgdata, identity.system_identifier)?;
     let current = pitr::read_offline(pgdata);
     refuse_foreign(&current, a.force, Some(pgdata))?;
     ctx.config_for_server_commands()?;
@@ -317,6 +319,18 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
     println!("the server is stopped: edited {} ({})", pgdata.join("postgresql.auto.conf").display(), old_copy(&backup));
     println!("archiving starts when the server starts");
     Ok(ExitCode::SUCCESS)
+}
+
+/// With --async: the spool the calls will use is usable by this cluster.
+fn check_spool(a: &EnableArgs, data_dir: &Path, system_identifier: u64) -> Result<()> {
+    if a.async_archive {
+        let root = match &a.spool_dir {
+            Some(d) => std::path::absolute(d)?,
+            None => data_dir.join(dbbackup_core::spool::SPOOL_DIR_NAME),
+        };
+        dbbackup_core::wal::async_archive::check_spool_for(&root, system_identifier)?;
+    }
+    Ok(())
 }
 
 /// Refuses to turn off archiving that another tool does, without --force.

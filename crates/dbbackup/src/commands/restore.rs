@@ -70,7 +70,7 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         if d.to_string_lossy().chars().any(char::is_control) {
             bail!("--spool-dir {d:?} holds a control character (a newline?): it cannot be written into PostgreSQL's configuration; use another path");
         }
-        dbbackup_core::wal::prefetch::check_spool_dir(&std::path::absolute(d)?)?;
+        dbbackup_core::spool::check_dir(&std::path::absolute(d)?)?;
     }
     let repo = ctx.open_repo()?;
     let target = if let Some(t) = a.target_time {

@@ -348,6 +348,12 @@ fn run_archive_worker(ctx: &Ctx, a: ArchiveWorkerArgs) -> Result<ExitCode> {
             std::process::id(),
             opts.pg_wal.display()
         ),
+        WorkerEnd::OwnerChanged { pushed, now } => tracing::info!(
+            "{} archive worker {} exits: the spool is {} now ({pushed} segments pushed)",
+            dbbackup_core::repo::now_rfc3339(),
+            std::process::id(),
+            now.map(|o| format!("repository {}'s", o.repository_id)).unwrap_or_else(|| "gone".into())
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
