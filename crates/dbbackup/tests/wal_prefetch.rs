@@ -219,6 +219,7 @@ fn corrupt_object_ahead(version: PgVersion) {
     let log = std::fs::read_to_string(dir.join("restore.log")).unwrap();
     assert!(log.contains("exit code 128"), "{log}");
     assert!(log.contains(&format!("dbbackup: wal fetch {victim}")), "{log}");
+    assert!(log.contains("repairs the stored copy") && log.contains("wal verify"), "{log}");
     assert!(!log.contains("selected new timeline ID"), "promoted: {log}");
     assert!(!dir.join("postmaster.pid").exists(), "{}", r.describe());
     // The corrupt segment never sat in the spool under its name; the
@@ -487,6 +488,23 @@ fn pg15_prefetch_mistakes_and_answers_only_from_the_repository() {
         .assert_code(1);
     assert!(out.stderr.contains("is inside pg_wal") && out.stderr.contains("--spool-dir"), "{}", out.stderr);
     assert!(!target.exists());
+
+    // By hand into a directory that is no pg_wal, without --spool-dir: no
+    // data directory for the spool; fetched without prefetching, said so.
+    let by_hand = d.mkdir("by-hand");
+    let out = dbb(["wal", "fetch", &segs[0]])
+        .arg(by_hand.join("seg"))
+        .args(repo_args)
+        .args(["--prefetch", "4"])
+        .assert_success();
+    assert!(
+        out.stderr.contains("--prefetch without --spool-dir needs a destination in pg_wal")
+            && out.stderr.contains("fetched without prefetching"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sha256_file(&by_hand.join("seg")), plain_fetch(&d, &repo_args, &segs[0]));
+    assert!(!d.path().join("dbbackup_spool").exists() && !by_hand.join("dbbackup_spool").exists());
 
     // A spool that cannot be made: fetched without prefetching, said so.
     let file = d.write("a-file", "");

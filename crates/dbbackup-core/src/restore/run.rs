@@ -189,12 +189,25 @@ pub fn run(repo: &Repository, mut opts: RestoreOptions, how: StartOptions, say: 
     ));
     if how.monitor {
         let o = monitor(&target_dir, &log, &opts.target, end, None)?;
+        // Only what is known: a server that failed early answers nothing.
+        let mut facts = Vec::new();
+        if let Some(t) = o.timeline {
+            facts.push(format!("timeline {t}"));
+        }
+        if let Some(l) = &o.lsn {
+            facts.push(format!("LSN {l}"));
+        }
+        if let Some(t) = &o.time {
+            facts.push(format!("last replayed transaction at {t}"));
+        }
+        let facts = if facts.is_empty() {
+            " (where it stopped is not known)".to_string()
+        } else {
+            format!(": {}", facts.join(", "))
+        };
         say(&format!(
-            "recovery {}: timeline {}, LSN {}, last replayed transaction at {}; target {}",
+            "recovery {}{facts}; target {}",
             o.state,
-            o.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            o.lsn.as_deref().unwrap_or("-"),
-            o.time.as_deref().unwrap_or("-"),
             if o.target_reached { "reached" } else { "NOT reached" }
         ));
         if let Some(d) = &o.detail {

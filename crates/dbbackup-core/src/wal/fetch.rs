@@ -113,7 +113,14 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Fetched> {
         .map_err(|e| Error::io(format!("cannot create {}: {e}", temp_path.display())))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
 
-    let total = decode_verified(repo, stored, &mut out)?;
+    let total = decode_verified(repo, stored, &mut out).map_err(|e| {
+        if e.kind() != crate::error::ErrorKind::Integrity {
+            return e;
+        }
+        Error::integrity(format!(
+            "{e}; if a server still has {name} in its pg_wal, `dbbackup wal archive pg_wal/{name} {name}` there repairs the stored copy; otherwise recovery cannot pass it: restore to a target before it, or from a base backup that starts after it (`dbbackup wal verify` lists every damaged object)"
+        ))
+    })?;
     out.flush().map_err(|e| Error::io(format!("cannot write {}: {e}", temp_path.display())))?;
     drop(out);
     fs::rename(&temp_path, dest)

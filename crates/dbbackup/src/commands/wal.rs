@@ -376,7 +376,20 @@ fn run_fetch(ctx: &Ctx, a: FetchArgs) -> ExitCode {
     if let Err(e) = check_source(&repo, a.repo_id.as_deref(), data_dir) {
         return fatal(e.to_string());
     }
-    let fetched = if a.prefetch > 0 {
+    // By hand, into some directory: no data directory holds the default
+    // spool (it would land beside the destination's parent).
+    let in_pg_wal = std::path::absolute(&a.destination)
+        .ok()
+        .and_then(|d| d.parent().and_then(|p| p.file_name()).map(|n| n == "pg_wal" || n == "pg_xlog"))
+        .unwrap_or(false);
+    let prefetch_here = a.prefetch > 0 && (a.spool_dir.is_some() || in_pg_wal);
+    if a.prefetch > 0 && !prefetch_here {
+        eprintln!(
+            "dbbackup: warning: wal fetch {}: --prefetch without --spool-dir needs a destination in pg_wal (the spool's default place is the data directory); fetched without prefetching",
+            a.filename
+        );
+    }
+    let fetched = if prefetch_here {
         let spool_dir = dbbackup_core::spool::spool_dir(a.spool_dir.as_deref(), &a.destination);
         let worker = match worker_command(ctx, &a, &spool_dir) {
             Ok(w) => w,
