@@ -306,7 +306,7 @@ fn pg15_one_megabyte_segments_restore_to_a_time() {
     let v = r.ok();
     assert_eq!(v["recovery"]["state"], "shut down", "{}", r.describe());
     assert_eq!(v["recovery"]["target_reached"], true, "{}", r.describe());
-    assert!(r.out.stderr.contains("recovery shut down:"), "{}", r.describe());
+    assert!(r.out.stderr.contains("recovery shut down; target reached"), "{}", r.describe());
     assert!(!dir.join("postmaster.pid").exists(), "{}", r.describe());
 }
 

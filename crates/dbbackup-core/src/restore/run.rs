@@ -200,11 +200,7 @@ pub fn run(repo: &Repository, mut opts: RestoreOptions, how: StartOptions, say: 
         if let Some(t) = &o.time {
             facts.push(format!("last replayed transaction at {t}"));
         }
-        let facts = if facts.is_empty() {
-            " (where it stopped is not known)".to_string()
-        } else {
-            format!(": {}", facts.join(", "))
-        };
+        let facts = if facts.is_empty() { String::new() } else { format!(": {}", facts.join(", ")) };
         say(&format!(
             "recovery {}{facts}; target {}",
             o.state,
