@@ -561,6 +561,44 @@ fn an_acknowledged_segment_removed_from_the_repository_is_stored_again() {
     repo.dbb(&["wal", "verify"]).assert_success();
 }
 
+/// An acknowledgement whose file identity is not this file's (here: an
+/// ack edited to another checksum and no identity) is checked by hashing
+/// the file: other content is not trusted, the call archives it itself
+/// (the repository's rules find the same content there and succeed).
+#[test]
+fn an_acknowledgement_for_other_content_is_not_trusted() {
+    let d = TestDir::new();
+    let repo_dir = d.join("repo");
+    let repo = RepoArgs::local(&repo_dir);
+    let c = async_cluster(PgVersion::V15, &repo, "");
+    make_archived_segment(&c);
+    let pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'");
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
+    let seg = c.switch_wal();
+    let ack = spool_part(&c).join(format!("ack/{seg}.ok"));
+    let started = std::time::Instant::now();
+    while !ack.exists() {
+        if started.elapsed() > Duration::from_secs(60) {
+            signal("-CONT");
+            panic!("no acknowledgement of {seg} from the worker");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&ack).unwrap()).unwrap();
+    // The worker noted which file it read.
+    assert!(v["file"]["ino"].as_u64().is_some(), "{v}");
+    v["checksum"] = Value::String("0".repeat(64));
+    v.as_object_mut().unwrap().remove("file");
+    std::fs::write(&ack, serde_json::to_vec(&v).unwrap()).unwrap();
+    signal("-CONT");
+    c.wait_archived(&seg, Duration::from_secs(60));
+    let log = c.log_tail(40);
+    assert!(log.contains(&format!("the acknowledgement of {seg} is for other content")), "{log}");
+    assert_all_archived_identical(&c, &repo);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -96,6 +96,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create(&self, key: &str, mode: Commit) -> StorageResult<Box<dyn ObjectWriter>>;
     /// Lists a directory; a missing directory lists as empty.
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>>;
+    /// The size of an object, `None` when there is none (one request on
+    /// an object store, where listing its directory may return hundreds).
+    fn size_of(&self, path: &str) -> StorageResult<Option<u64>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Ok(self.list(dir)?.into_iter().find(|e| !e.is_dir && e.name == name).map(|e| e.size))
+    }
     /// Removes an object; a missing object is not an error.
     fn remove(&self, path: &str) -> StorageResult<()>;
     /// Takes the named exclusive lock, waiting for other holders.
@@ -276,6 +282,15 @@ impl Storage for LocalStorage {
                     ))
                 }
             }
+        }
+    }
+
+    fn size_of(&self, path: &str) -> StorageResult<Option<u64>> {
+        match fs::metadata(self.full(path)) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(path, e)),
         }
     }
 

@@ -351,6 +351,14 @@ impl Storage for ObjectStorage {
         Ok(out)
     }
 
+    fn size_of(&self, path: &str) -> StorageResult<Option<u64>> {
+        match block_on(self.store.head(&self.key(path))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(path, e, &self.hints)),
+        }
+    }
+
     fn remove(&self, path: &str) -> StorageResult<()> {
         match block_on(self.store.delete(&self.key(path))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -75,6 +75,36 @@ pub struct Ack {
     pub object: String,
     /// When it was acknowledged (RFC 3339).
     pub at: String,
+    /// The file the worker read, when it did not change while it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileId>,
+}
+
+/// Which file a worker read. PostgreSQL never writes a segment again once
+/// it is marked ready, so the same inode with the same size and times is
+/// the same content: the call proves its file is the acknowledged one
+/// without reading 16 MiB again (any difference: it hashes the file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// The [`FileId`] of the file at `path` now.
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    })
 }
 
 /// The last failure of the worker for one segment.
@@ -183,15 +213,33 @@ pub fn archive_async(
     let mut own: Option<(String, u64)> = None;
     loop {
         if let Some(ack) = read_json::<Ack>(&acks.join(format!("{name}.ok"))) {
-            if own.is_none() {
+            let same_file = ack.file.is_some() && ack.file == file_id(&abs);
+            if !same_file && own.is_none() {
                 own = Some(hash_file(&abs)?);
             }
-            let (sum, size) = own.as_ref().expect("hashed above");
-            if &ack.checksum == sum && ack.size == *size {
+            let same_content =
+                same_file || own.as_ref().is_some_and(|(sum, size)| &ack.checksum == sum && ack.size == *size);
+            if same_content {
                 // The ack is a note, the repository the truth: an object
                 // removed since (a snapshot rolled back, a lifecycle rule,
                 // a hand) is stored again, never reported durable.
-                let stored = crate::wal::find(repo, &wal)?.iter().any(|o| o.object.checksum == ack.checksum);
+                // The object's name holds the checksum: being there is
+                // holding this content (one HEAD; a directory listing
+                // when the call stored it itself and did not note where).
+                let stored = if ack.object.is_empty() {
+                    crate::wal::find(repo, &wal)?.iter().any(|o| o.object.checksum == ack.checksum)
+                } else {
+                    repo.storage()
+                        .size_of(&ack.object)
+                        .map_err(|e| {
+                            Error::from(e).context(format!(
+                                "cannot check {} in repository {}",
+                                ack.object,
+                                repo.location()
+                            ))
+                        })?
+                        .is_some()
+                };
                 if stored {
                     return Ok(AsyncOutcome::Acknowledged { ack, waited: start.elapsed() });
                 }
@@ -199,6 +247,7 @@ pub fn archive_async(
                     .inspect(|_| write_ack_after_sync(&acks, name, &abs));
             }
             // Not this content: the repository's duplicate rules decide.
+            let (sum, size) = own.as_ref().expect("hashed when the file is not the acknowledged one");
             return sync(
                 repo,
                 format!(
@@ -297,7 +346,7 @@ fn hash_file(path: &Path) -> Result<(String, u64)> {
 /// still look at it (best effort; the ack is a cache of a durable fact).
 fn write_ack_after_sync(acks: &Path, name: &str, source: &Path) {
     if let Ok((checksum, size)) = hash_file(source) {
-        let ack = Ack { checksum, size, object: String::new(), at: now_rfc3339() };
+        let ack = Ack { checksum, size, object: String::new(), at: now_rfc3339(), file: None };
         let _ = write_json(acks, &format!("{name}.ok"), &ack);
         let _ = fs::remove_file(acks.join(format!("{name}.error")));
     }
@@ -670,7 +719,10 @@ fn push_one(
     }
     let r = repo.as_mut().expect("opened above");
     let source = o.pg_wal.join(name);
+    let before = file_id(&source);
     let archived = archive_with_threads(r, &source, name, o.codec, threads)?;
+    // Unchanged from before the read to after it: the file read is this one.
+    let file = before.filter(|b| file_id(&source).as_ref() == Some(b));
     let size = r.segment_size().map(|s| u64::from(s.bytes())).unwrap_or(0);
     let (checksum, object) = match archived {
         Archived::Stored { path, checksum, original_size, .. } => {
@@ -683,7 +735,7 @@ fn push_one(
             (checksum, path)
         }
     };
-    Ok(Ack { checksum, size, object, at: now_rfc3339() })
+    Ok(Ack { checksum, size, object, at: now_rfc3339(), file })
 }
 
 /// What `pitr enable --async` checks before it writes archive_command:
@@ -787,7 +839,7 @@ mod tests {
         let (pg_wal, acks) = (d.path().join("pg_wal"), d.path().join("ack"));
         fs::create_dir_all(&pg_wal).unwrap();
         fs::create_dir_all(&acks).unwrap();
-        let ack = Ack { checksum: "ab".into(), size: 16, object: "o".into(), at: "t".into() };
+        let ack = Ack { checksum: "ab".into(), size: 16, object: "o".into(), at: "t".into(), file: None };
         write_json(&acks, "000000010000000000000001.ok", &ack).unwrap();
         write_json(&acks, "000000010000000000000002.ok", &ack).unwrap();
         fs::write(pg_wal.join("000000010000000000000002"), "x").unwrap();

@@ -231,10 +231,13 @@ fn run_archive(ctx: &Ctx, a: ArchiveArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             AsyncOutcome::Synchronous { why, archived } => {
-                if why.starts_with("--async needs") {
-                    tracing::warn!("wal archive {name}: {why}; archived it in the call");
-                } else {
+                // Files that never wait for the worker are routine; any
+                // other reason (no worker, a stale or foreign ack) is news.
+                let routine = why.contains(" file is archived in the call") || why.contains(" is not marked ready in ");
+                if routine {
                     tracing::debug!("archived {name} in the call: {why}");
+                } else {
+                    tracing::warn!("wal archive {name}: {why}; archived it in the call");
                 }
                 archived
             }
