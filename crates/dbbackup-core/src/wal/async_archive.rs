@@ -6,8 +6,10 @@
 //! once ITS segment is durable in the repository and is that content. An
 //! acknowledgement (`ack/NAME.ok`) is written only after [`archive`]
 //! returned for the file, and holds the BLAKE3 checksum of what was
-//! stored; the call hashes the file PostgreSQL handed it and succeeds only
-//! when the checksum matches. Anything else (no worker, a worker killed at
+//! stored and which file was read (inode, size, times); the call succeeds
+//! only for that very file (else it hashes the file PostgreSQL handed it
+//! and compares checksums) and once one HEAD finds the object still in
+//! the repository. Anything else (no worker, a worker killed at
 //! any moment, no acknowledgement in time, another content) ends in the
 //! synchronous path in the call itself, or in an error.
 //!
