@@ -41,6 +41,8 @@ struct Faulty {
     inner: LocalStorage,
     fail_after: AtomicU64,
     fail_commit: bool,
+    /// A file changed (one byte, same size) at a writer's first write.
+    meddle_with: Option<std::path::PathBuf>,
 }
 
 struct FaultyWriter {
@@ -48,10 +50,17 @@ struct FaultyWriter {
     inner: Box<dyn ObjectWriter>,
     budget: Arc<AtomicU64>,
     fail_commit: bool,
+    meddle_with: Option<std::path::PathBuf>,
 }
 
 impl Write for FaultyWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(p) = self.meddle_with.take() {
+            let mut b = std::fs::read(&p)?;
+            let mid = b.len() / 2;
+            b[mid] ^= 0xFF;
+            std::fs::write(&p, b)?;
+        }
         let left = self.budget.load(Ordering::SeqCst);
         if left < buf.len() as u64 {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected: no space left on device"));
@@ -93,6 +102,7 @@ impl Storage for Faulty {
             inner: self.inner.create(key, mode)?,
             budget,
             fail_commit: self.fail_commit,
+            meddle_with: self.meddle_with.clone(),
         }))
     }
     fn list(&self, dir: &str) -> StorageResult<Vec<Entry>> {
@@ -153,6 +163,7 @@ fn write_failure_half_way_leaves_no_object() {
             inner: LocalStorage::new(&root),
             fail_after: AtomicU64::new(u64::MAX),
             fail_commit: false,
+            meddle_with: None,
         });
         let mut repo = Repository::init(
             storage.clone(),
@@ -189,8 +200,12 @@ fn write_failure_half_way_leaves_no_object() {
 fn commit_failure_leaves_no_object() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("repo");
-    let storage =
-        Arc::new(Faulty { inner: LocalStorage::new(&root), fail_after: AtomicU64::new(u64::MAX), fail_commit: true });
+    let storage = Arc::new(Faulty {
+        inner: LocalStorage::new(&root),
+        fail_after: AtomicU64::new(u64::MAX),
+        fail_commit: true,
+        meddle_with: None,
+    });
     Repository::init(
         Arc::new(LocalStorage::new(&root)),
         InitOptions { codec: Codec::Lz4, level: None, key: None, identity: Some(identity()) },
@@ -229,4 +244,41 @@ fn torn_object_is_detected_and_repaired_by_a_retry() {
     assert!(matches!(out, Archived::Repaired { .. }), "{out:?}");
     fetch(&repo, "000000010000000000000009", &dest).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), segment(9));
+}
+
+/// A finished segment (marked ready in a live pg_wal) that changes after
+/// its checksum was taken is refused, and nothing is stored: its identity
+/// (inode, size, times) is checked instead of hashing it a second time.
+/// (Here it changes once it was read whole: a conservative refusal.)
+#[test]
+fn a_finished_segment_changed_while_archived_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let pg_wal = dir.path().join("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let name = "000000010000000000000007";
+    let src = pg_wal.join(name);
+    std::fs::write(&src, segment(7)).unwrap();
+    // In the past: a change now moves its times whatever the clock's grain.
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&src).unwrap().set_modified(past).unwrap();
+    std::fs::write(pg_wal.join(format!("archive_status/{name}.ready")), "").unwrap();
+    let storage = Arc::new(Faulty {
+        inner: LocalStorage::new(&root),
+        fail_after: AtomicU64::new(u64::MAX),
+        fail_commit: false,
+        meddle_with: Some(src.clone()),
+    });
+    Repository::init(
+        Arc::new(LocalStorage::new(&root)),
+        InitOptions { codec: Codec::Zstd, level: None, key: None, identity: Some(identity()) },
+    )
+    .unwrap();
+    let mut repo = Repository::open(storage, &Default::default()).unwrap();
+    let err = archive(&mut repo, &src, name, None).unwrap_err().to_string();
+    assert!(err.contains("changed while it was being archived"), "{err}");
+    assert!(wal_files(&root).is_empty(), "{:?}", wal_files(&root));
+    // Unchanged from now on, it archives.
+    let mut repo = Repository::open(Arc::new(LocalStorage::new(&root)), &Default::default()).unwrap();
+    assert!(matches!(archive(&mut repo, &src, name, None).unwrap(), Archived::Stored { .. }));
 }

@@ -391,7 +391,7 @@ fn store_entry(
         size: enc.plain_size,
         mode,
         mtime,
-        checksum: enc.checksum,
+        checksum: enc.checksum.expect("encode checksums"),
         stored_size: enc.stored_size,
         object,
     })

@@ -118,6 +118,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(0)
     }
 
+    /// Whether a lock costs requests rather than a file of its own: then a
+    /// lock per name (per WAL segment) is as cheap as one for all, and lets
+    /// writers of different names work at once. Local lock files would
+    /// pile up, one per segment, so the local store keeps one.
+    fn per_name_locks(&self) -> bool {
+        false
+    }
+
     /// How many requests to keep in flight per CPU-bound worker: 1 for a
     /// local disk; more for a store where each object costs a round trip
     /// (a backup or restore of a thousand small files is latency-bound).

@@ -390,6 +390,10 @@ impl Storage for ObjectStorage {
         Lease::try_take(Arc::clone(&self.store), Arc::clone(&self.hints), self.key(name), name)
     }
 
+    fn per_name_locks(&self) -> bool {
+        true
+    }
+
     fn requests_per_worker(&self) -> usize {
         // Each in flight may buffer a part (PART_SIZE) plus the codec's
         // buffers: 3 keeps a backup with --jobs 2 well under 256 MiB.

@@ -21,7 +21,7 @@ use dbbackup_format::{SegmentSize, WalFileName, WalKind};
 use crate::checksum::Checksum;
 use crate::codec::CodecSettings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::object::encode;
+use crate::object::{encode, encode_unhashed};
 use crate::repo::{now_rfc3339, Repository};
 use crate::storage::{Commit, ObjectWriter, StorageError};
 use crate::wal::{decode_verified, find, StoredWal, WAL_LOCK};
@@ -52,19 +52,22 @@ pub enum Archived {
 ///
 /// Checked only where PostgreSQL archives (some file is marked): with
 /// archive_mode = off no file ever is.
-fn check_finished(source: &Path, wal: &WalFileName) -> Result<()> {
+///
+/// Returns whether PostgreSQL marked the file finished (then it is never
+/// written again).
+fn check_finished(source: &Path, wal: &WalFileName) -> Result<bool> {
     if wal.kind() == WalKind::Partial {
-        return Ok(());
+        return Ok(false);
     }
-    let (Some(dir), Some(base)) = (source.parent(), source.file_name()) else { return Ok(()) };
+    let (Some(dir), Some(base)) = (source.parent(), source.file_name()) else { return Ok(false) };
     let status = dir.join("archive_status");
     if !status.is_dir() {
-        return Ok(());
+        return Ok(false);
     }
     let base = base.to_string_lossy();
     let marked = |ext: &str| status.join(format!("{base}.{ext}")).exists();
     if marked("ready") || marked("done") {
-        return Ok(());
+        return Ok(true);
     }
     // Without any mark PostgreSQL is not archiving here (archive_mode =
     // off): nothing tells finished from unfinished, so nothing is refused.
@@ -72,7 +75,7 @@ fn check_finished(source: &Path, wal: &WalFileName) -> Result<()> {
         d.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".ready") || n.ends_with(".done")))
     });
     if !archiving.unwrap_or(false) {
-        return Ok(());
+        return Ok(false);
     }
     Err(Error::invalid(format!(
         "{} is not finished: PostgreSQL has not marked it ready for archiving ({}/{base}.ready is missing), so it is still being written; archiving it now would store unfinished WAL under {wal} and refuse the finished segment later. PostgreSQL archives it by itself once it is finished (SELECT pg_switch_wal() finishes it now); to keep a copy of it as it is, archive it as {wal}.partial",
@@ -102,7 +105,10 @@ pub fn archive_with_threads(
     if !meta.is_file() {
         return Err(Error::invalid(format!("{} is not a regular file: nothing to archive", source.display())));
     }
-    check_finished(source, &wal)?;
+    // A finished segment is the same file from before the first read to
+    // after the second exactly when nothing about it changed: the second
+    // read then need not checksum it again.
+    let unchanged = if check_finished(source, &wal)? { FileId::of(source) } else { None };
     let mut file =
         File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
     let size = file.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
@@ -144,7 +150,35 @@ pub fn archive_with_threads(
     // Workers compress zstd frames while this thread reads and checksums
     // (see `object::encode`).
     let settings = CodecSettings { threads, ..codec.unwrap_or_else(|| repo.codec_settings()) };
-    store(repo, &wal, source, &first, &mut file, size, &checksum, settings)
+    store(repo, &wal, source, &first, &mut file, size, &checksum, settings, unchanged.as_ref())
+}
+
+/// Which file was read. PostgreSQL never writes a segment again once it is
+/// marked finished, so the same inode with the same size and times is the
+/// same content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    /// The file at `path` now.
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 fn hash_rest(r: &mut impl Read, h: &mut Checksum) -> io::Result<u64> {
@@ -253,7 +287,8 @@ fn settle_duplicate(
                 File::open(source).map_err(|e| Error::io(format!("cannot read WAL file {}: {e}", source.display())))?;
             let size = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", source.display())))?.len();
             let settings = CodecSettings { codec: same.object.codec, ..codec.unwrap_or_else(|| repo.codec_settings()) };
-            let pending = write_object(repo, wal, source, &[], &mut f, size, checksum, settings, Commit::Replace)?;
+            let pending =
+                write_object(repo, wal, source, &[], &mut f, size, checksum, settings, Commit::Replace, None)?;
             pending.writer.commit().map_err(Error::from)?;
             Ok(Archived::Repaired { path: same.path.clone(), checksum: checksum.to_string(), damage: e.to_string() })
         }
@@ -277,7 +312,8 @@ struct Pending {
 /// Streams `first` + the rest of `file` through the codec pipeline into
 /// the object named after `checksum` (not yet committed). The file must
 /// still have that checksum and `expected_size`: it may not change while
-/// it is archived.
+/// it is archived. `unchanged`: a finished segment as it was before the
+/// checksum was taken; still that file afterwards, it is not hashed again.
 #[allow(clippy::too_many_arguments)]
 fn write_object(
     repo: &Repository,
@@ -289,6 +325,7 @@ fn write_object(
     checksum: &str,
     settings: CodecSettings,
     mode: Commit,
+    unchanged: Option<&FileId>,
 ) -> Result<Pending> {
     let name = wal.to_string();
     let object = ObjectName {
@@ -302,13 +339,21 @@ fn write_object(
         .storage()
         .create(&path, mode)
         .map_err(|e| Error::from(e).context(format!("cannot write to repository {}", repo.location())))?;
-    let enc = encode(repo, writer.as_mut(), &name, settings, first, file, &source.display().to_string())?;
-    if enc.plain_size != expected_size || enc.checksum != checksum {
+    let shown = source.display().to_string();
+    let enc = match unchanged {
+        Some(_) => encode_unhashed(repo, writer.as_mut(), &name, settings, first, file, &shown)?,
+        None => encode(repo, writer.as_mut(), &name, settings, first, file, &shown)?,
+    };
+    let changed = match (unchanged, &enc.checksum) {
+        (Some(id), _) => FileId::of(source).as_ref() != Some(id),
+        (None, Some(sum)) => sum != checksum,
+        (None, None) => true,
+    };
+    if enc.plain_size != expected_size || changed {
         return Err(Error::io(format!(
-            "{} changed while it was being archived ({expected_size} bytes with checksum {checksum}, then {} bytes with checksum {})",
-            source.display(),
+            "{shown} changed while it was being archived ({expected_size} bytes with checksum {checksum}, then {} bytes{})",
             enc.plain_size,
-            enc.checksum
+            enc.checksum.map(|c| format!(" with checksum {c}")).unwrap_or_else(|| ", another file or modified".into())
         )));
     }
     Ok(Pending { writer, path, original_size: enc.plain_size, stored_size: enc.stored_size })
@@ -324,14 +369,18 @@ fn store(
     size: u64,
     checksum: &str,
     settings: CodecSettings,
+    unchanged: Option<&FileId>,
 ) -> Result<Archived> {
-    let pending = write_object(repo, wal, source, first, file, size, checksum, settings, Commit::NoReplace)?;
+    let pending = write_object(repo, wal, source, first, file, size, checksum, settings, Commit::NoReplace, unchanged)?;
     let checksum = checksum.to_string();
     // The duplicate check and the link happen under one lock, so two
-    // archivers of one name (even with different codecs) store one object.
+    // archivers of one name (even with different codecs) store one object;
+    // on an object store the lock is the name's, so that segments pushed
+    // at once do not queue behind each other's round trips.
+    let lock = if repo.storage().per_name_locks() { format!("locks/wal/{wal}.lock") } else { WAL_LOCK.to_string() };
     let _lock = repo
         .storage()
-        .lock(WAL_LOCK)
+        .lock(&lock)
         .map_err(|e| Error::io(format!("cannot lock repository {}: {e}", repo.location())))?;
     let existing = find(repo, wal)?;
     if !existing.is_empty() {

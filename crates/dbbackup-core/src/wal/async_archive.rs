@@ -39,7 +39,7 @@ use crate::codec::CodecSettings;
 use crate::error::{Error, Result};
 use crate::repo::{now_rfc3339, Repository};
 use crate::spool::{self, SpoolOwner};
-use crate::wal::archive::{archive, archive_with_threads, Archived};
+use crate::wal::archive::{archive, archive_with_threads, Archived, FileId};
 
 /// The spool part of asynchronous archiving.
 pub const PART: &str = "archive";
@@ -80,33 +80,6 @@ pub struct Ack {
     /// The file the worker read, when it did not change while it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileId>,
-}
-
-/// Which file a worker read. PostgreSQL never writes a segment again once
-/// it is marked ready, so the same inode with the same size and times is
-/// the same content: the call proves its file is the acknowledged one
-/// without reading 16 MiB again (any difference: it hashes the file).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-}
-
-/// The [`FileId`] of the file at `path` now.
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(path).ok()?;
-    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    Some(FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-    })
 }
 
 /// The last failure of the worker for one segment.
@@ -215,7 +188,7 @@ pub fn archive_async(
     let mut own: Option<(String, u64)> = None;
     loop {
         if let Some(ack) = read_json::<Ack>(&acks.join(format!("{name}.ok"))) {
-            let same_file = ack.file.is_some() && ack.file == file_id(&abs);
+            let same_file = ack.file.is_some() && ack.file == FileId::of(&abs);
             if !same_file && own.is_none() {
                 own = Some(hash_file(&abs)?);
             }
@@ -721,10 +694,10 @@ fn push_one(
     }
     let r = repo.as_mut().expect("opened above");
     let source = o.pg_wal.join(name);
-    let before = file_id(&source);
+    let before = FileId::of(&source);
     let archived = archive_with_threads(r, &source, name, o.codec, threads)?;
     // Unchanged from before the read to after it: the file read is this one.
-    let file = before.filter(|b| file_id(&source).as_ref() == Some(b));
+    let file = before.filter(|b| FileId::of(&source).as_ref() == Some(b));
     let size = r.segment_size().map(|s| u64::from(s.bytes())).unwrap_or(0);
     let (checksum, object) = match archived {
         Archived::Stored { path, checksum, original_size, .. } => {
