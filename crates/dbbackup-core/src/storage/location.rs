@@ -253,11 +253,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting may take (at most the request timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn client_options(http: bool, timeout: Duration, roots: &[Certificate]) -> ClientOptions {
+/// `plain_only`: every request goes to a plain http endpoint (no https
+/// for credentials either): the system's trust store, which takes longer
+/// to load than a WAL call's requests take, is not loaded.
+fn client_options(http: bool, timeout: Duration, roots: &[Certificate], plain_only: bool) -> ClientOptions {
     let o = ClientOptions::new()
         .with_timeout(timeout)
         .with_connect_timeout(CONNECT_TIMEOUT.min(timeout))
-        .with_allow_http(http);
+        .with_allow_http(http)
+        .with_no_system_certificates(plain_only);
     // Added to the system's roots (rustls-platform-verifier with extra
     // roots): a private CA for this store, public CAs still trusted.
     roots.iter().cloned().fold(o, |o, c| o.with_root_certificate(c))
@@ -299,7 +303,7 @@ fn build_error(
     e: object_store::Error,
 ) -> Error {
     if let Some(f) = ca_file.filter(|_| !roots.is_empty()) {
-        if let Err(bad) = ReqwestConnector::default().connect(&client_options(false, REQUEST_TIMEOUT, roots)) {
+        if let Err(bad) = ReqwestConnector::default().connect(&client_options(false, REQUEST_TIMEOUT, roots, false)) {
             // reqwest says "builder error" and keeps rustls' reason below.
             let mut why = bad.to_string();
             let mut src = std::error::Error::source(&bad);
@@ -382,6 +386,8 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
                 (None, Some(f)) => Some(secret_file(f, "[s3] secret-access-key")?),
                 _ => None,
             };
+            // Static keys: no credential request goes anywhere else.
+            let static_keys = s.access_key_id.is_some() && secret.is_some();
             if let Some(v) = secret {
                 b = b.with_secret_access_key(v);
             }
@@ -391,7 +397,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             let timeout = request_timeout(s.request_timeout, "s3")?;
             let roots = ca_certificates(s.ca_file.as_deref(), "s3")?;
             let store = b
-                .with_client_options(client_options(http, timeout, &roots))
+                .with_client_options(client_options(http, timeout, &roots, http && static_keys))
                 .with_retry(retry())
                 .build()
                 .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "s3", e))?;
@@ -412,7 +418,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             }
             let roots = ca_certificates(s.ca_file.as_deref(), "gcs")?;
             let store = b
-                .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?, &roots))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "gcs")?, &roots, false))
                 .with_retry(retry())
                 .build()
                 .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "gcs", e))?;
@@ -460,7 +466,7 @@ pub fn open_storage(loc: &Location, settings: &StoreSettings) -> Result<Arc<dyn 
             }
             let roots = ca_certificates(s.ca_file.as_deref(), "azure")?;
             let store = b
-                .with_client_options(client_options(http, request_timeout(s.request_timeout, "azure")?, &roots))
+                .with_client_options(client_options(http, request_timeout(s.request_timeout, "azure")?, &roots, false))
                 .with_retry(retry())
                 .build()
                 .map_err(|e| build_error(&url, &roots, s.ca_file.as_ref(), "azure", e))?;
