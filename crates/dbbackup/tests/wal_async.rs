@@ -523,6 +523,44 @@ fn worker_drains_a_backlog_within_64_mib() {
     assert_all_archived_identical(&c, &RepoArgs::local(&repo_dir));
 }
 
+/// PostgreSQL's archiver stopped (SIGSTOP) while the worker acknowledges
+/// a new segment: the state between the worker's ack and the call.
+struct PausedArchiver {
+    pid: String,
+    seg: String,
+    ack: PathBuf,
+}
+
+impl PausedArchiver {
+    /// Pauses the archiver, finishes a segment, waits for its ack.
+    fn until_acked(c: &Cluster) -> PausedArchiver {
+        let pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'");
+        let p = PausedArchiver { pid, seg: String::new(), ack: PathBuf::new() };
+        p.signal("-STOP");
+        c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
+        let seg = c.switch_wal();
+        let ack = spool_part(c).join(format!("ack/{seg}.ok"));
+        let p = PausedArchiver { seg, ack, ..p };
+        let started = std::time::Instant::now();
+        while !p.ack.exists() {
+            if started.elapsed() > Duration::from_secs(60) {
+                p.signal("-CONT");
+                panic!("no acknowledgement of {} from the worker", p.seg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(std::process::Command::new("kill").args([sig, &self.pid]).status().unwrap().success());
+    }
+
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
 /// An acknowledgement is a note, the repository the truth: the worker acks
 /// a segment while PostgreSQL's archiver is paused, the object is removed
 /// (a snapshot rolled back, a hand), then the archiver's call comes. It
@@ -535,27 +573,15 @@ fn an_acknowledged_segment_removed_from_the_repository_is_stored_again() {
     let c = async_cluster(PgVersion::V15, &repo, "");
     // The first call starts the worker, which stays for its quiet period.
     make_archived_segment(&c);
-    let pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'");
-    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    signal("-STOP");
-    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
-    let seg = c.switch_wal();
-    let ack = spool_part(&c).join(format!("ack/{seg}.ok"));
-    let started = std::time::Instant::now();
-    while !ack.exists() {
-        if started.elapsed() > Duration::from_secs(60) {
-            signal("-CONT");
-            panic!("no acknowledgement of {seg} from the worker");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let paused = PausedArchiver::until_acked(&c);
+    let seg = paused.seg.clone();
     let objects = |dir: &Path| -> Vec<PathBuf> {
         walk(dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&seg)).collect()
     };
     let gone = objects(&repo_dir.join("wal"));
     assert_eq!(gone.len(), 1, "{gone:?}");
     std::fs::remove_file(&gone[0]).unwrap();
-    signal("-CONT");
+    paused.resume();
     c.wait_archived(&seg, Duration::from_secs(60));
     assert_eq!(objects(&repo_dir.join("wal")).len(), 1, "{seg} was not stored again");
     repo.dbb(&["wal", "verify"]).assert_success();
@@ -572,27 +598,15 @@ fn an_acknowledgement_for_other_content_is_not_trusted() {
     let repo = RepoArgs::local(&repo_dir);
     let c = async_cluster(PgVersion::V15, &repo, "");
     make_archived_segment(&c);
-    let pid = c.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'");
-    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    signal("-STOP");
-    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
-    let seg = c.switch_wal();
-    let ack = spool_part(&c).join(format!("ack/{seg}.ok"));
-    let started = std::time::Instant::now();
-    while !ack.exists() {
-        if started.elapsed() > Duration::from_secs(60) {
-            signal("-CONT");
-            panic!("no acknowledgement of {seg} from the worker");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let paused = PausedArchiver::until_acked(&c);
+    let (seg, ack) = (paused.seg.clone(), paused.ack.clone());
     let mut v: Value = serde_json::from_slice(&std::fs::read(&ack).unwrap()).unwrap();
     // The worker noted which file it read.
     assert!(v["file"]["ino"].as_u64().is_some(), "{v}");
     v["checksum"] = Value::String("0".repeat(64));
     v.as_object_mut().unwrap().remove("file");
     std::fs::write(&ack, serde_json::to_vec(&v).unwrap()).unwrap();
-    signal("-CONT");
+    paused.resume();
     c.wait_archived(&seg, Duration::from_secs(60));
     let log = c.log_tail(40);
     assert!(log.contains(&format!("the acknowledgement of {seg} is for other content")), "{log}");
