@@ -377,7 +377,7 @@ fn store(
     // archivers of one name (even with different codecs) store one object;
     // on an object store the lock is the name's, so that segments pushed
     // at once do not queue behind each other's round trips.
-    let lock = if repo.storage().per_name_locks() { format!("locks/wal/{wal}.lock") } else { WAL_LOCK.to_string() };
+    let lock = if repo.storage().per_name_locks() { format!("locks/wal-{wal}.lock") } else { WAL_LOCK.to_string() };
     let _lock = repo
         .storage()
         .lock(&lock)
