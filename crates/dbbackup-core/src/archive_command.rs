@@ -522,6 +522,12 @@ pub fn invocation_repo_id(inv: &Invocation) -> Option<String> {
 
 const LOOKUP_TIMEOUT_SECS: u64 = 10;
 
+/// The store settings an invocation reads from its config file (`None`:
+/// it names none, or the file cannot be read from here).
+pub fn invocation_stores(inv: &Invocation) -> Option<StoreSettings> {
+    read_config(inv.config.as_ref()?).ok().map(|c| c.2)
+}
+
 /// Whether an invocation archives into the repository at `location`, whose
 /// metadata ID is `id` (`None`: no repository there yet).
 ///

@@ -966,6 +966,9 @@ pub struct StatusOptions {
     pub prove: Option<Duration>,
     /// How to reach an object-store repository.
     pub stores: crate::storage::location::StoreSettings,
+    /// Whether `stores` came from a config file the user gave; if not, the
+    /// config file archive_command names for the repository is read.
+    pub config_given: bool,
 }
 
 /// Gathers the status from the live server and the repository.
@@ -980,10 +983,20 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     let shape = analyze_archive_command(&command, data_dir.as_deref());
     let command_repos = shape.repos();
     let repo_path = opts.repo.clone().or_else(|| command_repos.first().cloned());
+    // The store settings archiving itself uses for this repository (its
+    // `--config`), unless the user gave a config file of their own.
+    let command_stores = repo_path.as_ref().filter(|_| !opts.config_given).and_then(|p| {
+        shape
+            .invocations()
+            .iter()
+            .find(|i| i.repo.as_ref().is_some_and(|r| crate::archive_command::same_location(r, p)))
+            .and_then(crate::archive_command::invocation_stores)
+    });
+    let stores = command_stores.as_ref().unwrap_or(&opts.stores);
     // The repository's metadata, read once: a store that hangs costs one
     // bounded wait, not one per question asked of it below.
     let meta = repo_path.as_ref().map(|p| {
-        crate::storage::location::open_path(p, &opts.stores)
+        crate::storage::location::open_path(p, stores)
             .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()))
     });
     let store_error = match &meta {
@@ -996,7 +1009,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         let recovering: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map(|r| r.get(0)).unwrap_or(true);
         if val("archive_mode") != "off" && shape != CommandShape::Empty && !recovering {
             proof = Some(
-                crate::storage::location::open_path(repo, &opts.stores)
+                crate::storage::location::open_path(repo, stores)
                     .and_then(|storage| prove_archiving(client, &storage, timeout)),
             );
         }
@@ -1190,7 +1203,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     }
 
     let repository = repo_path.map(|p| {
-        let opened_storage = crate::storage::location::open_path(&p, &opts.stores);
+        let opened_storage = crate::storage::location::open_path(&p, stores);
         let mut h = RepoHealth {
             location: p.display().to_string(),
             id: None,

@@ -45,6 +45,14 @@ fn pitr_story_on_s3(version: PgVersion) {
     with_config(&cfg, &["backup", "verify", &id]).assert_success();
     let v = json(&with_config(&cfg, &["pitr", "status", "--json"]).args(c.conn_args()).output());
     assert_eq!(v["verdict"], "ok", "{}", findings(&v));
+    // Without --config, status reads the repository with the config file
+    // archive_command names (as archiving does), by its URL too.
+    let url = info["repository"].as_str().unwrap().to_string();
+    for extra in [vec![], vec!["--repo", url.as_str()]] {
+        let mut cmd = dbb(["pitr", "status", "--json"]);
+        let v = json(&cmd.args(extra).args(c.conn_args()).output());
+        assert_eq!(v["verdict"], "ok", "{}", findings(&v));
+    }
 
     // A restore to a time between the two rows, then one to the end.
     let dir = d.join("restored");

@@ -455,6 +455,7 @@ fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duratio
         keys: ctx.keys(),
         prove,
         stores: ctx.g.stores.clone(),
+        config_given: ctx.g.config.is_some(),
     };
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
