@@ -1358,7 +1358,11 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 add(
                     Verdict::Error,
                     format!("repository {}: {e}", r.location),
-                    "fix the repository or run `dbbackup pitr enable`",
+                    if r.location.contains("://") {
+                        "the error says what failed: a store that is down or unreachable, credentials (status uses the config file archive_command names, or yours with --config), or a missing bucket; archiving resumes by itself once the store answers (PostgreSQL keeps the WAL meanwhile)"
+                    } else {
+                        "the error says what failed (a missing or unmounted directory, permissions); if the repository is really gone, point archiving at a new one with `dbbackup pitr enable --repo PATH` and take a base backup"
+                    },
                 );
             } else if !r.reachable {
                 add(

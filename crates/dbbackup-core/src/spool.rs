@@ -37,10 +37,18 @@ pub fn spool_dir(given: Option<&Path>, wal_path: &Path) -> PathBuf {
 /// Refuses a spool inside `pg_wal`: PostgreSQL, pg_rewind and
 /// pg_basebackup take every file there for WAL.
 pub fn check_dir(dir: &Path) -> Result<()> {
-    if dir.components().any(|c| c.as_os_str() == "pg_wal" || c.as_os_str() == "pg_xlog") {
+    let in_pg_wal = |p: &Path| p.components().any(|c| c.as_os_str() == "pg_wal" || c.as_os_str() == "pg_xlog");
+    // Through symlinks too: the deepest part that exists, resolved.
+    let resolved = dir.ancestors().find_map(|a| {
+        let real = std::fs::canonicalize(a).ok()?;
+        Some(real.join(dir.strip_prefix(a).unwrap_or(Path::new(""))))
+    });
+    let reached = resolved.filter(|r| in_pg_wal(r) && r.as_path() != dir);
+    if in_pg_wal(dir) || reached.is_some() {
         return Err(Error::invalid(format!(
-            "spool directory {} is inside pg_wal, where PostgreSQL and pg_rewind take every file for WAL: give a --spool-dir outside pg_wal, or leave it out (default: {} in the data directory)",
+            "spool directory {}{} is inside pg_wal, where PostgreSQL and pg_rewind take every file for WAL: give a --spool-dir outside pg_wal, or leave it out (default: {} in the data directory)",
             dir.display(),
+            reached.map(|r| format!(" (that is {})", r.display())).unwrap_or_default(),
             SPOOL_DIR_NAME
         )));
     }
@@ -227,6 +235,16 @@ pub fn spawn_worker(program: &Path, args: &[std::ffi::OsString], log: &Path) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_reached_through_a_symlink_into_pg_wal_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("data/pg_wal")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("data/pg_wal"), d.path().join("wallink")).unwrap();
+        let e = check_dir(&d.path().join("wallink/spool")).unwrap_err().to_string();
+        assert!(e.contains("(that is ") && e.contains("is inside pg_wal"), "{e}");
+        assert!(check_dir(&d.path().join("data/dbbackup_spool")).is_ok());
+    }
 
     #[test]
     fn default_spool_is_beside_pg_wal_in_the_data_directory() {
