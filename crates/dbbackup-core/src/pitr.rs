@@ -467,6 +467,9 @@ pub fn archiver_stats(client: &mut postgres::Client) -> Result<ArchiverStats> {
     })
 }
 
+/// How long archive_round_trip waits for a success after a failure.
+const FAILURE_GRACE: Duration = Duration::from_secs(8);
+
 /// Forces one segment through archive_command and waits for the result.
 /// Returns the segment's name.
 pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> Result<String> {
@@ -479,17 +482,25 @@ pub fn archive_round_trip(client: &mut postgres::Client, timeout: Duration) -> R
         .map_err(|e| Error::server(format!("cannot switch WAL: {}", error_text(&e))))?;
     let name: String = row.get(1);
     let start = Instant::now();
+    // A failure may be the previous archive_command's, still running when
+    // the new one was set (the archiver switches between two calls, and
+    // retries at once): only failures that go on for a while count.
+    let mut first_failure: Option<Instant> = None;
     loop {
         let s = archiver_stats(client)?;
         if s.last_archived_wal.as_deref().is_some_and(|w| w >= name.as_str()) {
             return Ok(name);
         }
         if s.failed_count > before.failed_count {
-            return Err(Error::server(format!(
-                "PostgreSQL could not archive {} through archive_command ({} failures so far): see the server log for the dbbackup: message",
-                s.last_failed_wal.unwrap_or(name),
-                s.failed_count
-            )));
+            let seen = *first_failure.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= FAILURE_GRACE {
+                return Err(Error::server(format!(
+                    "PostgreSQL could not archive {} through archive_command ({} failures so far, still failing {} s after the first seen here): see the server log for the dbbackup: message",
+                    s.last_failed_wal.unwrap_or(name),
+                    s.failed_count,
+                    FAILURE_GRACE.as_secs()
+                )));
+            }
         }
         if start.elapsed() > timeout {
             return Err(Error::server(format!(
