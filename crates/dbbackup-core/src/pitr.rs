@@ -1007,8 +1007,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     // The repository's metadata, read once: a store that hangs costs one
     // bounded wait, not one per question asked of it below.
     let meta = repo_path.as_ref().map(|p| {
-        crate::storage::location::open_path(p, stores)
-            .and_then(|s| crate::repo::Repository::read_meta(s.as_ref()))
+        crate::storage::location::open_path(p, stores).and_then(|s| crate::repo::Repository::read_meta(s.as_ref()))
     });
     let store_error = match &meta {
         Some(Err(e)) if e.kind() != crate::error::ErrorKind::NotFound => Some(e.to_string()),
