@@ -25,6 +25,11 @@ cargo test --doc --workspace --locked -q || failed+=("doc tests")
 step "tests (real PostgreSQL servers)"
 # shellcheck disable=SC2086 # the filter is a list of arguments
 cargo nextest run --workspace --locked --no-fail-fast ${DBBACKUP_TEST_FILTER:-} || failed+=("cargo nextest")
+# The README's first command: the main job end to end (about 10 s).
+if [ -z "${DBBACKUP_TEST_FILTER:-}" ]; then
+  step "scripts/demo.sh"
+  ./scripts/demo.sh >target/demo.log 2>&1 || { tail -n 40 target/demo.log >&2; failed+=("demo.sh (log: target/demo.log)"); }
+fi
 
 if [ ${#failed[@]} -gt 0 ]; then
   printf '\ntest.sh: FAILED: %s\n' "${failed[*]}" >&2
