@@ -1212,7 +1212,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         );
     }
 
-    let repository = repo_path.map(|p| {
+    let mut repository = repo_path.map(|p| {
         let opened_storage = crate::storage::location::open_path(&p, stores);
         let mut h = RepoHealth {
             location: p.display().to_string(),
@@ -1264,7 +1264,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         match opened {
             Err(e) => h.error = Some(e.to_string()),
             Ok(repo) => {
-                h.id = Some(repo.meta().id.clone().unwrap_or_else(|| repo.location()));
+                h.id = Some(crate::spool::repository_id(&repo));
                 h.system_identifier = repo.identity().map(|c| c.system_identifier.to_string());
                 let found = crate::repo::identity_from_server(ident);
                 if let Err(e) = repo.check_identity(&found, "this server") {
@@ -1339,13 +1339,13 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         .as_deref()
         .and_then(|w| WalFileName::parse(w).ok())
         .filter(|w| w.kind() == dbbackup_format::WalKind::Segment);
+    let current = current_wal.as_deref().and_then(|w| WalFileName::parse(w).ok()).map(|w| w.timeline());
     let queued = |g: &crate::wal::catalog::Gap| {
         let first = WalFileName::parse(&g.first_missing).ok();
         match (first, &last_archived, size) {
             (Some(first), Some(last), Some(size)) => {
                 // A newer timeline's segments all come after (a promotion
                 // whose first segments are still on their way).
-                let current = current_wal.as_deref().and_then(|w| WalFileName::parse(w).ok()).map(|w| w.timeline());
                 (first.timeline() > last.timeline() && current.is_some_and(|c| first.timeline() <= c))
                     || (first.timeline() == last.timeline()
                         && first.segment_no(size).zip(last.segment_no(size)).is_some_and(|(f, l)| f > l))
@@ -1353,7 +1353,6 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             _ => false,
         }
     };
-    let mut repository = repository;
     if let Some(r) = repository.as_mut() {
         r.gaps.retain(|g| !queued(g));
     }
@@ -1499,11 +1498,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     // Asynchronous archiving: the worker's queue and failures, from the
     // spool the command names or defaults to.
     let async_queue = shape.invocations().iter().find(|i| i.async_archive).zip(data_dir.as_deref()).map(|(inv, dd)| {
-        let root = match &inv.spool_dir {
-            Some(d) => d.clone(),
-            None => dd.join(crate::spool::SPOOL_DIR_NAME),
-        };
-        crate::wal::async_archive::queue_status(&dd.join("pg_wal"), &root)
+        crate::wal::async_archive::queue_status(&dd.join("pg_wal"), &crate::spool::root(inv.spool_dir.as_deref(), dd))
     });
     if let Some(q) = &async_queue {
         if let Some(e) = &q.error {

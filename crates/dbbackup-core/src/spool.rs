@@ -28,10 +28,21 @@ pub fn data_dir_of(wal_path: &Path) -> PathBuf {
 
 /// `--spool-dir`, or `dbbackup_spool` in the data directory of `wal_path`.
 pub fn spool_dir(given: Option<&Path>, wal_path: &Path) -> PathBuf {
+    root(given, &data_dir_of(wal_path))
+}
+
+/// `--spool-dir` (made absolute), or `dbbackup_spool` in `data_dir`.
+pub fn root(given: Option<&Path>, data_dir: &Path) -> PathBuf {
     match given {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf()),
-        None => data_dir_of(wal_path).join(SPOOL_DIR_NAME),
+        None => data_dir.join(SPOOL_DIR_NAME),
     }
+}
+
+/// The repository's ID as a spool records it (a repository of an old
+/// format without one is named by its location).
+pub fn repository_id(repo: &crate::repo::Repository) -> String {
+    repo.meta().id.clone().unwrap_or_else(|| repo.location())
 }
 
 /// Refuses a spool inside `pg_wal`: PostgreSQL, pg_rewind and

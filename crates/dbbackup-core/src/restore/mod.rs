@@ -109,7 +109,7 @@ impl RestoreOptions {
 
     /// Where restore_command's spool is.
     pub fn spool(&self) -> PathBuf {
-        self.spool_dir.clone().unwrap_or_else(|| self.target_dir.join(crate::spool::SPOOL_DIR_NAME))
+        crate::spool::root(self.spool_dir.as_deref(), &self.target_dir)
     }
 
     /// Adds `--prefetch N --prefetch-timeline T [--spool-dir D]` to

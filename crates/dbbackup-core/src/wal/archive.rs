@@ -344,10 +344,9 @@ fn write_object(
         Some(_) => encode_unhashed(repo, writer.as_mut(), &name, settings, first, file, &shown)?,
         None => encode(repo, writer.as_mut(), &name, settings, first, file, &shown)?,
     };
-    let changed = match (unchanged, &enc.checksum) {
-        (Some(id), _) => FileId::of(source).as_ref() != Some(id),
-        (None, Some(sum)) => sum != checksum,
-        (None, None) => true,
+    let changed = match unchanged {
+        Some(id) => FileId::of(source).as_ref() != Some(id),
+        None => enc.checksum.as_deref() != Some(checksum),
     };
     if enc.plain_size != expected_size || changed {
         return Err(Error::io(format!(

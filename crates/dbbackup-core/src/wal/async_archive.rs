@@ -160,7 +160,8 @@ pub fn archive_async(
         // The synchronous path says what is wrong with the file.
         return sync(repo, format!("the header of {} cannot be read here", source.display()));
     };
-    let owner = SpoolOwner { system_identifier: system_identifier.to_string(), repository_id: repository_id(repo) };
+    let owner =
+        SpoolOwner { system_identifier: system_identifier.to_string(), repository_id: spool::repository_id(repo) };
     let root = spool::spool_dir(call.spool_dir, source);
     spool::check_dir(&root)?;
     // The cluster was pointed at another repository: the spool follows
@@ -285,12 +286,6 @@ pub fn attempts(n: u32) -> String {
     } else {
         format!("{n} attempts")
     }
-}
-
-/// The repository's ID as the spool records it (a repository of an old
-/// format without one is named by its location).
-fn repository_id(repo: &Repository) -> String {
-    repo.meta().id.clone().unwrap_or_else(|| repo.location())
 }
 
 /// The system identifier in a segment's first page header.
@@ -424,7 +419,8 @@ struct State {
 /// `open` opens the repository (each pushing thread keeps its own).
 pub fn run_worker(open: &(dyn Fn() -> Result<Repository> + Sync), o: &WorkerOptions) -> Result<WorkerEnd> {
     let repo = open()?;
-    let owner = SpoolOwner { system_identifier: o.system_identifier.clone(), repository_id: repository_id(&repo) };
+    let owner =
+        SpoolOwner { system_identifier: o.system_identifier.clone(), repository_id: spool::repository_id(&repo) };
     drop(repo);
     let part = spool::open_part(&o.spool_root, PART, &owner)?;
     let acks = part.join(ACK_DIR);

@@ -92,11 +92,7 @@ pub enum Delivered {
 /// repository bound to no cluster (it holds no segment to prefetch).
 pub fn owner_of(repo: &Repository) -> Option<SpoolOwner> {
     let id = repo.identity()?;
-    Some(SpoolOwner {
-        system_identifier: id.system_identifier.to_string(),
-        // A repository from before IDs were recorded: its location stands in.
-        repository_id: repo.meta().id.clone().unwrap_or_else(|| format!("location {}", repo.location())),
-    })
+    Some(SpoolOwner { system_identifier: id.system_identifier.to_string(), repository_id: spool::repository_id(repo) })
 }
 
 /// `wal fetch NAME DEST --prefetch N`: NAME from the spool when the worker

@@ -324,10 +324,7 @@ fn enable_offline(ctx: &Ctx, a: &EnableArgs, pgdata: &Path) -> Result<ExitCode> 
 /// With --async: the spool the calls will use is usable by this cluster.
 fn check_spool(a: &EnableArgs, data_dir: &Path, system_identifier: u64) -> Result<()> {
     if a.async_archive {
-        let root = match &a.spool_dir {
-            Some(d) => std::path::absolute(d)?,
-            None => data_dir.join(dbbackup_core::spool::SPOOL_DIR_NAME),
-        };
+        let root = dbbackup_core::spool::root(a.spool_dir.as_deref(), data_dir);
         dbbackup_core::wal::async_archive::check_spool_for(&root, system_identifier)?;
     }
     Ok(())
