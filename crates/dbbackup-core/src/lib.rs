@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod error;
 pub mod info;
 pub mod keys;
+pub mod monitor;
 pub mod object;
 pub mod par;
 pub mod pg;

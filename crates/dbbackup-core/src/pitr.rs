@@ -879,6 +879,20 @@ fn probe_writable(storage: &dyn crate::storage::Storage) -> crate::storage::Stor
     storage.remove(&key)
 }
 
+/// Seconds the oldest segment marked ready has waited for archiving (0
+/// when none waits); `None` without the right to list archive_status
+/// (pg_monitor or superuser).
+fn oldest_ready_age(client: &mut postgres::Client) -> Option<f64> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(extract(epoch FROM now() - min(modification))::float8, 0) \
+             FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
+            &[],
+        )
+        .ok()?;
+    Some(row.get::<_, f64>(0).max(0.0))
+}
+
 /// How healthy PITR is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -926,6 +940,35 @@ pub struct RepoHealth {
     pub holds_last_archived: Option<bool>,
     /// Backups whose WAL is not yet confirmed archived (`pending`).
     pub pending_backups: Vec<PendingBackup>,
+    /// Backups by status (as stored: `running` includes interrupted ones).
+    pub backups: BTreeMap<String, usize>,
+    /// Bytes stored, by kind of object.
+    pub stored_bytes: Option<StoredBytes>,
+    /// From where to where a restore can go.
+    pub recoverable: Option<RecoverableRange>,
+}
+
+/// What a repository stores, in bytes as stored (compressed, encrypted).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredBytes {
+    pub wal: u64,
+    pub backups: u64,
+}
+
+/// The recoverable range: from the end of the oldest complete backup to
+/// the end of the newest archived segment (or the first missing one).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoverableRange {
+    pub oldest_backup: String,
+    pub oldest_time: Option<String>,
+    pub oldest_lsn: Option<String>,
+    /// When the newest segment was archived: a restore to the end of the
+    /// archive reaches about this time.
+    pub newest_time: Option<String>,
+    pub newest_lsn: Option<String>,
+    pub newest_segment: Option<String>,
+    /// The newest point is cut short by a missing segment.
+    pub cut_by_gap: bool,
 }
 
 /// A backup whose WAL was not confirmed archived when it finished.
@@ -941,7 +984,11 @@ pub struct PendingBackup {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NewestBackup {
     pub id: String,
+    pub start_time: String,
     pub stop_time: Option<String>,
+    /// The cluster's size, and what the backup stores.
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
     pub start_wal: Option<String>,
     pub timeline: Option<u32>,
 }
@@ -950,6 +997,8 @@ pub struct NewestBackup {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
     pub verdict: Verdict,
+    /// The server's system identifier (the cluster's).
+    pub system_identifier: Option<String>,
     pub findings: Vec<Finding>,
     pub settings: BTreeMap<String, Setting>,
     pub archiver: ArchiverStats,
@@ -957,6 +1006,9 @@ pub struct StatusReport {
     pub current_wal: Option<String>,
     pub lag_segments: Option<u64>,
     pub lag_bytes: Option<u64>,
+    /// How long the oldest segment waiting to be archived has waited (0
+    /// when none waits).
+    pub lag_seconds: Option<f64>,
     pub repository: Option<RepoHealth>,
     /// The queue of asynchronous archiving (`--async` in archive_command).
     pub async_queue: Option<crate::wal::async_archive::QueueStatus>,
@@ -1195,6 +1247,18 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             lag_bytes = Some(cur.saturating_sub(done));
         }
     }
+    let lag_seconds = oldest_ready_age(client).or_else(|| {
+        // Without the right to list archive_status: since the last success,
+        // while segments wait.
+        match (lag_segments, &archiver.last_archived_time) {
+            (Some(0), _) => Some(0.0),
+            (Some(_), Some(t)) => t
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(|t| (jiff::Timestamp::now().as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0),
+            _ => None,
+        }
+    });
     if let Some(l) = lag_segments {
         if l > opts.lag_warning {
             add(
@@ -1230,6 +1294,9 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             live_forks: Vec::new(),
             holds_last_archived: None,
             pending_backups: Vec::new(),
+            backups: BTreeMap::new(),
+            stored_bytes: None,
+            recoverable: None,
         };
         let given = opts.keys.file.is_some() || std::env::var_os(opts.keys.env_name()).is_some();
         let keys = match (given, shape.key_file()) {
@@ -1290,6 +1357,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                             h.gaps = crate::wal::catalog::gaps(&cat, &hist, size);
                             h.live_forks = crate::wal::catalog::live_forks(&cat, &hist, size);
                         }
+                        let wal = crate::info::WalSummary::from_catalog(&repo, &cat, h.gaps.clone());
                         // The next segment must be writable, not only the
                         // last one: probe with a temporary object.
                         if let Err(e) = probe_writable(repo.storage().as_ref()) {
@@ -1302,7 +1370,27 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         if let (Some(last), None) = (last, &h.error) {
                             h.holds_last_archived = crate::wal::find(&repo, &last).ok().map(|f| !f.is_empty());
                         }
+                        let mut backup_bytes = None;
                         if let Ok((all, _)) = crate::backup::list(&repo) {
+                            for m in &all {
+                                let status = serde_json::to_value(m.status).ok();
+                                let status = status.as_ref().and_then(|v| v.as_str()).unwrap_or("unknown");
+                                *h.backups.entry(status.to_string()).or_default() += 1;
+                            }
+                            backup_bytes = Some(all.iter().map(|m| m.stored_bytes).sum());
+                            let range = crate::info::recoverable(&repo, &wal, &all);
+                            h.recoverable = range.oldest.map(|m| {
+                                let newest = range.newest.clone();
+                                RecoverableRange {
+                                    oldest_backup: m.id,
+                                    oldest_time: m.stop_time,
+                                    oldest_lsn: m.stop_lsn.map(|l| l.to_string()),
+                                    newest_time: newest.as_ref().and_then(|n| n.archived_at.clone()),
+                                    newest_lsn: newest.as_ref().and_then(|n| n.lsn.clone()),
+                                    newest_segment: newest.as_ref().and_then(|n| n.segment.clone()),
+                                    cut_by_gap: newest.is_some_and(|n| n.gap),
+                                }
+                            });
                             h.pending_backups = all
                                 .iter()
                                 .filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Pending)
@@ -1319,11 +1407,15 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                                 .find(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
                                 .map(|m| NewestBackup {
                                     id: m.id.clone(),
+                                    start_time: m.start_time.clone(),
                                     stop_time: m.stop_time.clone(),
+                                    size_bytes: m.size_bytes,
+                                    stored_bytes: m.stored_bytes,
                                     start_wal: m.start_wal.clone(),
                                     timeline: m.timeline,
                                 });
                         }
+                        h.stored_bytes = backup_bytes.map(|backups| StoredBytes { wal: wal.stored_bytes, backups });
                     }
                 }
             }
@@ -1557,6 +1649,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     let verdict = findings.iter().map(|f| f.level).max().unwrap_or(Verdict::Ok);
     Ok(StatusReport {
         verdict,
+        system_identifier: Some(ident.system_identifier.to_string()),
         findings,
         settings,
         archiver,
@@ -1564,6 +1657,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         current_wal,
         lag_segments,
         lag_bytes,
+        lag_seconds,
         repository,
         async_queue,
     })

@@ -125,6 +125,59 @@ pub enum Command {
         after_help = "Example:\n  dbbackup restore pitr --repo /backups/pg --target-time '2026-11-25 09:59:00' --target-dir /srv/pg/copy --archive-mode off --auto-start --port 5433 --monitor"
     )]
     Restore(RestoreCommand),
+    /// Serve Prometheus metrics and the pitr status document, checked on a timer
+    #[command(
+        long_about = "Checks the server and the repository every --interval (the checks of `pitr status`) and \
+        serves the last result: Prometheus metrics at /metrics and the `pitr status --json` document at /status. \
+        A scrape never waits for a check; a check that takes longer than --check-timeout counts as failed. \
+        The server being down, the repository being unreachable and slow checks are reported in the metrics \
+        (dbbackup_server_up, dbbackup_repository_up, dbbackup_check_errors_total, dbbackup_check_age_seconds), \
+        never by stopping. Run it as the PostgreSQL OS user (a systemd unit is in docs/monitoring/). \
+        SIGTERM or SIGINT stops it.",
+        after_help = "Examples:\n  dbbackup monitor --listen 127.0.0.1:9863 --pgdata /var/lib/postgresql/15/main\n  \
+        dbbackup monitor --listen :9863 --interval 30 --repo /backups/pg --pgdata /var/lib/postgresql/15/main\n  \
+        curl -s localhost:9863/metrics\n\nFor node_exporter's textfile collector without a service, see \
+        `pitr status --prometheus`."
+    )]
+    Monitor(MonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Address to serve on: HOST:PORT, [IPv6]:PORT, or :PORT for every interface
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    /// Seconds between the starts of two checks (fractions allowed)
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub interval: f64,
+    /// Seconds a check may take before it counts as failed [default: the interval, at least 10]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub check_timeout: Option<f64>,
+    /// Archive lag (in segments) above which the verdict is a warning
+    #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]
+    pub lag_warning: u64,
+}
+
+/// `:9863` listens on every interface, as other exporters accept.
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let mut addrs = full.to_socket_addrs().map_err(|e| {
+        format!("{e}: give HOST:PORT (127.0.0.1:9863, [::1]:9863, localhost:9863) or :PORT for every interface")
+    })?;
+    addrs.next().ok_or_else(|| format!("{s} resolves to no address"))
+}
+
+/// A positive number of seconds.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("must be more than 0 seconds, not {s}"));
+    }
+    if v > 86_400.0 * 7.0 {
+        return Err(format!("{s} seconds is more than a week"));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,7 +444,8 @@ pub enum PitrCommand {
         whose text does not show where it archives (a wrapper script, another tool) is a warning, which \
         --prove-archiving settles with a real segment.\n\nExit status: 0 for ok and warning, 1 for error.\n\n\
         Examples:\n  dbbackup pitr status\n  dbbackup pitr status --json\n  dbbackup pitr status --watch 10\n  \
-        dbbackup pitr status --repo /backups/pg --prove-archiving")]
+        dbbackup pitr status --repo /backups/pg --prove-archiving\n  \
+        dbbackup pitr status --prometheus > /var/lib/node_exporter/dbbackup.prom.tmp && mv /var/lib/node_exporter/dbbackup.prom.tmp /var/lib/node_exporter/dbbackup.prom")]
     Status {
         /// Repeat every SECONDS (at least 1) until interrupted
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -405,6 +459,10 @@ pub enum PitrCommand {
         /// With --prove-archiving: how long to wait for the segment
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         archive_check_timeout: u64,
+        /// Print the monitor's Prometheus metrics once (for node_exporter's textfile collector);
+        /// exits 0 whenever the metrics were printed, whatever the verdict: the verdict is in them
+        #[arg(long, conflicts_with_all = ["watch", "json"])]
+        prometheus: bool,
     },
 }
 

@@ -2,6 +2,7 @@
 
 mod backup;
 mod key;
+mod monitor;
 mod pitr;
 mod repo;
 mod restore;
@@ -22,5 +23,6 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Pitr(c) => pitr::run(ctx, c),
         Command::Backup(c) => backup::run(ctx, c),
         Command::Restore(c) => restore::run(ctx, c),
+        Command::Monitor(a) => monitor::run(ctx, a),
     }
 }

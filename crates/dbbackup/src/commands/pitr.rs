@@ -21,8 +21,12 @@ pub fn run(ctx: &Ctx, c: PitrCommand) -> Result<ExitCode> {
     match c {
         PitrCommand::Enable(a) => enable(ctx, a),
         PitrCommand::Disable { restart, force } => disable(ctx, restart, force),
-        PitrCommand::Status { watch, lag_warning, prove_archiving, archive_check_timeout } => {
-            status(ctx, watch, lag_warning, prove_archiving.then(|| Duration::from_secs(archive_check_timeout)))
+        PitrCommand::Status { watch, lag_warning, prove_archiving, archive_check_timeout, prometheus } => {
+            let prove = prove_archiving.then(|| Duration::from_secs(archive_check_timeout));
+            if prometheus {
+                return status_prometheus(ctx, lag_warning, prove);
+            }
+            status(ctx, watch, lag_warning, prove)
         }
     }
 }
@@ -445,15 +449,52 @@ fn disable(ctx: &Ctx, restart: bool, force: bool) -> Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
-    let opts = StatusOptions {
+/// The options of a status check, from the global options.
+pub fn status_options(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>) -> Result<StatusOptions> {
+    Ok(StatusOptions {
         repo: ctx.g.repo.as_ref().map(|_| ctx.repo_path()).transpose()?,
         lag_warning,
         keys: ctx.keys(),
         prove,
         stores: ctx.g.stores.clone(),
         config_given: ctx.g.config.is_some(),
-    };
+    })
+}
+
+/// The metrics' labels until a check says otherwise: the cluster of
+/// --pgdata (from pg_control), and the repository given.
+pub fn labels_before_check(ctx: &Ctx, opts: &StatusOptions) -> dbbackup_core::monitor::Labels {
+    dbbackup_core::monitor::Labels {
+        system_identifier: ctx
+            .g
+            .pgdata
+            .as_deref()
+            .and_then(|d| dbbackup_core::repo::identity_from_pgdata(d).ok())
+            .map(|i| i.system_identifier.to_string())
+            .unwrap_or_default(),
+        repository: opts.repo.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    }
+}
+
+/// The monitor's metrics once: a server that cannot be reached is a
+/// metric (dbbackup_server_up 0), so the textfile is still replaced.
+fn status_prometheus(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
+    use dbbackup_core::monitor::{self, metrics, Totals};
+    let opts = status_options(ctx, lag_warning, prove)?;
+    let check = monitor::check(&|| ctx.conn_for_pgdata().connect(), &opts);
+    if let Err(e) = &check.outcome {
+        eprintln!("dbbackup: warning: {e}");
+    }
+    let mut labels = labels_before_check(ctx, &opts);
+    labels.update(&check);
+    let totals = Totals { checks: 1, errors: u64::from(check.outcome.is_err()) };
+    let body = metrics::render(&check, &totals, &labels, None);
+    print!("{}", metrics::to_prometheus_text(&body));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
+    let opts = status_options(ctx, lag_warning, prove)?;
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
         let code = match report {

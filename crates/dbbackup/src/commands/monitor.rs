@@ -1,0 +1,41 @@
+//! `dbbackup monitor`: flags to options; the service is core's.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use dbbackup_core::monitor::{self, Service, ServiceOptions};
+
+use crate::cli::MonitorArgs;
+use crate::context::Ctx;
+
+pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
+    let opts = super::pitr::status_options(ctx, a.lag_warning, None)?;
+    // Bound first: a port in use is said before anything else.
+    let service = Service::bind(a.listen)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let interval = Duration::from_secs_f64(a.interval);
+    let deadline = Duration::from_secs_f64(a.check_timeout.unwrap_or(a.interval.max(10.0)));
+    let initial = super::pitr::labels_before_check(ctx, &opts);
+    let conn = ctx.g.clone();
+    let checker = Arc::new(move || {
+        // Where the server is may change between checks (a restart on
+        // another port): read postmaster.pid every time.
+        let ctx = Ctx::new(conn.clone(), false);
+        monitor::check(&|| ctx.conn_for_pgdata().connect(), &opts)
+    });
+    tracing::info!(
+        "monitor: serving http://{}/metrics and /status, checking every {} s (deadline {} s)",
+        service.local_addr(),
+        a.interval,
+        deadline.as_secs_f64()
+    );
+    service.run(ServiceOptions { interval, deadline }, checker, initial, Arc::clone(&stop))?;
+    tracing::info!("monitor: stopped");
+    Ok(ExitCode::SUCCESS)
+}
