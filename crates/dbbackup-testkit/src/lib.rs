@@ -426,6 +426,20 @@ impl Cmd {
         s
     }
 
+    /// Starts without waiting (a service), stdout and stderr appended to
+    /// `log`. When run as another user the child is runuser, which passes
+    /// SIGTERM on and exits with the program's status.
+    pub fn spawn_logged(&mut self, log: &Path) -> std::process::Child {
+        let mut c = self.command();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
+        c.stdin(Stdio::null()).stdout(f.try_clone().expect("log file")).stderr(f);
+        c.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.describe()))
+    }
+
     /// Runs to completion; never panics on a non-zero exit (but does when
     /// the program cannot be started or exceeds its timeout).
     pub fn output(&mut self) -> Output {
