@@ -142,7 +142,7 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.pid().to_string()]).status();
+        let _ = Command::new("kill").args(["-KILL", &self.pid().to_string()]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -284,15 +284,48 @@ fn the_monitor_survives_the_server_and_the_store_going_away() {
 
     // The store goes away: the repository is down (or the check overruns
     // its deadline), the verdict is error, scrapes still answer.
+    let errors = value(&ok, "dbbackup_check_errors_total", &[]).unwrap();
+    let sysid = c.system_identifier().to_string();
     garage.stop_node(0);
     let down = m.wait("store down", Duration::from_secs(90), |s| {
         value(s, "dbbackup_verdict", ERROR) == Some(1.0)
             && (value(s, "dbbackup_repository_up", &[]) == Some(0.0)
-                || value(s, "dbbackup_check_errors_total", &[]).is_some_and(|e| e >= 1.0))
+                || value(s, "dbbackup_check_errors_total", &[]).is_some_and(|e| e > errors))
     });
+    eprintln!(
+        "store down: repository_up {:?}, check errors {:?}",
+        value(&down, "dbbackup_repository_up", &[]),
+        value(&down, "dbbackup_check_errors_total", &[])
+    );
     assert!(value(&down, "dbbackup_check_age_seconds", &[]).is_some());
     let text = m.status().to_string();
     assert!(text.contains("error"), "{text}");
+
+    // A server that accepts no connection (frozen): the check overruns its
+    // deadline, which is a failed check; scrapes still answer at once.
+    garage.start_node(0);
+    m.wait("store back", Duration::from_secs(60), |s| value(s, "dbbackup_repository_up", &[]) == Some(1.0));
+    let postmaster = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+    let postmaster = postmaster.lines().next().unwrap().trim().to_string();
+    Command::new("kill").args(["-STOP", &postmaster]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = m.status();
+        if st["check"]["error"].as_str().is_some_and(|e| e.contains("did not finish within 3 s")) {
+            assert_eq!(st["verdict"], "error", "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no deadline failure: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let frozen = m.metrics(false);
+    assert_eq!(value(&frozen, "dbbackup_verdict", ERROR), Some(1.0));
+    assert!(value(&frozen, "dbbackup_check_errors_total", &[]).unwrap() > errors);
+    Command::new("kill").args(["-CONT", &postmaster]).status().unwrap();
+    m.wait("thawed", Duration::from_secs(60), |s| {
+        value(s, "dbbackup_server_up", &[]) == Some(1.0) && value(s, "dbbackup_verdict", ERROR) == Some(0.0)
+    });
+    garage.stop_node(0);
 
     // The server stops too.
     c.stop();
@@ -301,7 +334,6 @@ fn the_monitor_survives_the_server_and_the_store_going_away() {
     assert_eq!(st["verdict"], "error");
     assert!(findings(&st).contains("cannot connect to PostgreSQL"), "{st}");
     // Labels survive the outage: still this cluster's series.
-    let sysid = c.system_identifier().to_string();
     let s = m.metrics(false);
     assert_eq!(value(&s, "dbbackup_server_up", &[("system_identifier", &sysid)]), Some(0.0), "{s:?}");
 
