@@ -23,8 +23,13 @@
 #            without --prefetch, pgBackRest archive-get sync and async;
 #            local and S3 (without --prefetch in `wal fetch --help`,
 #            its rows say "not measured")
+#   monitor: `dbbackup monitor` checking back to back (--interval 0.01)
+#            on the bench cluster and its repository: the time a scrape
+#            of /metrics takes (1000 scrapes over one connection, as
+#            Prometheus keeps it), and the monitor's RSS over
+#            BENCH_MONITOR_CHECKS (10000) checks
 #
-# Parts: BENCH_ONLY=wal,backup,replay,keepup,drain runs only those (for
+# Parts: BENCH_ONLY=wal,backup,replay,keepup,drain,monitor runs only those (for
 # development; "wal" is archive, fetch, size and memory, "backup" the base
 # backups and restores); a partial run writes its page to
 # target/bench/benchmarks.md, not docs/. BENCH_DBBACKUP=PATH benchmarks
@@ -43,7 +48,7 @@ if [ ! -x "$GARAGE" ]; then
     "--root $DBBACKUP_CACHE/garage\`, or point DBBACKUP_GARAGE_BIN at it" >&2
   exit 1
 fi
-PARTS=(wal backup replay keepup drain)
+PARTS=(wal backup replay keepup drain monitor)
 BENCH_ONLY=${BENCH_ONLY:-}
 for p in ${BENCH_ONLY//,/ }; do
   [[ " ${PARTS[*]} " == *" $p "* ]] || { echo "bench: BENCH_ONLY: no part \"$p\" (parts: ${PARTS[*]})" >&2; exit 1; }
@@ -668,6 +673,43 @@ for t in "${DR_TOOLS[@]}"; do
 done
 fi # drain
 
+if want monitor; then
+MON_CHECKS=${BENCH_MONITOR_CHECKS:-10000}
+echo "==> monitor: scrapes while checking back to back, memory over $MON_CHECKS checks"
+archiving_on; archive_into local
+# A backup for the checks to read (its manifest lists every file).
+as "$DBB" backup base --fast --repo "$WORK/repo-zstd" --pgdata "$WORK/data" >/dev/null
+MPORT=$(free_port)
+as "$DBB" monitor --listen "127.0.0.1:$MPORT" --interval 0.01 --repo "$WORK/repo-zstd" --pgdata "$WORK/data" \
+  >"$WORK/monitor.log" 2>&1 &
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$MPORT/status" >/dev/null && break; sleep 0.1; done
+MPID=$(pgrep -u postgres -f -- "monitor --listen 127.0.0.1:$MPORT" | head -n1)
+[ -n "$MPID" ] || die "the monitor did not start: $(tail -n 5 "$WORK/monitor.log")"
+mon_metric() { curl -s "http://127.0.0.1:$MPORT/metrics" | awk -v m="$1" '$1 ~ "^"m"[{ ]" {print $2}'; }
+mon_checks() { printf '%.0f' "$(mon_metric dbbackup_checks_total)"; }
+mon_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$MPID/status"; }
+for _ in $(seq 1 600); do [ "$(mon_checks)" -ge 100 ] && break; sleep 0.1; done
+MON_RSS_100=$(mon_kib VmRSS)
+# 1000 scrapes over one connection, while checks run: curl's time per transfer.
+for _ in $(seq 1 1000); do printf 'url = "http://127.0.0.1:%s/metrics"\noutput = "/dev/null"\n' "$MPORT"; done >"$WORK/scrapes.curl"
+curl -s -K "$WORK/scrapes.curl" -w '%{time_total}\n' | sort -g >"$WORK/scrapes.txt"
+SCRAPE_MED=$(sed -n 500p "$WORK/scrapes.txt"); SCRAPE_P99=$(sed -n 990p "$WORK/scrapes.txt"); SCRAPE_MAX=$(tail -n1 "$WORK/scrapes.txt")
+MON_BYTES=$(curl -s "http://127.0.0.1:$MPORT/metrics" | wc -c)
+t0=$(date +%s.%N); c0=$(mon_checks)
+for _ in $(seq 1 36000); do
+  n=$(mon_checks); [ "$n" -ge "$MON_CHECKS" ] && break
+  kill -0 "$MPID" 2>/dev/null || die "the monitor died: $(tail -n 5 "$WORK/monitor.log")"
+  sleep 1
+done
+[ "$n" -ge "$MON_CHECKS" ] || die "the monitor ran only $n checks in 10 hours"
+MON_RATE=$(echo "scale=1; ($n - $c0) / $(elapsed "$t0")" | bc -l)
+MON_N=$n; MON_HWM=$(mon_kib VmHWM); MON_RSS_END=$(mon_kib VmRSS)
+MON_ERRORS=$(mon_metric dbbackup_check_errors_total); MON_CHECK_S=$(mon_metric dbbackup_check_duration_seconds)
+kill -TERM "$MPID"; wait 2>/dev/null || true
+echo "    $MON_N checks ($MON_RATE per s, $MON_ERRORS failed); scrape median $SCRAPE_MED s, p99 $SCRAPE_P99 s;" \
+  "RSS after 100 checks $MON_RSS_100 KiB, after $MON_N $MON_RSS_END KiB, peak $MON_HWM KiB"
+fi # monitor
+
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
 s2() { printf '%.2f' "$1"; }
@@ -847,6 +889,7 @@ fi
 if want keepup || want drain; then
   JS+=("\"async_worker_rss_kib\": {\"jobs\": 4, \"local\": $([ "$WRSS_LOCAL" = 0 ] && echo null || echo "$WRSS_LOCAL"), \"s3\": $([ "$WRSS_S3" = 0 ] && echo null || echo "$WRSS_S3")}")
 fi
+want monitor && JS+=("\"monitor\": {\"checks\": $MON_N, \"checks_per_s\": $MON_RATE, \"check_errors\": ${MON_ERRORS:-null}, \"scrape_median_s\": $SCRAPE_MED, \"scrape_p99_s\": $SCRAPE_P99, \"scrape_max_s\": $SCRAPE_MAX, \"metrics_bytes\": $MON_BYTES, \"rss_kib_after_100\": $MON_RSS_100, \"rss_kib_end\": $MON_RSS_END, \"peak_rss_kib\": $MON_HWM}")
 JS+=("\"parts\": \"${BENCH_ONLY:-all}\", \"store\": \"garage $GARAGE_VERSION on loopback\"")
 { printf '{'; (IFS=,; printf '%s' "${JS[*]}"); printf '}\n'; } > target/bench/results.json
 echo "results: target/bench/results.json"
@@ -1027,6 +1070,26 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   done
   echo
   printf -- '- %s\n' "${REPLAY_GOALS[@]}"
+  fi
+  if want monitor; then
+  echo
+  echo "## Monitor: scrapes and memory"
+  echo
+  echo "\`dbbackup monitor --interval 0.01\` on the bench cluster and its local repository (one base backup, the"
+  echo "archive of the run): checks back to back, each a full \`pitr status\` (server queries, repository listing,"
+  echo "manifests, a probe write). 1000 scrapes of /metrics over one connection while checks run; curl's time per"
+  echo "transfer. RSS from /proc of the monitor process."
+  echo
+  echo "| measure | value | goal |"
+  echo "|---|---:|---|"
+  echo "| scrape, median | $(ms "$SCRAPE_MED") ms | |"
+  echo "| scrape, p99 | $(ms "$SCRAPE_P99") ms | < 10 ms: $(goal "$SCRAPE_P99" 0.010) |"
+  echo "| scrape, slowest of 1000 | $(ms "$SCRAPE_MAX") ms | |"
+  echo "| /metrics size | $MON_BYTES bytes | |"
+  echo "| checks run | $MON_N ($MON_RATE per s; the last took $(ms "$MON_CHECK_S") ms; $MON_ERRORS failed) | |"
+  echo "| RSS after 100 checks | $MON_RSS_100 KiB | |"
+  echo "| RSS after $MON_N checks | $MON_RSS_END KiB | |"
+  echo "| peak RSS (VmHWM) | $MON_HWM KiB | <= 32 MiB: $(goal "$MON_HWM" 32768) |"
   fi
 } > "$PAGE"
 echo "report: $PAGE"
