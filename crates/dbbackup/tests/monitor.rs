@@ -546,7 +546,8 @@ impl Drop for Prometheus {
 fn pitr_status_prometheus_prints_the_metrics_once() {
     let dir = TestDir::new();
     let repo = dir.join("repo");
-    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    // Asynchronous archiving: its queue is in the metrics too.
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "--async");
     make_archived_segment(&c);
     let data = c.data_dir();
     let args = ["pitr", "status", "--prometheus", "--repo", repo.to_str().unwrap(), "--pgdata", data.to_str().unwrap()];
@@ -574,6 +575,8 @@ fn pitr_status_prometheus_prints_the_metrics_once() {
     assert_eq!(value(&s, "dbbackup_server_up", &[]), Some(1.0));
     assert_eq!(value(&s, "dbbackup_checks_total", &[]), Some(1.0));
     assert!(value(&s, "dbbackup_check_interval_seconds", &[]).is_none(), "no interval for a one-shot check");
+    assert_eq!(value(&s, "dbbackup_async_queue_ready_segments", &[]), Some(0.0), "{}", out.stdout);
+    assert_eq!(value(&s, "dbbackup_async_queue_unacknowledged_segments", &[]), Some(0.0));
 
     // Archiving broken: still exit 0, the verdict is in the metrics.
     set_repo_writable(&repo, false);
