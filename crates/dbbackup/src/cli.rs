@@ -147,7 +147,7 @@ pub struct MonitorArgs {
     /// Address to serve on: HOST:PORT, [IPv6]:PORT, or :PORT for every interface
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
-    /// Seconds between the starts of two checks (fractions allowed)
+    /// Seconds between the starts of two checks (fractions allowed; 30s, 5m, 1h too)
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub interval: f64,
     /// Seconds a check may take before it counts as failed [default: the interval, at least 10]
@@ -168,9 +168,20 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("{s} resolves to no address"))
 }
 
-/// A positive number of seconds.
+/// A positive number of seconds; `30s`, `5m` and `1h` are understood too.
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse::<f64>()
+        .map(|v| v * unit)
+        .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 60, 0.5, 30s, 5m)"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("must be more than 0 seconds, not {s}"));
     }
@@ -736,4 +747,32 @@ fn parse_label(s: &str) -> Result<String, String> {
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_take_a_unit_or_none() {
+        assert_eq!(parse_seconds("60"), Ok(60.0));
+        assert_eq!(parse_seconds("0.5"), Ok(0.5));
+        assert_eq!(parse_seconds("30s"), Ok(30.0));
+        assert_eq!(parse_seconds("5m"), Ok(300.0));
+        assert_eq!(parse_seconds("1h"), Ok(3600.0));
+        assert!(parse_seconds("0").unwrap_err().contains("more than 0"));
+        assert!(parse_seconds("0s").unwrap_err().contains("more than 0"));
+        assert!(parse_seconds("-1").unwrap_err().contains("more than 0"));
+        assert!(parse_seconds("soon").unwrap_err().contains("not a number of seconds"));
+        assert!(parse_seconds("1d").unwrap_err().contains("not a number of seconds"));
+        assert!(parse_seconds("NaN").is_err());
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_a_port() {
+        assert_eq!(parse_listen(":9863").unwrap(), "0.0.0.0:9863".parse().unwrap());
+        assert_eq!(parse_listen("127.0.0.1:9863").unwrap(), "127.0.0.1:9863".parse().unwrap());
+        assert_eq!(parse_listen("[::1]:9863").unwrap(), "[::1]:9863".parse().unwrap());
+        assert!(parse_listen("9863").unwrap_err().contains("give HOST:PORT"));
+    }
 }
