@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Conflict,
     /// Reading or writing failed.
     Io,
+    /// The store did not answer, was overloaded or broke a transfer off,
+    /// after its retries: trying again later may succeed.
+    Unavailable,
     /// The PostgreSQL server refused or could not be reached.
     Server,
 }
@@ -92,6 +95,12 @@ impl From<StorageError> for Error {
         let kind = match e {
             StorageError::NotFound { .. } => ErrorKind::NotFound,
             StorageError::AlreadyExists { .. } => ErrorKind::Conflict,
+            StorageError::Io { .. } if e.is_temporary() => {
+                return Error::new(
+                    ErrorKind::Unavailable,
+                    format!("{e} (a temporary failure: trying again later may succeed)"),
+                )
+            }
             StorageError::Io { .. } => ErrorKind::Io,
         };
         Error::new(kind, e.to_string())

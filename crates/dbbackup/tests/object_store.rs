@@ -135,12 +135,14 @@ fn object_store_mistakes_are_one_clear_line() {
     let out = with_config(&wrong, &["repo", "init"]).assert_code(1);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("access denied: check the credentials"), "{}", out.stderr);
+    assert!(!out.stderr.contains("temporary"), "refused credentials need a fix: {}", out.stderr);
     // A store that is down: a clear line, and `wal fetch` stops recovery (128), never "not archived".
     let dead = private_file(&d, "dead.toml", g.config_toml("p").replace(&g.endpoint(), "http://127.0.0.1:1"));
     let out = with_config(&dead, &["repo", "init"]).assert_code(1);
     assert!(out.stderr.contains("cannot reach the store"), "{}", out.stderr);
     let out = with_config(&dead, &["wal", "fetch", "000000010000000000000001"]).arg(d.join("x")).assert_code(128);
     assert!(out.stderr.contains("cannot reach the store"), "{}", out.stderr);
+    assert!(out.stderr.contains("a temporary failure"), "{}", out.stderr);
     // Plain http to another host without allow-http.
     let far = private_file(&d, "far.toml", g.config_toml("p").replace("127.0.0.1", "192.0.2.1"));
     let out = with_config(&far, &["repo", "info"]).assert_code(1);

@@ -143,6 +143,7 @@ fn fetch_during_a_storm_stops_recovery_instead_of_ending_it() {
     assert!(out.stderr.contains("after 6 retries"), "{}", out.stderr);
     assert!(out.stderr.contains("503 Service Unavailable: SlowDown"), "{}", out.stderr);
     assert!(out.stderr.contains("the store is overloaded or unavailable"), "{}", out.stderr);
+    assert!(out.stderr.contains("a temporary failure"), "{}", out.stderr);
     assert!(!dest.exists());
     assert!(s.proxy.injected(Injected::SlowDown) >= 7, "retried:\n{}", s.proxy.describe(20));
 

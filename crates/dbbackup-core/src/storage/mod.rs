@@ -34,8 +34,32 @@ pub enum StorageError {
     NotFound { path: String },
     #[error("{path}: already exists")]
     AlreadyExists { path: String },
-    #[error("{}{source}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+    #[error(
+        "{}{source}{}",
+        if path.is_empty() { String::new() } else { format!("{path}: ") },
+        if is_temporary_kind(source.kind()) { " (a temporary failure: trying again later may succeed)" } else { "" }
+    )]
     Io { path: String, source: io::Error },
+}
+
+/// See [`StorageError::is_temporary`].
+fn is_temporary_kind(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        kind,
+        K::TimedOut
+            | K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::Interrupted
+            | K::WouldBlock
+            | K::ResourceBusy
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+    )
 }
 
 impl StorageError {
@@ -50,6 +74,19 @@ impl StorageError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// Whether trying again later may succeed: the store did not answer in
+    /// time, was unreachable or overloaded, or a transfer broke off. Object
+    /// stores have already retried these with backoff within their bounds
+    /// (request-timeout, retries) before the error reaches the caller. Not
+    /// temporary: a missing object or bucket, refused credentials, a wrong
+    /// region or certificate, a full or failing local disk.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => is_temporary_kind(source.kind()),
+            _ => false,
+        }
     }
 }
 

@@ -134,20 +134,33 @@ fn error(rel: &str, e: object_store::Error, hints: &Hints) -> StorageError {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             StorageError::AlreadyExists { path: rel.to_string() }
         }
-        e => StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e, hints)) },
+        e => StorageError::Io { path: rel.to_string(), source: io_error(&e, hints) },
     }
+}
+
+/// A store error as an `io::Error` whose kind says whether it is temporary
+/// (see [`StorageError::is_temporary`]).
+fn io_error(e: &dyn std::error::Error, hints: &Hints) -> io::Error {
+    let (text, kind) = describe(e, hints);
+    io::Error::new(kind, text)
 }
 
 /// A listing never answers "not found": an empty prefix lists as empty,
 /// and a missing bucket is an error (a "no" there would read as "not
 /// archived" to `wal fetch`).
 fn listing_error(rel: &str, e: object_store::Error, hints: &Hints) -> StorageError {
-    StorageError::Io { path: rel.to_string(), source: io::Error::other(one_line(&e, hints)) }
+    StorageError::Io { path: rel.to_string(), source: io_error(&e, hints) }
 }
 
 /// `object_store` errors nest their causes over several lines and quote
 /// the store's XML: one line, led by what it means for the DBA.
 fn one_line(e: &dyn std::error::Error, hints: &Hints) -> String {
+    describe(e, hints).0
+}
+
+/// [`one_line`], and the kind of failure: temporary ones (see
+/// [`StorageError::is_temporary`]) get a kind that says so.
+fn describe(e: &dyn std::error::Error, hints: &Hints) -> (String, io::ErrorKind) {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -173,15 +186,17 @@ fn one_line(e: &dyn std::error::Error, hints: &Hints) -> String {
         _ => raw.clone(),
     };
     match explain(&raw, hints) {
-        Some(what) => format!("{what} ({detail})"),
-        None => detail,
+        Some((what, kind)) => (format!("{what} ({detail})"), kind),
+        None => (detail, io::ErrorKind::Other),
     }
 }
 
 /// What a store's error means, for the common mistakes.
-fn explain(raw: &str, hints: &Hints) -> Option<String> {
+fn explain(raw: &str, hints: &Hints) -> Option<(String, io::ErrorKind)> {
+    use io::ErrorKind as K;
     let has = |needles: &[&str]| needles.iter().any(|n| raw.contains(n));
-    let fixed = |s: &str| Some(s.to_string());
+    let fixed = |s: &str| Some((s.to_string(), K::Other));
+    let temporary = |s: &str, k: K| Some((s.to_string(), k));
     if has(&["NoSuchBucket", "ContainerNotFound", "The specified container does not exist", "bucket does not exist"]) {
         fixed("the bucket (or container) does not exist: check its name in --repo, and the endpoint and region")
     } else if has(&["PermanentRedirect", "AuthorizationHeaderMalformed", "IncorrectEndpoint", "wrong region"]) {
@@ -198,7 +213,7 @@ fn explain(raw: &str, hints: &Hints) -> Option<String> {
     } else if has(&["Invalid Access Key", "Invalid last symbol", "Invalid symbol", "Invalid byte"]) {
         fixed("the [azure] access-key is not a valid account key (base64): copy the storage account's key again")
     } else if let Some(tls) = explain_tls(raw, hints) {
-        Some(tls)
+        Some((tls, K::Other))
     } else if has(&[
         "SlowDown",
         "ServiceUnavailable",
@@ -207,13 +222,13 @@ fn explain(raw: &str, hints: &Hints) -> Option<String> {
         "500 Internal Server Error",
         "502 Bad Gateway",
     ]) {
-        fixed("the store is overloaded or unavailable (retried with backoff, still failing): wait, or check the store's health")
+        temporary("the store is overloaded or unavailable (retried with backoff, still failing): wait, or check the store's health", K::ResourceBusy)
     } else if has(&["operation timed out"]) {
-        fixed("the store did not answer within the request timeout (retried): check that it is up and not overloaded, or raise request-timeout")
+        temporary("the store did not answer within the request timeout (retried): check that it is up and not overloaded, or raise request-timeout", K::TimedOut)
     } else if has(&["error reading a body", "body error", "end of file before message length reached"]) {
-        fixed("the transfer from the store broke off half way (retried): check the network and the store's health, then try again")
+        temporary("the transfer from the store broke off half way (retried): check the network and the store's health, then try again", K::ConnectionAborted)
     } else if let Some(dropped) = explain_dropped(raw, hints) {
-        Some(dropped)
+        Some((dropped, K::ConnectionReset))
     } else if has(&[
         "Connection refused",
         "dns error",
@@ -222,7 +237,10 @@ fn explain(raw: &str, hints: &Hints) -> Option<String> {
         "operation timed out",
         "error sending request",
     ]) {
-        fixed("cannot reach the store (retried): check the endpoint, that the store is up, and the network")
+        temporary(
+            "cannot reach the store (retried): check the endpoint, that the store is up, and the network",
+            K::ConnectionRefused,
+        )
     } else {
         None
     }
@@ -678,7 +696,7 @@ mod tests {
     #[test]
     fn tls_failures_are_said_with_their_fix() {
         let https = s3("https://127.0.0.1:9000", None);
-        let said = |raw: &str, h: &Hints| explain(&format!("{SENDING}{raw}"), h).unwrap_or_default();
+        let said = |raw: &str, h: &Hints| explain(&format!("{SENDING}{raw}"), h).map(|(e, _)| e).unwrap_or_default();
 
         let e = said("invalid peer certificate: UnknownIssuer", &https);
         assert!(e.contains("not trusted") && e.contains("ca-file = \"/path/ca.pem\" in [s3]"), "{e}");
@@ -709,8 +727,36 @@ mod tests {
         let h = s3("https://s3.example.com", None);
         // An expired session token is a credentials problem, not a certificate's.
         let e = explain("Client error with status 400 Bad Request: ExpiredToken: The provided token has expired.", &h);
-        assert!(e.as_deref().is_none_or(|e| !e.contains("certificate")), "{e:?}");
-        let e = explain("403 Forbidden: AccessDenied: Access Denied", &h).unwrap();
+        assert!(e.as_ref().is_none_or(|(e, _)| !e.contains("certificate")), "{e:?}");
+        let (e, _) = explain("403 Forbidden: AccessDenied: Access Denied", &h).unwrap();
         assert!(e.starts_with("access denied"), "{e}");
+    }
+
+    /// What may pass by itself is temporary; what needs a fix is not.
+    #[test]
+    fn store_errors_say_whether_they_are_temporary() {
+        let h = s3("https://s3.example.com", None);
+        let temporary = |raw: &str| {
+            let err =
+                StorageError::Io { path: "wal/x".into(), source: io_error(&io::Error::other(raw.to_string()), &h) };
+            err.is_temporary()
+        };
+        assert!(temporary("Server returned non-2xx status code: 503 Service Unavailable: SlowDown"));
+        assert!(temporary("HTTP error: operation timed out"));
+        assert!(temporary(
+            "error sending request: client error (Connect): tcp connect error: Connection refused (os error 111)"
+        ));
+        assert!(temporary("error decoding response body: error reading a body from connection"));
+        assert!(!temporary("403 Forbidden: AccessDenied: Access Denied"));
+        assert!(!temporary("404 Not Found: NoSuchBucket: The specified bucket does not exist"));
+        assert!(!temporary("invalid peer certificate: UnknownIssuer"));
+        assert!(!temporary("something nobody has seen before"));
+        // The engine's error says it too, and wal fetch still exits >125 on it.
+        let e = crate::error::Error::from(StorageError::Io {
+            path: "wal/x".into(),
+            source: io_error(&io::Error::other("503 Service Unavailable"), &h),
+        });
+        assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable);
+        assert!(e.to_string().contains("a temporary failure"), "{e}");
     }
 }
