@@ -64,7 +64,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !is_wal_hook {
+    // The monitor is a service: a reader gone away must not end it.
+    if !is_wal_hook && !matches!(cli.command, Command::Monitor(_)) {
         die_quietly_on_closed_pipes();
     }
     init_logging(&cli.global, is_wal_hook);

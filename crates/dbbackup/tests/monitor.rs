@@ -653,6 +653,26 @@ fn the_monitor_serves_a_server_that_is_down_and_stops_on_sigterm() {
     assert_eq!(http_get(m.port, "/nope", None).0, 404);
     let st = m.status();
     assert!(findings(&st).contains("cannot connect to PostgreSQL"), "{st}");
+    // Clients that reset the connection at once, send garbage or half a
+    // request, or POST: the service answers the next scrape all the same
+    // (tiny_http, tried first, panicked on a reset connection).
+    let rude = format!(
+        "import socket\nfor i in range(100):\n    s = socket.create_connection(('127.0.0.1', {p}))\n    \
+         s.sendall(b'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n    \
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\\x01\\0\\0\\0\\0\\0\\0\\0')\n    s.close()\n    \
+         t = socket.create_connection(('127.0.0.1', {p})); t.sendall(b'GARBAGE\\r\\n\\r\\n'); t.close()\n    \
+         u = socket.create_connection(('127.0.0.1', {p})); u.sendall(b'GET /metr'); u.close()\n",
+        p = m.port
+    );
+    Cmd::new(python()).as_root().args(["-c", &rude]).assert_success();
+    let (code, _) = http_get(m.port, "/metrics", None);
+    assert_eq!(code, 200, "{}", m.log_text());
+    let post = Command::new("curl")
+        .args(["-s", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/metrics", m.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&post.stdout), "405");
     // It keeps checking: the counters move.
     let before = value(&s, "dbbackup_checks_total", &[]).unwrap();
     m.wait("more checks", Duration::from_secs(10), |s| value(s, "dbbackup_checks_total", &[]).unwrap() > before + 1.0);

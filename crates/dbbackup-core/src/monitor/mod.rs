@@ -109,27 +109,27 @@ struct Cached {
 /// A bound listener: binding first lets the caller refuse a port in use
 /// before anything else happens.
 pub struct Service {
-    server: Arc<tiny_http::Server>,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
 }
 
 impl Service {
     pub fn bind(addr: SocketAddr) -> Result<Service> {
-        let server = tiny_http::Server::http(addr).map_err(|e| {
-            let why = e.to_string();
-            let hint = if why.contains("in use") {
-                ": another process listens there (a monitor left running?); pick another port or stop it"
-            } else if why.contains("not available") || why.contains("Cannot assign") {
-                ": that address is not one of this host's"
-            } else if why.contains("denied") {
-                ": ports below 1024 need privileges; use a higher port"
-            } else {
-                ""
-            };
-            Error::invalid(format!("cannot listen on {addr}: {why}{hint}"))
-        })?;
-        let addr = server.server_addr().to_ip().unwrap_or(addr);
-        Ok(Service { server: Arc::new(server), addr })
+        let listener =
+            std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|_| l)).map_err(|e| {
+                let why = e.to_string();
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        ": another process listens there (a monitor left running?); pick another port or stop it"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => ": that address is not one of this host's",
+                    std::io::ErrorKind::PermissionDenied => ": ports below 1024 need privileges; use a higher port",
+                    _ => "",
+                };
+                Error::invalid(format!("cannot listen on {addr}: {why}{hint}"))
+            })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        Ok(Service { listener, addr })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -146,43 +146,58 @@ impl Service {
         stop: Arc<AtomicBool>,
     ) -> Result<()> {
         let cached = Arc::new(Mutex::new(Cached { labels: initial, ..Cached::default() }));
-        let checks = {
+        {
             let (cached, stop, opts) = (Arc::clone(&cached), Arc::clone(&stop), opts.clone());
+            // Not joined at the end: a check in flight only reads.
             std::thread::Builder::new()
                 .name("checks".into())
                 .spawn(move || check_loop(&opts, checker, &cached, &stop))
-                .map_err(|e| Error::io(format!("cannot start the checks: {e}")))?
-        };
-        // Two answering threads: one slow reader does not hold up the
-        // next scrape.
-        let mut http = Vec::new();
-        for i in 0..2 {
-            let (server, cached, stop) = (Arc::clone(&self.server), Arc::clone(&cached), Arc::clone(&stop));
-            http.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            match server.recv_timeout(Duration::from_millis(100)) {
-                                Ok(Some(req)) => answer(req, &cached),
-                                Ok(None) => {}
-                                Err(e) => {
-                                    tracing::warn!("monitor: cannot accept a request: {e}");
-                                    std::thread::sleep(Duration::from_millis(100));
-                                }
-                            }
-                        }
-                    })
-                    .map_err(|e| Error::io(format!("cannot start the listener: {e}")))?,
-            );
+                .map_err(|e| Error::io(format!("cannot start the checks: {e}")))?;
         }
-        for h in http {
-            let _ = h.join();
-        }
-        // A check in flight is not waited for: it only reads.
-        drop(checks);
-        Ok(())
+        // HTTP on one thread of its own: answers come from memory.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(format!("cannot start the HTTP server: {e}")))?;
+        rt.block_on(serve(self.listener, cached, stop))
     }
+}
+
+/// Accepts connections until `stop`; each is served by hyper (HTTP/1.1,
+/// kept alive as Prometheus keeps it), with a bound on how long a client
+/// may take to send its request.
+async fn serve(listener: std::net::TcpListener, cached: Arc<Mutex<Cached>>, stop: Arc<AtomicBool>) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(format!("cannot serve HTTP: {e}")))?;
+    while !stop.load(Ordering::Relaxed) {
+        let accepted = match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                // Out of descriptors and the like: say it, keep serving.
+                tracing::warn!("monitor: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(Ok((stream, _))) => stream,
+        };
+        // A response in several writes must not wait for delayed ACKs.
+        let _ = accepted.set_nodelay(true);
+        let cached = Arc::clone(&cached);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let resp = answer(&req, &cached);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(accepted), service);
+            // A client that goes away is its own business.
+            let _ = conn.await;
+        });
+    }
+    Ok(())
 }
 
 fn publish(cached: &Mutex<Cached>, check: Check, totals: &Totals, interval: f64) {
@@ -295,55 +310,47 @@ fn note_change(last: &mut Option<(Verdict, String)>, check: &Check) {
     *last = Some(now);
 }
 
-fn answer(req: tiny_http::Request, cached: &Mutex<Cached>) {
-    use tiny_http::{Header, Method, Response};
-    let header = |k: &str, v: &str| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok();
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    if *req.method() != Method::Get && *req.method() != Method::Head {
-        let _ = req.respond(Response::from_string("only GET\n").with_status_code(405));
-        return;
+fn answer<B>(req: &hyper::Request<B>, cached: &Mutex<Cached>) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use hyper::{header, Method, StatusCode};
+    let respond = |code: StatusCode, content_type: &str, body: String| {
+        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *r.status_mut() = code;
+        if let Ok(v) = header::HeaderValue::from_str(content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".into());
     }
     let openmetrics = req
         .headers()
+        .get_all(header::ACCEPT)
         .iter()
-        .any(|h| h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text"));
-    let (body, content_type, code) = {
-        let c = cached.lock().unwrap_or_else(|p| p.into_inner());
-        match path.as_str() {
-            "/metrics" => {
-                let age = metrics::render_age(c.check.as_ref(), &c.labels);
-                if openmetrics {
-                    (
-                        format!("{}{age}# EOF\n", c.openmetrics),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        200,
-                    )
-                } else {
-                    (
-                        format!("{}{}", c.prometheus, metrics::to_prometheus_text(&age)),
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        200,
-                    )
-                }
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    let c = cached.lock().unwrap_or_else(|p| p.into_inner());
+    match req.uri().path() {
+        "/metrics" => {
+            let age = metrics::render_age(c.check.as_ref(), &c.labels);
+            if openmetrics {
+                let body = format!("{}{age}# EOF\n", c.openmetrics);
+                respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+            } else {
+                let body = format!("{}{}", c.prometheus, metrics::to_prometheus_text(&age));
+                respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
             }
-            "/status" if c.check.is_some() => (c.status.clone(), "application/json", 200),
-            "/status" => (
-                "{\"verdict\": \"unknown\", \"check\": null, \"note\": \"the first check has not finished yet\"}\n"
-                    .to_string(),
-                "application/json",
-                503,
-            ),
-            "/" => (
-                "dbbackup monitor: /metrics (Prometheus), /status (pitr status --json)\n".to_string(),
-                "text/plain; charset=utf-8",
-                200,
-            ),
-            _ => ("not found: try /metrics or /status\n".to_string(), "text/plain; charset=utf-8", 404),
         }
-    };
-    let mut resp = Response::from_string(body).with_status_code(code);
-    if let Some(h) = header("Content-Type", content_type) {
-        resp = resp.with_header(h);
+        "/status" if c.check.is_some() => respond(StatusCode::OK, "application/json", c.status.clone()),
+        "/status" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            "{\"verdict\": \"unknown\", \"check\": null, \"note\": \"the first check has not finished yet\"}\n".into(),
+        ),
+        "/" => respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "dbbackup monitor: /metrics (Prometheus), /status (pitr status --json)\n".into(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /metrics or /status\n".into()),
     }
-    let _ = req.respond(resp);
 }
