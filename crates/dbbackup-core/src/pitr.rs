@@ -1025,7 +1025,8 @@ pub struct StatusOptions {
     /// names is used (encrypted history files must be read for gaps).
     pub keys: crate::keys::KeySource,
     /// Prove archiving with a real segment (switches WAL): how long to
-    /// wait for it. `None` keeps status read-only.
+    /// wait for it. `None` writes no WAL (status still writes and removes
+    /// one probe object to check that the repository is writable).
     pub prove: Option<Duration>,
     /// How to reach an object-store repository.
     pub stores: crate::storage::location::StoreSettings,
@@ -1247,18 +1248,20 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             lag_bytes = Some(cur.saturating_sub(done));
         }
     }
-    let lag_seconds = oldest_ready_age(client).or_else(|| {
-        // Without the right to list archive_status: since the last success,
-        // while segments wait.
-        match (lag_segments, &archiver.last_archived_time) {
-            (Some(0), _) => Some(0.0),
-            (Some(_), Some(t)) => t
-                .parse::<jiff::Timestamp>()
-                .ok()
-                .map(|t| (jiff::Timestamp::now().as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0),
-            _ => None,
-        }
-    });
+    // A standby archives nothing unless archive_mode = always: no lag to tell.
+    let lag_seconds =
+        (!in_recovery || val("archive_mode") == "always").then(|| oldest_ready_age(client)).flatten().or_else(|| {
+            // Without the right to list archive_status: since the last success,
+            // while segments wait.
+            match (lag_segments, &archiver.last_archived_time) {
+                (Some(0), _) => Some(0.0),
+                (Some(_), Some(t)) => t
+                    .parse::<jiff::Timestamp>()
+                    .ok()
+                    .map(|t| (jiff::Timestamp::now().as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0),
+                _ => None,
+            }
+        });
     if let Some(l) = lag_segments {
         if l > opts.lag_warning {
             add(

@@ -474,6 +474,9 @@ pub enum PitrCommand {
         /// exits 0 whenever the metrics were printed, whatever the verdict: the verdict is in them
         #[arg(long, conflicts_with_all = ["watch", "json"])]
         prometheus: bool,
+        /// With --prometheus: seconds the check may take; past it the metrics say it failed (30s, 5m too)
+        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds, allow_negative_numbers = true, requires = "prometheus")]
+        check_timeout: f64,
     },
 }
 

@@ -586,8 +586,25 @@ fn pitr_status_prometheus_prints_the_metrics_once() {
     assert_eq!(value(&s, "dbbackup_repository_writable", &[]), Some(0.0));
     set_repo_writable(&repo, true);
 
-    // The server is down: the textfile must still be replaced.
+    // A server that accepts no connection (frozen): past --check-timeout
+    // the metrics say the check failed, and the file is still written.
     let sysid = c.system_identifier().to_string();
+    let postmaster = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+    let postmaster = postmaster.lines().next().unwrap().trim().to_string();
+    Command::new("kill").args(["-STOP", &postmaster]).status().unwrap();
+    let started = Instant::now();
+    let out = dbb(args).args(["--check-timeout", "2"]).output();
+    Command::new("kill").args(["-CONT", &postmaster]).status().unwrap();
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(out.stderr.contains("did not finish within 2 s"), "{}", out.stderr);
+    let s = parse(&out.stdout, false);
+    assert_eq!(value(&s, "dbbackup_verdict", ERROR), Some(1.0), "{}", out.stdout);
+    assert_eq!(value(&s, "dbbackup_check_errors_total", &[("system_identifier", &sysid)]), Some(1.0));
+    let out = dbb(["pitr", "status", "--check-timeout", "2"]).assert_code(2);
+    assert!(out.stderr.contains("--prometheus"), "{}", out.stderr);
+
+    // The server is down: the textfile must still be replaced.
     c.stop();
     let out = dbb(args).assert_success();
     let s = parse(&out.stdout, false);

@@ -62,6 +62,29 @@ pub fn check(connect: &dyn Fn() -> Result<postgres::Client>, opts: &StatusOption
     Check { finished: SystemTime::now(), duration: start.elapsed(), outcome }
 }
 
+/// Runs `checker` for at most `deadline`: past it, a failed check says so
+/// (the check's thread is left to finish or hang on its own).
+pub fn check_within(checker: impl FnOnce() -> Check + Send + 'static, deadline: Duration) -> Check {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new().name("check".into()).spawn(move || {
+        let _ = tx.send(checker());
+    });
+    let outcome = match spawned.map(|_| rx.recv_timeout(deadline)) {
+        Ok(Ok(check)) => return check,
+        Ok(Err(mpsc::RecvTimeoutError::Timeout)) => deadline_passed(deadline),
+        _ => "the check ended without a result (see the log)".to_string(),
+    };
+    Check { finished: SystemTime::now(), duration: started.elapsed(), outcome: Err(outcome) }
+}
+
+fn deadline_passed(deadline: Duration) -> String {
+    format!(
+        "the check did not finish within {} s (a server or repository that does not answer)",
+        deadline.as_secs_f64()
+    )
+}
+
 /// The `/status` document: the `pitr status --json` report, or for a check
 /// that failed a report of the same shape saying why, plus when the check
 /// ran.
@@ -248,10 +271,7 @@ fn check_loop(
         };
         if let Err(timed_out) = result {
             let why = if timed_out {
-                format!(
-                    "the check did not finish within {} s (a server or repository that does not answer); the next starts when it ends",
-                    opts.deadline.as_secs_f64()
-                )
+                format!("{}; the next starts when it ends", deadline_passed(opts.deadline))
             } else {
                 "the check ended without a result (see the log)".to_string()
             };
@@ -296,9 +316,12 @@ fn check_loop(
 }
 
 /// Logs a change of verdict (and of what makes it), not every check.
+/// Numbers do not count as a change: a lag that grows, a temporary
+/// object's name.
 fn note_change(last: &mut Option<(Verdict, String)>, check: &Check) {
     let now = describe(check);
-    if last.as_ref() == Some(&now) {
+    let shape = |t: &str| t.chars().filter(|c| !c.is_ascii_digit()).collect::<String>();
+    if last.as_ref().is_some_and(|(v, t)| *v == now.0 && shape(t) == shape(&now.1)) {
         return;
     }
     let verdict = serde_json::to_value(now.0).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();

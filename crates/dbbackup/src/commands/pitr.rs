@@ -21,10 +21,17 @@ pub fn run(ctx: &Ctx, c: PitrCommand) -> Result<ExitCode> {
     match c {
         PitrCommand::Enable(a) => enable(ctx, a),
         PitrCommand::Disable { restart, force } => disable(ctx, restart, force),
-        PitrCommand::Status { watch, lag_warning, prove_archiving, archive_check_timeout, prometheus } => {
+        PitrCommand::Status {
+            watch,
+            lag_warning,
+            prove_archiving,
+            archive_check_timeout,
+            prometheus,
+            check_timeout,
+        } => {
             let prove = prove_archiving.then(|| Duration::from_secs(archive_check_timeout));
             if prometheus {
-                return status_prometheus(ctx, lag_warning, prove);
+                return status_prometheus(ctx, lag_warning, prove, Duration::from_secs_f64(check_timeout));
             }
             status(ctx, watch, lag_warning, prove)
         }
@@ -478,10 +485,17 @@ pub fn labels_before_check(ctx: &Ctx, opts: &StatusOptions) -> dbbackup_core::mo
 
 /// The monitor's metrics once: a server that cannot be reached is a
 /// metric (dbbackup_server_up 0), so the textfile is still replaced.
-fn status_prometheus(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
+fn status_prometheus(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>, deadline: Duration) -> Result<ExitCode> {
     use dbbackup_core::monitor::{self, metrics, Totals};
     let opts = status_options(ctx, lag_warning, prove)?;
-    let check = monitor::check(&|| ctx.conn_for_pgdata().connect(), &opts);
+    let (g, o) = (ctx.g.clone(), opts.clone());
+    let check = monitor::check_within(
+        move || {
+            let ctx = Ctx::new(g, false);
+            monitor::check(&|| ctx.conn_for_pgdata().connect(), &o)
+        },
+        deadline,
+    );
     if let Err(e) = &check.outcome {
         eprintln!("dbbackup: warning: {e}");
     }
