@@ -1,7 +1,7 @@
 //! `dbbackup monitor`: flags to options; the service is core's.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
     // Bound first: a port in use is said before anything else.
     let service = Service::bind(a.listen)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_usize(sig, Arc::clone(&which), sig as usize)?;
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let interval = Duration::from_secs_f64(a.interval);
@@ -36,6 +38,11 @@ pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
         deadline.as_secs_f64()
     );
     service.run(ServiceOptions { interval, deadline }, checker, initial, Arc::clone(&stop))?;
-    tracing::info!("monitor: stopped");
+    let by = match which.load(Ordering::SeqCst) as i32 {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "a signal",
+    };
+    tracing::info!("monitor: stopped ({by})");
     Ok(ExitCode::SUCCESS)
 }
