@@ -682,6 +682,7 @@ as "$DBB" backup base --fast --repo "$WORK/repo-zstd" --pgdata "$WORK/data" >/de
 MPORT=$(free_port)
 as "$DBB" monitor --listen "127.0.0.1:$MPORT" --interval 0.01 --repo "$WORK/repo-zstd" --pgdata "$WORK/data" \
   >"$WORK/monitor.log" 2>&1 &
+MON_BG=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$MPORT/status" >/dev/null && break; sleep 0.1; done
 MPID=$(pgrep -u postgres -f -- "monitor --listen 127.0.0.1:$MPORT" | head -n1)
 [ -n "$MPID" ] || die "the monitor did not start: $(tail -n 5 "$WORK/monitor.log")"
@@ -705,7 +706,7 @@ done
 MON_RATE=$(echo "scale=1; ($n - $c0) / $(elapsed "$t0")" | bc -l)
 MON_N=$n; MON_HWM=$(mon_kib VmHWM); MON_RSS_END=$(mon_kib VmRSS)
 MON_ERRORS=$(mon_metric dbbackup_check_errors_total); MON_CHECK_S=$(mon_metric dbbackup_check_duration_seconds)
-kill -TERM "$MPID"; wait 2>/dev/null || true
+kill -TERM "$MPID"; wait "$MON_BG" 2>/dev/null || true
 echo "    $MON_N checks ($MON_RATE per s, $MON_ERRORS failed); scrape median $SCRAPE_MED s, p99 $SCRAPE_P99 s;" \
   "RSS after 100 checks $MON_RSS_100 KiB, after $MON_N $MON_RSS_END KiB, peak $MON_HWM KiB"
 fi # monitor
