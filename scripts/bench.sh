@@ -705,7 +705,7 @@ done
 [ "$n" -ge "$MON_CHECKS" ] || die "the monitor ran only $n checks in 10 hours"
 MON_RATE=$(echo "scale=1; ($n - $c0) / $(elapsed "$t0")" | bc -l)
 MON_N=$n; MON_HWM=$(mon_kib VmHWM); MON_RSS_END=$(mon_kib VmRSS)
-MON_ERRORS=$(mon_metric dbbackup_check_errors_total); MON_CHECK_S=$(mon_metric dbbackup_check_duration_seconds)
+MON_ERRORS=$(printf '%.0f' "$(mon_metric dbbackup_check_errors_total)"); MON_CHECK_S=$(mon_metric dbbackup_check_duration_seconds)
 kill -TERM "$MPID"; wait "$MON_BG" 2>/dev/null || true
 echo "    $MON_N checks ($MON_RATE per s, $MON_ERRORS failed); scrape median $SCRAPE_MED s, p99 $SCRAPE_P99 s;" \
   "RSS after 100 checks $MON_RSS_100 KiB, after $MON_N $MON_RSS_END KiB, peak $MON_HWM KiB"
@@ -1083,9 +1083,9 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo
   echo "| measure | value | goal |"
   echo "|---|---:|---|"
-  echo "| scrape, median | $(ms "$SCRAPE_MED") ms | |"
-  echo "| scrape, p99 | $(ms "$SCRAPE_P99") ms | < 10 ms: $(goal "$SCRAPE_P99" 0.010) |"
-  echo "| scrape, slowest of 1000 | $(ms "$SCRAPE_MAX") ms | |"
+  echo "| scrape, median | $(printf '%.3f' "$(echo "$SCRAPE_MED * 1000" | bc -l)") ms | |"
+  echo "| scrape, p99 | $(printf '%.3f' "$(echo "$SCRAPE_P99 * 1000" | bc -l)") ms | < 10 ms: $(goal "$SCRAPE_P99" 0.010) |"
+  echo "| scrape, slowest of 1000 | $(printf '%.3f' "$(echo "$SCRAPE_MAX * 1000" | bc -l)") ms | |"
   echo "| /metrics size | $MON_BYTES bytes | |"
   echo "| checks run | $MON_N ($MON_RATE per s; the last took $(ms "$MON_CHECK_S") ms; $MON_ERRORS failed) | |"
   echo "| RSS after 100 checks | $MON_RSS_100 KiB | |"
