@@ -20,6 +20,9 @@ use crate::storage::location::StoreSettings;
 pub struct Invocation {
     /// The simple command as written (for messages).
     pub text: String,
+    /// The program it runs (resolved against the data directory when
+    /// relative with a slash; a bare name is looked up in the server's PATH).
+    pub program: String,
     /// The repository it archives into, when the text says.
     pub repo: Option<PathBuf>,
     /// Where `repo` came from: `--repo`, `DBBACKUP_REPO`, or the config
@@ -141,7 +144,7 @@ pub fn analyze_archive_command(cmd: &str, cwd: Option<&Path>) -> CommandShape {
             continue;
         }
         let parsed = match parse_simple(words, cwd) {
-            Simple::Invocation(inv, exec) => (inv, exec),
+            Simple::Invocation(inv, exec) => (*inv, exec),
             Simple::Other(program) => {
                 other_programs.push(program);
                 continue;
@@ -272,7 +275,7 @@ type Word = (String, bool);
 
 enum Simple {
     /// dbbackup's `wal archive`; whether it is `exec`ed.
-    Invocation(Invocation, bool),
+    Invocation(Box<Invocation>, bool),
     /// Another program (its name).
     Other(String),
     /// Not a command this module can read.
@@ -415,8 +418,10 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
         }
     };
     let from_env = |name: &str| env.iter().rev().find(|(k, _, _)| k == name).map(|(_, v, e)| (v.clone(), *e));
+    let program_path = if program.contains('/') { resolve(program).display().to_string() } else { program.clone() };
     let mut inv = Invocation {
         text: shell_join(&words.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>()),
+        program: program_path,
         repo: None,
         repo_source: None,
         repo_unknown: None,
@@ -485,7 +490,7 @@ fn parse_simple(words: &[Word], cwd: Option<&Path>) -> Simple {
             "it names no repository (no --repo, DBBACKUP_REPO or --config): the server's environment decides".into(),
         );
     }
-    Simple::Invocation(inv, exec)
+    Simple::Invocation(Box::new(inv), exec)
 }
 
 /// `repo`, `encryption-key-file` and the store tables of a dbbackup config file.

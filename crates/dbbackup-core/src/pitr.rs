@@ -879,6 +879,11 @@ fn probe_writable(storage: &dyn crate::storage::Storage) -> crate::storage::Stor
     storage.remove(&key)
 }
 
+/// A segment marked ready is archived within seconds (PostgreSQL wakes its
+/// archiver at once): one waiting longer than this, with no failure
+/// recorded, means archive_command does not run as it should.
+const STUCK_READY_SECS: f64 = 120.0;
+
 /// Seconds the oldest segment marked ready has waited for archiving (0
 /// when none waits); `None` without the right to list archive_status
 /// (pg_monitor or superuser).
@@ -891,6 +896,28 @@ fn oldest_ready_age(client: &mut postgres::Client) -> Option<f64> {
         )
         .ok()?;
     Some(row.get::<_, f64>(0).max(0.0))
+}
+
+/// "1 segment", "2 segments".
+fn plural(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The port and first socket directory a stopped cluster's configuration
+/// files name (for messages and connections when no postmaster.pid says).
+pub fn configured_endpoint(pgdata: &Path) -> (Option<u16>, Option<String>) {
+    let (mut port, mut dir) = (None, None);
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        if let Ok(text) = std::fs::read_to_string(pgdata.join(file)) {
+            if let Some(p) = read_conf_value(&text, "port").and_then(|v| v.trim().parse().ok()) {
+                port = Some(p);
+            }
+            if let Some(d) = read_conf_value(&text, "unix_socket_directories") {
+                dir = d.split(',').map(str::trim).find(|d| !d.is_empty()).map(String::from);
+            }
+        }
+    }
+    (port, dir)
 }
 
 /// How healthy PITR is.
@@ -1218,7 +1245,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         add(
             Verdict::Error,
             format!(
-                "archiving is failing: {} failed at {} and nothing was archived since ({} failures in total)",
+                "archiving is failing: {} failed at {} and nothing was archived since ({} failed attempts in total)",
                 archiver.last_failed_wal.clone().unwrap_or_default(),
                 archiver.last_failed_time.clone().unwrap_or_default(),
                 archiver.failed_count
@@ -1268,6 +1295,44 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 Verdict::Warning,
                 format!("archiving lags {l} segments behind the current WAL"),
                 "check that the repository keeps up (disk speed, compression level) and that archiving is not failing",
+            );
+        }
+    }
+    // A program that does not exist exits 127, which PostgreSQL treats as
+    // fatal for the archiver and does not count in pg_stat_archiver: the
+    // counters then look healthy while nothing is archived.
+    for inv in shape.invocations() {
+        let p = Path::new(&inv.program);
+        if p.is_absolute() {
+            // Only what is certain: a file this user cannot see proves nothing.
+            let wrong = match std::fs::metadata(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist"),
+                Ok(m) if !m.is_file() || std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 == 0 => {
+                    Some("is not an executable file")
+                }
+                _ => None,
+            };
+            if let Some(wrong) = wrong {
+                add(
+                    Verdict::Error,
+                    format!(
+                        "archive_command runs {}, which {wrong}: every archive attempt fails (exit 127 or 126), and PostgreSQL does not count these failures in pg_stat_archiver",
+                        inv.program
+                    ),
+                    "correct the path in archive_command (or run `dbbackup pitr enable`, which writes this binary's path), then reload",
+                );
+            }
+        }
+    }
+    if let (Some(waited), false) = (lag_seconds, archiver.failing) {
+        if waited > STUCK_READY_SECS {
+            add(
+                Verdict::Warning,
+                format!(
+                    "the oldest WAL segment ready for archiving has waited {} s and PostgreSQL records no failure: archive_command may not run at all (a missing program exits 127, a killed one dies by a signal; PostgreSQL counts neither), or archiving is far too slow",
+                    waited.round()
+                ),
+                "read the server log for \"archive command failed\" or \"terminated by signal\"; `dbbackup pitr status --prove-archiving` checks a segment end to end",
             );
         }
     }
@@ -1478,7 +1543,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             if let Some(e) = &r.writable {
                 add(
                     Verdict::Error,
-                    format!("cannot write into repository {}: {e}; the next segment will fail to archive", r.location),
+                    format!("cannot write into repository {}: {e}; archiving fails as soon as it must create a file or directory there (at the latest at the next WAL directory or timeline)", r.location),
                     "give the PostgreSQL OS user write access to the repository (or free space)",
                 );
             }
@@ -1577,13 +1642,19 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 if before_newest {
                     add(
                         Verdict::Warning,
-                        format!("the archive has a gap on timeline {} before the newest backup: {} to {} ({} segments) are missing", g.timeline, g.first_missing, g.last_missing, g.count),
+                        format!(
+                            "the archive has a gap on timeline {} before the newest backup: {} to {} ({}) are missing",
+                            g.timeline,
+                            g.first_missing,
+                            g.last_missing,
+                            plural(g.count, "segment")
+                        ),
                         "points before the gap's end cannot be recovered past it; the newest backup is not affected",
                     );
                 } else {
                     add(
                         Verdict::Error,
-                        format!("the archive has a gap on timeline {}: {} to {} ({} segments) are missing", g.timeline, g.first_missing, g.last_missing, g.count),
+                        format!("the archive has a gap on timeline {}: {} to {} ({}) are missing", g.timeline, g.first_missing, g.last_missing, plural(g.count, "segment")),
                         "take a new base backup (`dbbackup backup base`): points before it cannot be recovered past the gap",
                     );
                 }

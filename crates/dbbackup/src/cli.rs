@@ -154,7 +154,7 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub check_timeout: Option<f64>,
     /// Archive lag (in segments) above which the verdict is a warning
-    #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]
+    #[arg(long, value_name = "SEGMENTS", default_value_t = 16, allow_negative_numbers = true)]
     pub lag_warning: u64,
 }
 
@@ -184,6 +184,11 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 60, 0.5, 30s, 5m)"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("must be more than 0 seconds, not {s}"));
+    }
+    if v < 0.01 {
+        return Err(format!(
+            "{s} is too short: at least 0.01 seconds (each check connects to the server and writes a probe object)"
+        ));
     }
     if v > 86_400.0 * 7.0 {
         return Err(format!("{s} seconds is more than a week"));
@@ -462,7 +467,7 @@ pub enum PitrCommand {
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
         /// Archive lag (in segments) above which the verdict is a warning
-        #[arg(long, value_name = "SEGMENTS", default_value_t = 16)]
+        #[arg(long, value_name = "SEGMENTS", default_value_t = 16, allow_negative_numbers = true)]
         lag_warning: u64,
         /// Switch WAL once and check that the segment arrives in the repository (writes WAL; not with --watch)
         #[arg(long, conflicts_with = "watch")]
@@ -769,6 +774,8 @@ mod tests {
         assert!(parse_seconds("soon").unwrap_err().contains("not a number of seconds"));
         assert!(parse_seconds("1d").unwrap_err().contains("not a number of seconds"));
         assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("0.0001").unwrap_err().contains("at least 0.01 seconds"));
+        assert_eq!(parse_seconds("0.01"), Ok(0.01));
     }
 
     #[test]

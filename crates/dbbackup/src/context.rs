@@ -98,15 +98,20 @@ impl Ctx {
 
     /// Connection options, filled from `--pgdata`'s postmaster.pid (socket
     /// directory and port of the server running there) when not given.
+    /// Without postmaster.pid (the server is down), what the configuration
+    /// files name, so errors name the right server.
     pub fn conn_for_pgdata(&self) -> ConnOptions {
         let mut c = self.conn();
-        if let Some(pm) = self.g.pgdata.as_deref().and_then(read_postmaster_pid) {
-            if c.host.is_none() {
-                c.host = pm.socket_dir.clone();
-            }
-            if c.port.is_none() {
-                c.port = pm.port;
-            }
+        let Some(pgdata) = self.g.pgdata.as_deref() else { return c };
+        let (port, dir) = match read_postmaster_pid(pgdata) {
+            Some(pm) => (pm.port, pm.socket_dir),
+            None => dbbackup_core::pitr::configured_endpoint(pgdata),
+        };
+        if c.host.is_none() {
+            c.host = dir;
+        }
+        if c.port.is_none() {
+            c.port = port;
         }
         c
     }

@@ -320,7 +320,15 @@ fn the_monitor_survives_the_server_and_the_store_going_away() {
     }
     let frozen = m.metrics(false);
     assert_eq!(value(&frozen, "dbbackup_verdict", ERROR), Some(1.0));
-    assert!(value(&frozen, "dbbackup_check_errors_total", &[]).unwrap() > errors);
+    let failed = value(&frozen, "dbbackup_check_errors_total", &[]).unwrap();
+    assert!(failed > errors);
+    // While the check hangs, each interval is one more failed check: the
+    // time of the last check moves on (the monitor is not the stale one).
+    m.wait("failed checks while frozen", Duration::from_secs(15), |s| {
+        value(s, "dbbackup_check_errors_total", &[]).is_some_and(|e| e >= failed + 2.0)
+    });
+    let st = m.status();
+    assert!(st["check"]["error"].as_str().unwrap().contains("without an answer"), "{st}");
     Command::new("kill").args(["-CONT", &postmaster]).status().unwrap();
     m.wait("thawed", Duration::from_secs(60), |s| {
         value(s, "dbbackup_server_up", &[]) == Some(1.0) && value(s, "dbbackup_verdict", ERROR) == Some(0.0)
@@ -333,6 +341,8 @@ fn the_monitor_survives_the_server_and_the_store_going_away() {
     let st = m.status();
     assert_eq!(st["verdict"], "error");
     assert!(findings(&st).contains("cannot connect to PostgreSQL"), "{st}");
+    // Named from the configuration, not libpq's defaults (no postmaster.pid).
+    assert!(findings(&st).contains(&format!("port {}", c.port())), "{st}");
     // Labels survive the outage: still this cluster's series.
     let s = m.metrics(false);
     assert_eq!(value(&s, "dbbackup_server_up", &[("system_identifier", &sysid)]), Some(0.0), "{s:?}");
@@ -698,4 +708,66 @@ fn the_monitor_serves_a_server_that_is_down_and_stops_on_sigterm() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(log.contains("monitor: stopped"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A monitor follows archive_command; pointed at another repository (a
+/// typo makes a new, empty one) or finding its repository re-created (an
+/// unmounted file system: the next archive makes a new one there), it says
+/// error instead of starting afresh with verdict ok. A program in
+/// archive_command that does not exist is an error too (PostgreSQL counts
+/// no failure for it).
+#[test]
+fn another_repository_than_the_one_watched_is_an_error() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    make_archived_segment(&c);
+    backup(&c, &repo, &[]);
+    let data = c.data_dir();
+    let m = Monitor::start(&dir, &["--interval", "1", "--pgdata", data.to_str().unwrap()]);
+    m.wait("verdict ok", Duration::from_secs(20), |s| value(s, "dbbackup_verdict", OK) == Some(1.0));
+
+    // A typo in archive_command: archiving "works", into a new repository.
+    let typo = dir.join("rpeo");
+    let set = |cmd: &str| {
+        c.sql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+        c.sql("SELECT pg_reload_conf()");
+        c.wait_for("SHOW archive_command", cmd, Duration::from_secs(10));
+    };
+    set(&format!("{} wal archive %p %f --repo {}", bin().display(), typo.display()));
+    make_archived_segment(&c);
+    m.wait("error for the typo", Duration::from_secs(10), |s| value(s, "dbbackup_verdict", ERROR) == Some(1.0));
+    let st = m.status();
+    assert!(findings(&st).contains("the repository changed since the monitor started"), "{st}");
+    assert!(findings(&st).contains(&typo.display().to_string()), "{st}");
+
+    // Back to the right one: the same repository again, which now misses
+    // the segment that went astray (a gap: take a new backup).
+    set(&format!("{} wal archive %p %f --repo {}", bin().display(), repo.display()));
+    make_archived_segment(&c);
+    m.wait("the gap instead", Duration::from_secs(10), |s| value(s, "dbbackup_repository_gaps", &[]) == Some(1.0));
+    let st = m.status();
+    assert!(!findings(&st).contains("the repository changed"), "{st}");
+    backup(&c, &repo, &[]);
+    m.wait("no error after a new backup", Duration::from_secs(10), |s| {
+        value(s, "dbbackup_verdict", ERROR) == Some(0.0)
+    });
+
+    // The repository's file system is not mounted: the next archive creates
+    // a new repository at the same path (another ID).
+    std::fs::rename(&repo, dir.join("repo-unmounted")).unwrap();
+    make_archived_segment(&c);
+    m.wait("error for the re-created repository", Duration::from_secs(10), |s| {
+        value(s, "dbbackup_verdict", ERROR) == Some(1.0)
+    });
+    let st = m.status();
+    assert!(findings(&st).contains("the repository changed since the monitor started"), "{st}");
+    drop(m);
+
+    // A program that does not exist (exit 127: no failure in pg_stat_archiver).
+    let missing = dir.join("bin/dbbackupp");
+    set(&format!("{} wal archive %p %f --repo {}", missing.display(), repo.display()));
+    let out = dbb(["pitr", "status", "--json", "--pgdata", data.to_str().unwrap()]).assert_code(1);
+    let v = json(&out);
+    assert!(findings(&v).contains(&format!("archive_command runs {}, which does not exist", missing.display())), "{v}");
 }

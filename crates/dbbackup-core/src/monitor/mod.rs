@@ -214,7 +214,7 @@ async fn serve(listener: std::net::TcpListener, cached: Arc<Mutex<Cached>>, stop
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(TokioIo::new(accepted), service);
             // A client that goes away is its own business.
             let _ = conn.await;
@@ -257,7 +257,18 @@ fn check_loop(
 ) {
     let mut totals = Totals::default();
     let mut last: Option<(Verdict, String)> = None;
+    let mut pinned: Option<(String, String)> = None;
     let interval = opts.interval.as_secs_f64();
+    let mut done = |check: Check, totals: &mut Totals| {
+        let mut check = check;
+        pin_repository(&mut pinned, &mut check);
+        totals.checks += 1;
+        if check.outcome.is_err() {
+            totals.errors += 1;
+        }
+        note_change(&mut last, &check);
+        publish(cached, check, totals, interval);
+    };
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
@@ -265,44 +276,42 @@ fn check_loop(
         let spawned = std::thread::Builder::new().name("check".into()).spawn(move || {
             let _ = tx.send(run());
         });
-        let mut result = match spawned {
-            Ok(_) => rx.recv_timeout(opts.deadline).map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
-            Err(_) => Err(false),
-        };
-        if let Err(timed_out) = result {
-            let why = if timed_out {
-                format!("{}; the next starts when it ends", deadline_passed(opts.deadline))
-            } else {
-                "the check ended without a result (see the log)".to_string()
-            };
-            totals.checks += 1;
-            totals.errors += 1;
-            let failed = Check { finished: SystemTime::now(), duration: started.elapsed(), outcome: Err(why) };
-            note_change(&mut last, &failed);
-            publish(cached, failed, &totals, interval);
-            if !timed_out {
-                result = Err(false);
-            } else {
-                // Wait for the hanging check; its late result still counts.
-                result = loop {
+        let failed =
+            |why: String| Check { finished: SystemTime::now(), duration: started.elapsed(), outcome: Err(why) };
+        match spawned.map(|_| rx.recv_timeout(opts.deadline)) {
+            Ok(Ok(check)) => done(check, &mut totals),
+            Ok(Err(mpsc::RecvTimeoutError::Timeout)) => {
+                // Past the deadline: a failed check now, and one more every
+                // interval while it hangs (the counters and the time of the
+                // last check move on: the server is the stale one, not the
+                // monitor); its late result still counts.
+                done(failed(format!("{}; the next starts when it ends", deadline_passed(opts.deadline))), &mut totals);
+                let mut reported = Instant::now();
+                loop {
                     match rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(c) => break Ok(c),
-                        Err(mpsc::RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
-                        Err(_) => break Err(false),
+                        Ok(check) => {
+                            done(check, &mut totals);
+                            break;
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if reported.elapsed() >= opts.interval.max(Duration::from_secs(1)) {
+                                let why = format!(
+                                    "a check has run for {} s without an answer (a server or repository that does not answer); the next starts when it ends",
+                                    started.elapsed().as_secs()
+                                );
+                                done(failed(why), &mut totals);
+                                reported = Instant::now();
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            done(failed("the check ended without a result (see the log)".into()), &mut totals);
+                            break;
+                        }
                     }
-                };
-                if stop.load(Ordering::Relaxed) {
-                    return;
                 }
             }
-        }
-        if let Ok(check) = result {
-            totals.checks += 1;
-            if check.outcome.is_err() {
-                totals.errors += 1;
-            }
-            note_change(&mut last, &check);
-            publish(cached, check, &totals, interval);
+            _ => done(failed("the check ended without a result (see the log)".into()), &mut totals),
         }
         // The next check starts one interval after this one started.
         while !stop.load(Ordering::Relaxed) {
@@ -312,6 +321,34 @@ fn check_loop(
             }
             std::thread::sleep(left.min(Duration::from_millis(100)));
         }
+    }
+}
+
+/// The repository a monitor watches is the one its first good check found
+/// (its ID). Another one later is an error, not a healthy new
+/// start: archive_command pointed elsewhere (a typo), or the repository
+/// re-created where the old one was (a file system not mounted, so the
+/// next archive made a new, empty repository there).
+fn pin_repository(pinned: &mut Option<(String, String)>, check: &mut Check) {
+    let Ok(r) = &mut check.outcome else { return };
+    let Some(repo) = r.repository.as_ref().filter(|h| h.reachable && h.error.is_none()) else { return };
+    let Some(id) = repo.id.clone() else { return };
+    match pinned {
+        None => *pinned = Some((repo.location.clone(), id)),
+        // By ID: the same repository may be written another way.
+        Some((loc, pid)) if *pid != id => {
+            let message = format!(
+                "the repository changed since the monitor started: it watched {loc} (ID {pid}), the checks now find {} (ID {id}): archive_command was pointed at another repository, or the repository was re-created (a file system not mounted, a directory removed) and holds none of the earlier WAL and backups",
+                repo.location
+            );
+            r.findings.push(crate::pitr::Finding {
+                level: Verdict::Error,
+                message,
+                fix: "if archiving moved on purpose, take a base backup there and restart the monitor to watch it; otherwise point archive_command back at the repository (mount it) and take a new base backup".into(),
+            });
+            r.verdict = Verdict::Error;
+        }
+        Some(_) => {}
     }
 }
 
