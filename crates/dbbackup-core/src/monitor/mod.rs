@@ -91,14 +91,18 @@ fn deadline_passed(deadline: Duration) -> String {
 pub fn status_document(check: &Check, totals: &Totals) -> serde_json::Value {
     let mut doc = match &check.outcome {
         Ok(r) => serde_json::to_value(r).unwrap_or_default(),
-        Err(e) => serde_json::json!({
-            "verdict": "error",
-            "findings": [{
-                "level": "error",
-                "message": e,
-                "fix": "check that PostgreSQL is running and reachable with the connection options the monitor was given (--pgdata, --host, --port, --user)",
-            }],
-        }),
+        Err(e) => {
+            let hung = e.contains("did not finish") || e.contains("without an answer");
+            let fix = if hung {
+                "a server or repository that does not answer: check both (a stopped or overloaded server, a hung NFS mount, an object store that does not respond); the next check starts when this one ends"
+            } else {
+                "check that PostgreSQL is running and reachable with the connection options the monitor was given (--pgdata, --host, --port, --user)"
+            };
+            serde_json::json!({
+                "verdict": "error",
+                "findings": [{ "level": "error", "message": e, "fix": fix }],
+            })
+        }
     };
     let finished = jiff::Timestamp::try_from(check.finished).map(|t| t.to_string()).unwrap_or_default();
     doc["check"] = serde_json::json!({
