@@ -1245,10 +1245,10 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
         add(
             Verdict::Error,
             format!(
-                "archiving is failing: {} failed at {} and nothing was archived since ({} failed attempts in total)",
+                "archiving is failing: {} failed at {} and nothing was archived since ({} in total)",
                 archiver.last_failed_wal.clone().unwrap_or_default(),
                 archiver.last_failed_time.clone().unwrap_or_default(),
-                archiver.failed_count
+                plural(archiver.failed_count.max(0) as u64, "failed attempt")
             ),
             "read the dbbackup: lines in the server log; fix the cause (repository space, permissions, key); PostgreSQL retries by itself",
         );

@@ -144,7 +144,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
-    /// Address to serve on: HOST:PORT, [IPv6]:PORT, or :PORT for every interface
+    /// Address to serve on: HOST:PORT, [IPv6]:PORT, or :PORT for every IPv4 interface ([::]:PORT for IPv6 too)
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// Seconds between the starts of two checks (fractions allowed; 30s, 5m, 1h too)
@@ -163,7 +163,7 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
     let mut addrs = full.to_socket_addrs().map_err(|e| {
-        format!("{e}: give HOST:PORT (127.0.0.1:9863, [::1]:9863, localhost:9863) or :PORT for every interface")
+        format!("{e}: give HOST:PORT (127.0.0.1:9863, [::1]:9863, localhost:9863) or :PORT for every IPv4 interface")
     })?;
     addrs.next().ok_or_else(|| format!("{s} resolves to no address"))
 }
