@@ -771,3 +771,42 @@ fn another_repository_than_the_one_watched_is_an_error() {
     let v = json(&out);
     assert!(findings(&v).contains(&format!("archive_command runs {}, which does not exist", missing.display())), "{v}");
 }
+
+/// An archive_command that cannot run (a program name the server's PATH
+/// does not have: exit 127) is no failure for pg_stat_archiver; a segment
+/// waiting over two minutes with no failure recorded is a warning, in the
+/// metrics too.
+#[test]
+fn a_segment_waiting_without_a_recorded_failure_is_a_warning() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    make_archived_segment(&c);
+    backup(&c, &repo, &[]);
+    let cmd = "no-such-dbbackup-program wal archive %p %f";
+    c.sql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"));
+    c.sql("SELECT pg_reload_conf()");
+    c.wait_for("SHOW archive_command", cmd, Duration::from_secs(10));
+    c.sql("INSERT INTO filler SELECT g, 'x' FROM generate_series(1, 100) g");
+    c.switch_wal();
+    let data = c.data_dir();
+    let args = ["pitr", "status", "--json", "--repo", repo.to_str().unwrap(), "--pgdata", data.to_str().unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let v = json(&dbb(args).output());
+        if findings(&v).contains("has waited") {
+            assert!(findings(&v).contains("PostgreSQL records no failure"), "{v}");
+            assert_eq!(v["archiver"]["failing"], false, "PostgreSQL counted it after all: {v}");
+            assert!(v["lag_seconds"].as_f64().unwrap() > 120.0, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning: {v}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let out =
+        dbb(["pitr", "status", "--prometheus", "--repo", repo.to_str().unwrap(), "--pgdata", data.to_str().unwrap()])
+            .assert_success();
+    let s = parse(&out.stdout, false);
+    assert_eq!(value(&s, "dbbackup_verdict", &[("state", "ok")]), Some(0.0), "{}", out.stdout);
+    assert!(value(&s, "dbbackup_archive_lag_seconds", &[]).unwrap() > 120.0);
+}
