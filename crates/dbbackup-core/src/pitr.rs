@@ -1060,6 +1060,9 @@ pub struct StatusOptions {
     /// Whether `stores` came from a config file the user gave; if not, the
     /// config file archive_command names for the repository is read.
     pub config_given: bool,
+    /// The ID the repository must have (`--repo-id`): another one means it
+    /// was re-created (an unmounted file system) or is another repository.
+    pub repo_id: Option<String>,
 }
 
 /// Gathers the status from the live server and the repository.
@@ -1301,8 +1304,16 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
     // A program that does not exist exits 127, which PostgreSQL treats as
     // fatal for the archiver and does not count in pg_stat_archiver: the
     // counters then look healthy while nothing is archived.
-    for inv in shape.invocations() {
-        let p = Path::new(&inv.program);
+    // dbbackup invocations, and the command's first word (another tool, a
+    // wrapper script) when it is an absolute path.
+    let mut programs: Vec<String> = shape.invocations().iter().map(|i| i.program.clone()).collect();
+    if let Some(first) = command.split_whitespace().next().map(|w| w.trim_matches(['\'', '"'])) {
+        if first.starts_with('/') && !first.contains(['$', '`', '*', '?']) && !programs.iter().any(|p| p == first) {
+            programs.push(first.to_string());
+        }
+    }
+    for program in &programs {
+        let p = Path::new(program);
         if p.is_absolute() {
             // Only what is certain: a file this user cannot see proves nothing.
             let wrong = match std::fs::metadata(p) {
@@ -1316,8 +1327,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                 add(
                     Verdict::Error,
                     format!(
-                        "archive_command runs {}, which {wrong}: every archive attempt fails (exit 127 or 126), and PostgreSQL does not count these failures in pg_stat_archiver",
-                        inv.program
+                        "archive_command runs {program}, which {wrong}: every archive attempt fails (exit 127 or 126), and PostgreSQL does not count these failures in pg_stat_archiver"
                     ),
                     "correct the path in archive_command (or run `dbbackup pitr enable`, which writes this binary's path), then reload",
                 );
@@ -1539,6 +1549,18 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                     format!("repository {} is unreachable", r.location),
                     "check the path and permissions",
                 );
+            }
+            if let (Some(want), Some(found)) = (&opts.repo_id, &r.id) {
+                if r.reachable && want != found {
+                    add(
+                        Verdict::Error,
+                        format!(
+                            "repository {} has ID {found}, not {want} (--repo-id): it was re-created (a file system not mounted, so the next archive made a new, empty repository there) or another repository is named; it holds none of the earlier WAL and backups",
+                            r.location
+                        ),
+                        "mount the repository's file system (or point archive_command back at it) and take a new base backup; if the new repository is meant, give its ID (`dbbackup repo info`)",
+                    );
+                }
             }
             if let Some(e) = &r.writable {
                 add(

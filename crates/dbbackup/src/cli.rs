@@ -147,7 +147,7 @@ pub struct MonitorArgs {
     /// Address to serve on: HOST:PORT, [IPv6]:PORT, or :PORT for every IPv4 interface ([::]:PORT for IPv6 too)
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
-    /// Seconds between the starts of two checks (fractions allowed; 30s, 5m, 1h too)
+    /// Seconds between the starts of two checks (fractions allowed, at least 0.01; 30s, 5m, 1h too)
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub interval: f64,
     /// Seconds a check may take before it counts as failed [default: the interval, at least 10]
@@ -156,6 +156,9 @@ pub struct MonitorArgs {
     /// Archive lag (in segments) above which the verdict is a warning
     #[arg(long, value_name = "SEGMENTS", default_value_t = 16, allow_negative_numbers = true)]
     pub lag_warning: u64,
+    /// The ID the repository must have (`repo info` shows it); without it, the ID the first check finds
+    #[arg(long, value_name = "ID")]
+    pub repo_id: Option<String>,
 }
 
 /// `:9863` listens on every interface, as other exporters accept.
@@ -479,6 +482,10 @@ pub enum PitrCommand {
         /// exits 0 whenever the metrics were printed, whatever the verdict: the verdict is in them
         #[arg(long, conflicts_with_all = ["watch", "json"])]
         prometheus: bool,
+        /// The ID the repository must have (`repo info` shows it): another ID is an error (a repository
+        /// re-created where it was, e.g. on an unmounted file system)
+        #[arg(long, value_name = "ID")]
+        repo_id: Option<String>,
         /// With --prometheus: seconds the check may take; past it the metrics say it failed (30s, 5m too)
         #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds, allow_negative_numbers = true, requires = "prometheus")]
         check_timeout: f64,

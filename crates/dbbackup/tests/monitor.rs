@@ -755,6 +755,8 @@ fn another_repository_than_the_one_watched_is_an_error() {
 
     // The repository's file system is not mounted: the next archive creates
     // a new repository at the same path (another ID).
+    let info = json(&dbb(["repo", "info", "--json", "--repo", repo.to_str().unwrap()]).assert_success());
+    let id = info["id"].as_str().unwrap().to_string();
     std::fs::rename(&repo, dir.join("repo-unmounted")).unwrap();
     make_archived_segment(&c);
     m.wait("error for the re-created repository", Duration::from_secs(10), |s| {
@@ -763,12 +765,24 @@ fn another_repository_than_the_one_watched_is_an_error() {
     let st = m.status();
     assert!(findings(&st).contains("the repository changed since the monitor started"), "{st}");
     drop(m);
+    // A one-shot check has no memory: --repo-id pins the repository.
+    let args = ["pitr", "status", "--json", "--repo", repo.to_str().unwrap(), "--pgdata", data.to_str().unwrap()];
+    let v = json(&dbb(args).args(["--repo-id", &id]).assert_code(1));
+    assert!(findings(&v).contains(&format!("not {id} (--repo-id): it was re-created")), "{v}");
+    let out = dbb(["pitr", "status", "--prometheus", "--repo-id", &id, "--repo", repo.to_str().unwrap()])
+        .args(["--pgdata", data.to_str().unwrap()])
+        .assert_success();
+    assert_eq!(value(&parse(&out.stdout, false), "dbbackup_verdict", ERROR), Some(1.0), "{}", out.stdout);
 
     // A program that does not exist (exit 127: no failure in pg_stat_archiver).
     let missing = dir.join("bin/dbbackupp");
     set(&format!("{} wal archive %p %f --repo {}", missing.display(), repo.display()));
     let out = dbb(["pitr", "status", "--json", "--pgdata", data.to_str().unwrap()]).assert_code(1);
     let v = json(&out);
+    assert!(findings(&v).contains(&format!("archive_command runs {}, which does not exist", missing.display())), "{v}");
+    // Another tool's program, as well (its failures are not counted either).
+    set(&format!("{} %p %f", missing.display()));
+    let v = json(&dbb(["pitr", "status", "--json", "--pgdata", data.to_str().unwrap()]).assert_code(1));
     assert!(findings(&v).contains(&format!("archive_command runs {}, which does not exist", missing.display())), "{v}");
 }
 

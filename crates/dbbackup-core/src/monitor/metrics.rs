@@ -106,7 +106,11 @@ pub fn render(check: &Check, totals: &Totals, labels: &Labels, interval: Option<
         "version",
         &[(env!("CARGO_PKG_VERSION"), 1.0)],
     );
-    b.gauge("dbbackup_last_check_timestamp_seconds", "When the last check finished", unix(check.finished));
+    b.gauge(
+        "dbbackup_last_check_timestamp_seconds",
+        "When the last check finished (or was given up on at its deadline)",
+        unix(check.finished),
+    );
     b.gauge("dbbackup_check_duration_seconds", "How long the last check took", check.duration.as_secs_f64());
     b.counter("dbbackup_checks", "Checks run since the monitor started", totals.checks as f64);
     b.counter(

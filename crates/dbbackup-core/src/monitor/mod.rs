@@ -121,6 +121,9 @@ pub struct ServiceOptions {
     pub interval: Duration,
     /// How long a check may take before it counts as failed.
     pub deadline: Duration,
+    /// The repository ID given (`--repo-id`): each check compares it, so the
+    /// monitor does not keep the first ID it finds.
+    pub repo_id: Option<String>,
 }
 
 /// What scrapes read: rendered once per check.
@@ -265,7 +268,9 @@ fn check_loop(
     let interval = opts.interval.as_secs_f64();
     let mut done = |check: Check, totals: &mut Totals| {
         let mut check = check;
-        pin_repository(&mut pinned, &mut check);
+        if opts.repo_id.is_none() {
+            pin_repository(&mut pinned, &mut check);
+        }
         totals.checks += 1;
         if check.outcome.is_err() {
             totals.errors += 1;

@@ -12,7 +12,7 @@ use crate::cli::MonitorArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
-    let opts = super::pitr::status_options(ctx, a.lag_warning, None)?;
+    let opts = super::pitr::status_options(ctx, a.lag_warning, None, a.repo_id.clone())?;
     // Bound first: a port in use is said before anything else.
     let service = Service::bind(a.listen)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -37,7 +37,12 @@ pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
         a.interval,
         deadline.as_secs_f64()
     );
-    service.run(ServiceOptions { interval, deadline }, checker, initial, Arc::clone(&stop))?;
+    service.run(
+        ServiceOptions { interval, deadline, repo_id: a.repo_id.clone() },
+        checker,
+        initial,
+        Arc::clone(&stop),
+    )?;
     let by = match which.load(Ordering::SeqCst) as i32 {
         signal_hook::consts::SIGTERM => "SIGTERM",
         signal_hook::consts::SIGINT => "SIGINT",

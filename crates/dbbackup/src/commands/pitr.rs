@@ -28,12 +28,13 @@ pub fn run(ctx: &Ctx, c: PitrCommand) -> Result<ExitCode> {
             archive_check_timeout,
             prometheus,
             check_timeout,
+            repo_id,
         } => {
             let prove = prove_archiving.then(|| Duration::from_secs(archive_check_timeout));
             if prometheus {
-                return status_prometheus(ctx, lag_warning, prove, Duration::from_secs_f64(check_timeout));
+                return status_prometheus(ctx, lag_warning, prove, repo_id, Duration::from_secs_f64(check_timeout));
             }
-            status(ctx, watch, lag_warning, prove)
+            status(ctx, watch, lag_warning, prove, repo_id)
         }
     }
 }
@@ -457,7 +458,12 @@ fn disable(ctx: &Ctx, restart: bool, force: bool) -> Result<ExitCode> {
 }
 
 /// The options of a status check, from the global options.
-pub fn status_options(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>) -> Result<StatusOptions> {
+pub fn status_options(
+    ctx: &Ctx,
+    lag_warning: u64,
+    prove: Option<Duration>,
+    repo_id: Option<String>,
+) -> Result<StatusOptions> {
     Ok(StatusOptions {
         repo: ctx.g.repo.as_ref().map(|_| ctx.repo_path()).transpose()?,
         lag_warning,
@@ -465,6 +471,7 @@ pub fn status_options(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>) -> R
         prove,
         stores: ctx.g.stores.clone(),
         config_given: ctx.g.config.is_some(),
+        repo_id,
     })
 }
 
@@ -485,9 +492,15 @@ pub fn labels_before_check(ctx: &Ctx, opts: &StatusOptions) -> dbbackup_core::mo
 
 /// The monitor's metrics once: a server that cannot be reached is a
 /// metric (dbbackup_server_up 0), so the textfile is still replaced.
-fn status_prometheus(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>, deadline: Duration) -> Result<ExitCode> {
+fn status_prometheus(
+    ctx: &Ctx,
+    lag_warning: u64,
+    prove: Option<Duration>,
+    repo_id: Option<String>,
+    deadline: Duration,
+) -> Result<ExitCode> {
     use dbbackup_core::monitor::{self, metrics, Totals};
-    let opts = status_options(ctx, lag_warning, prove)?;
+    let opts = status_options(ctx, lag_warning, prove, repo_id)?;
     let (g, o) = (ctx.g.clone(), opts.clone());
     let check = monitor::check_within(
         move || {
@@ -507,8 +520,14 @@ fn status_prometheus(ctx: &Ctx, lag_warning: u64, prove: Option<Duration>, deadl
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(ctx: &Ctx, watch: Option<u64>, lag_warning: u64, prove: Option<Duration>) -> Result<ExitCode> {
-    let opts = status_options(ctx, lag_warning, prove)?;
+fn status(
+    ctx: &Ctx,
+    watch: Option<u64>,
+    lag_warning: u64,
+    prove: Option<Duration>,
+    repo_id: Option<String>,
+) -> Result<ExitCode> {
+    let opts = status_options(ctx, lag_warning, prove, repo_id)?;
     loop {
         let report = ctx.conn_for_pgdata().connect().and_then(|mut c| pitr::status(&mut c, &opts));
         let code = match report {
