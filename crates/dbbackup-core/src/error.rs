@@ -95,12 +95,8 @@ impl From<StorageError> for Error {
         let kind = match e {
             StorageError::NotFound { .. } => ErrorKind::NotFound,
             StorageError::AlreadyExists { .. } => ErrorKind::Conflict,
-            StorageError::Io { .. } if e.is_temporary() => {
-                return Error::new(
-                    ErrorKind::Unavailable,
-                    format!("{e} (a temporary failure: trying again later may succeed)"),
-                )
-            }
+            // Its message already says it is temporary.
+            StorageError::Io { .. } if e.is_temporary() => ErrorKind::Unavailable,
             StorageError::Io { .. } => ErrorKind::Io,
         };
         Error::new(kind, e.to_string())

@@ -757,6 +757,6 @@ mod tests {
             source: io_error(&io::Error::other("503 Service Unavailable"), &h),
         });
         assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable);
-        assert!(e.to_string().contains("a temporary failure"), "{e}");
+        assert_eq!(e.to_string().matches("a temporary failure").count(), 1, "{e}");
     }
 }
