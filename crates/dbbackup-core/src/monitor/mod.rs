@@ -66,17 +66,29 @@ pub fn check(connect: &dyn Fn() -> Result<postgres::Client>, opts: &StatusOption
 /// (the check's thread is left to finish or hang on its own).
 pub fn check_within(checker: impl FnOnce() -> Check + Send + 'static, deadline: Duration) -> Check {
     let started = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new().name("check".into()).spawn(move || {
-        let _ = tx.send(checker());
-    });
-    let outcome = match spawned.map(|_| rx.recv_timeout(deadline)) {
-        Ok(Ok(check)) => return check,
-        Ok(Err(mpsc::RecvTimeoutError::Timeout)) => deadline_passed(deadline),
-        _ => "the check ended without a result (see the log)".to_string(),
+    let outcome = match spawn_check(checker).map(|rx| rx.recv_timeout(deadline)) {
+        Some(Ok(check)) => return check,
+        Some(Err(mpsc::RecvTimeoutError::Timeout)) => deadline_passed(deadline),
+        _ => NO_RESULT.to_string(),
     };
     Check { finished: SystemTime::now(), duration: started.elapsed(), outcome: Err(outcome) }
 }
+
+/// Runs `checker` on a thread of its own; its result arrives on the
+/// receiver (none if the thread could not start, or ended without one).
+fn spawn_check(checker: impl FnOnce() -> Check + Send + 'static) -> Option<mpsc::Receiver<Check>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("check".into())
+        .spawn(move || {
+            let _ = tx.send(checker());
+        })
+        .ok()?;
+    Some(rx)
+}
+
+/// A check whose thread ended without a result (a panic: see the log).
+const NO_RESULT: &str = "the check ended without a result (see the log)";
 
 fn deadline_passed(deadline: Duration) -> String {
     format!(
@@ -280,16 +292,13 @@ fn check_loop(
     };
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let (tx, rx) = mpsc::channel();
         let run = Arc::clone(&checker);
-        let spawned = std::thread::Builder::new().name("check".into()).spawn(move || {
-            let _ = tx.send(run());
-        });
+        let rx = spawn_check(move || run());
         let failed =
             |why: String| Check { finished: SystemTime::now(), duration: started.elapsed(), outcome: Err(why) };
-        match spawned.map(|_| rx.recv_timeout(opts.deadline)) {
-            Ok(Ok(check)) => done(check, &mut totals),
-            Ok(Err(mpsc::RecvTimeoutError::Timeout)) => {
+        match rx.as_ref().map(|rx| (rx, rx.recv_timeout(opts.deadline))) {
+            Some((_, Ok(check))) => done(check, &mut totals),
+            Some((rx, Err(mpsc::RecvTimeoutError::Timeout))) => {
                 // Past the deadline: a failed check now, and one more every
                 // interval while it hangs (the counters and the time of the
                 // last check move on: the server is the stale one, not the
@@ -314,13 +323,13 @@ fn check_loop(
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            done(failed("the check ended without a result (see the log)".into()), &mut totals);
+                            done(failed(NO_RESULT.into()), &mut totals);
                             break;
                         }
                     }
                 }
             }
-            _ => done(failed("the check ended without a result (see the log)".into()), &mut totals),
+            _ => done(failed(NO_RESULT.into()), &mut totals),
         }
         // The next check starts one interval after this one started.
         while !stop.load(Ordering::Relaxed) {

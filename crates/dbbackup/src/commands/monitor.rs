@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use dbbackup_core::monitor::{self, Service, ServiceOptions};
+use dbbackup_core::monitor::{Service, ServiceOptions};
 
 use crate::cli::MonitorArgs;
 use crate::context::Ctx;
@@ -24,13 +24,7 @@ pub fn run(ctx: &Ctx, a: MonitorArgs) -> Result<ExitCode> {
     let interval = Duration::from_secs_f64(a.interval);
     let deadline = Duration::from_secs_f64(a.check_timeout.unwrap_or(a.interval.max(10.0)));
     let initial = super::pitr::labels_before_check(ctx, &opts);
-    let conn = ctx.g.clone();
-    let checker = Arc::new(move || {
-        // Where the server is may change between checks (a restart on
-        // another port): read postmaster.pid every time.
-        let ctx = Ctx::new(conn.clone(), false);
-        monitor::check(&|| ctx.conn_for_pgdata().connect(), &opts)
-    });
+    let checker = Arc::new(super::pitr::checker(ctx, opts));
     tracing::info!(
         "monitor: serving http://{}/metrics and /status, checking every {} s (deadline {} s)",
         service.local_addr(),

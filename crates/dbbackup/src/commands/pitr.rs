@@ -475,6 +475,17 @@ pub fn status_options(
     })
 }
 
+/// One check as the monitor runs it: connecting anew each time, with the
+/// server's socket and port read from `--pgdata`'s postmaster.pid then (a
+/// server restarted on another port is still found).
+pub fn checker(ctx: &Ctx, opts: StatusOptions) -> impl Fn() -> dbbackup_core::monitor::Check + Send + Sync + 'static {
+    let g = ctx.g.clone();
+    move || {
+        let ctx = Ctx::new(g.clone(), false);
+        dbbackup_core::monitor::check(&|| ctx.conn_for_pgdata().connect(), &opts)
+    }
+}
+
 /// The metrics' labels until a check says otherwise: the cluster of
 /// --pgdata (from pg_control), and the repository given.
 pub fn labels_before_check(ctx: &Ctx, opts: &StatusOptions) -> dbbackup_core::monitor::Labels {
@@ -501,14 +512,7 @@ fn status_prometheus(
 ) -> Result<ExitCode> {
     use dbbackup_core::monitor::{self, metrics, Totals};
     let opts = status_options(ctx, lag_warning, prove, repo_id)?;
-    let (g, o) = (ctx.g.clone(), opts.clone());
-    let check = monitor::check_within(
-        move || {
-            let ctx = Ctx::new(g, false);
-            monitor::check(&|| ctx.conn_for_pgdata().connect(), &o)
-        },
-        deadline,
-    );
+    let check = monitor::check_within(checker(ctx, opts.clone()), deadline);
     if let Err(e) = &check.outcome {
         eprintln!("dbbackup: warning: {e}");
     }
