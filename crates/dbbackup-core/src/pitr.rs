@@ -339,13 +339,19 @@ pub fn apply_online(client: &mut postgres::Client, changes: &[Change]) -> Result
     Ok(())
 }
 
-/// Reads current values from configuration files of a stopped cluster
-/// (`postgresql.conf`, then `postgresql.auto.conf`, which wins).
+/// Reads the archiving settings from configuration files of a stopped
+/// cluster.
 pub fn read_offline(pgdata: &Path) -> BTreeMap<String, String> {
+    read_offline_settings(pgdata, ARCHIVE_SETTINGS)
+}
+
+/// Reads current values of `names` from configuration files of a stopped
+/// cluster (`postgresql.conf`, then `postgresql.auto.conf`, which wins).
+fn read_offline_settings(pgdata: &Path, names: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for file in ["postgresql.conf", "postgresql.auto.conf"] {
         if let Ok(text) = std::fs::read_to_string(pgdata.join(file)) {
-            for name in ARCHIVE_SETTINGS {
+            for name in names {
                 if let Some(v) = read_conf_value(&text, name) {
                     out.insert(name.to_string(), v);
                 }
@@ -906,17 +912,11 @@ fn plural(n: u64, what: &str) -> String {
 /// The port and first socket directory a stopped cluster's configuration
 /// files name (for messages and connections when no postmaster.pid says).
 pub fn configured_endpoint(pgdata: &Path) -> (Option<u16>, Option<String>) {
-    let (mut port, mut dir) = (None, None);
-    for file in ["postgresql.conf", "postgresql.auto.conf"] {
-        if let Ok(text) = std::fs::read_to_string(pgdata.join(file)) {
-            if let Some(p) = read_conf_value(&text, "port").and_then(|v| v.trim().parse().ok()) {
-                port = Some(p);
-            }
-            if let Some(d) = read_conf_value(&text, "unix_socket_directories") {
-                dir = d.split(',').map(str::trim).find(|d| !d.is_empty()).map(String::from);
-            }
-        }
-    }
+    let set = read_offline_settings(pgdata, &["port", "unix_socket_directories"]);
+    let port = set.get("port").and_then(|v| v.trim().parse().ok());
+    let dir = set
+        .get("unix_socket_directories")
+        .and_then(|d| d.split(',').map(str::trim).find(|d| !d.is_empty()).map(String::from));
     (port, dir)
 }
 
