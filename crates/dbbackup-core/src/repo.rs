@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use dbbackup_format::control::{parse_control, parse_pg_version};
 use dbbackup_format::key::Key;
-use dbbackup_format::meta::{ClusterIdentity, Compression, Encryption, MetaError, RepoMeta, FORMAT_VERSION, META_FILE};
+use dbbackup_format::meta::{
+    ClusterIdentity, Compression, Encryption, MetaError, RepoMeta, CREATE_FORMAT_VERSION, META_FILE,
+};
 use dbbackup_format::{Codec, SegmentSize};
 
 use crate::codec::CodecSettings;
@@ -172,7 +174,7 @@ impl Repository {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| Error::io(format!("cannot make a repository ID: {e}")))?;
         let meta = RepoMeta {
-            format_version: FORMAT_VERSION,
+            format_version: CREATE_FORMAT_VERSION,
             id: Some(hex::encode(id)),
             created_at: now_rfc3339(),
             created_by: format!("dbbackup {}", env!("CARGO_PKG_VERSION")),
@@ -360,6 +362,35 @@ impl Repository {
         Ok(())
     }
 
+    /// Raises the repository's format version to at least `version` (before
+    /// writing what older builds must not misread); a no-op when it is there.
+    pub fn require_format(&mut self, version: u32) -> Result<()> {
+        if self.meta.format_version >= version {
+            return Ok(());
+        }
+        let loc = self.location();
+        let _lock =
+            self.storage.lock(META_LOCK).map_err(|e| Error::io(format!("cannot lock repository {loc}: {e}")))?;
+        let mut meta = Self::read_meta(self.storage.as_ref())?;
+        if meta.format_version < version {
+            meta.format_version = version;
+            self.write_meta(&meta)?;
+        }
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn write_meta(&self, meta: &RepoMeta) -> Result<()> {
+        let loc = self.location();
+        let mut w = self
+            .storage
+            .create(META_FILE, Commit::Replace)
+            .map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
+        w.write_all(meta.to_json().as_bytes())
+            .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        w.commit().map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))
+    }
+
     /// Binds an unbound repository to `identity`; a bound one must match.
     pub fn bind(&mut self, identity: ClusterIdentity) -> Result<()> {
         let loc = self.location();
@@ -373,13 +404,7 @@ impl Repository {
             return Ok(());
         }
         meta.cluster = Some(identity);
-        let mut w = self
-            .storage
-            .create(META_FILE, Commit::Replace)
-            .map_err(|e| Error::io(format!("cannot write repository {loc}: {e}")))?;
-        w.write_all(meta.to_json().as_bytes())
-            .map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
-        w.commit().map_err(|e| Error::io(format!("cannot write {loc}/{META_FILE}: {e}")))?;
+        self.write_meta(&meta)?;
         self.meta = meta;
         Ok(())
     }

@@ -24,6 +24,73 @@ pub enum BackupStatus {
     Expired,
 }
 
+/// What a backup holds: every file (`full`), or what changed since its
+/// parent: the newest backup of any type (`incr`) or the newest full one
+/// (`diff`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    #[default]
+    Full,
+    Incr,
+    Diff,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Incr => "incr",
+            BackupType::Diff => "diff",
+        }
+    }
+}
+
+/// The manifest version of a full backup: version 1 readers restore it
+/// (the fields added since are optional and they ignore them).
+pub const MANIFEST_VERSION_FULL: u32 = 1;
+/// The manifest version of an incremental or differential backup: its
+/// files need the parent's, which version 1 readers do not know about.
+pub const MANIFEST_VERSION_CHAINED: u32 = 2;
+
+/// The blocks of a file that changed since the parent backup, stored in one
+/// object: the blocks of `runs`, in order, concatenated (the last block of
+/// the file may be short).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Object path relative to the backup directory.
+    pub object: String,
+    /// `[first block, count]`, ascending and not overlapping.
+    pub runs: Vec<[u64; 2]>,
+    /// Plaintext bytes of the object.
+    pub size: u64,
+    /// BLAKE3 of the object's plaintext.
+    pub checksum: String,
+}
+
+impl Delta {
+    /// The block numbers, ascending.
+    pub fn blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.iter().flat_map(|[first, n]| *first..first + n)
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.runs.iter().map(|[_, n]| n).sum()
+    }
+}
+
+/// Where a file's block map lies: one 16-byte hash (BLAKE3, truncated) per
+/// block of the file as this backup holds it, in the object
+/// `maps/<path>.map<codec suffix>[.enc]` of backup `backup` (this one or an
+/// ancestor whose file is byte-identical). The next incremental backup
+/// compares blocks against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapRef {
+    pub backup: String,
+    /// BLAKE3 of the map's plaintext.
+    pub checksum: String,
+}
+
 /// One copied file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -37,9 +104,27 @@ pub struct FileEntry {
     pub mtime: String,
     /// BLAKE3 of the plaintext, 64 lower-case hex digits.
     pub checksum: String,
+    /// Bytes this backup stored for the file (objects and block map).
     pub stored_size: u64,
-    /// Object path relative to the backup directory.
+    /// The object holding the whole file, relative to the backup directory;
+    /// empty when this backup holds it as `unchanged` or as a `delta`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
+    /// Byte-identical to the parent backup's file (no object).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// The parent's file, resized to `size`, with these blocks replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapRef>,
+}
+
+impl FileEntry {
+    /// Whether this backup holds the whole file in its own object.
+    pub fn is_whole(&self) -> bool {
+        self.delta.is_none() && !self.unchanged
+    }
 }
 
 /// A directory to recreate (possibly empty, such as `pg_wal`).
@@ -90,6 +175,15 @@ pub struct Manifest {
     pub tablespaces: Vec<Tablespace>,
     pub directories: Vec<DirEntry>,
     pub files: Vec<FileEntry>,
+    /// Absent in manifests written before incremental backups: full.
+    #[serde(default, rename = "type")]
+    pub backup_type: BackupType,
+    /// The backup this one holds the changes since (`incr`, `diff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The block size of the server's files (block maps and deltas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
 }
 
 impl Manifest {

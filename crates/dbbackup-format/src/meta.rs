@@ -7,8 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Codec;
 
-/// The repository format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format this build reads and writes.
+///
+/// 1: full backups only. 2: may hold incremental and differential backups
+/// (manifest version 2), whose files need their parents': a repository
+/// becomes version 2 when its first such backup starts, so that older
+/// builds (which would read such a backup as a full one) refuse it whole.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version a new repository gets: it stays readable by older builds
+/// until it holds an incremental or differential backup.
+pub const CREATE_FORMAT_VERSION: u32 = 1;
+/// The version a repository needs to hold incremental backups.
+pub const CHAINED_FORMAT_VERSION: u32 = 2;
 /// File name of the metadata at the repository root.
 pub const META_FILE: &str = "dbbackup.json";
 
@@ -145,8 +155,8 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused_before_anything_else() {
-        let e = RepoMeta::parse(r#"{"format_version": 2, "something": "new"}"#).unwrap_err();
-        assert!(matches!(e, MetaError::NewerFormat { found: 2, supported: 1 }), "{e}");
+        let e = RepoMeta::parse(r#"{"format_version": 3, "something": "new"}"#).unwrap_err();
+        assert!(matches!(e, MetaError::NewerFormat { found: 3, supported: 2 }), "{e}");
         assert!(RepoMeta::parse("{").is_err());
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use dbbackup_format::manifest::BackupType;
 use dbbackup_format::Codec;
 
 #[derive(Debug, Parser)]
@@ -357,7 +358,9 @@ pub enum BackupCommand {
         jobs: usize,
     },
     /// Delete one backup (not the only complete one, unless --force)
-    #[command(after_help = "The WAL it needed stays until `backup expire` or `wal cleanup` finds it unneeded.\n\n\
+    #[command(after_help = "The WAL it needed stays until `backup expire` or `wal cleanup` finds it unneeded. A \
+        backup that incremental or differential backups are built on is refused while they exist (they cannot be \
+        restored without it), unless --with-dependents deletes them too (newest first).\n\n\
         Example:\n  dbbackup backup delete 20261124T013000Z --repo /backups/pg")]
     Delete {
         /// Backup ID
@@ -365,16 +368,21 @@ pub enum BackupCommand {
         /// Delete even the only complete backup
         #[arg(long)]
         force: bool,
+        /// Also delete the incremental and differential backups built on it
+        #[arg(long)]
+        with_dependents: bool,
     },
     /// Remove backups beyond the retention policy and the WAL only they needed
-    #[command(after_help = "Keeps the newest N complete backups (--keep) and/or every point of the last D days \
-        recoverable (--keep-days: the backups inside the window plus the newest one before it). WAL from the \
+    #[command(after_help = "Keeps the newest N complete full backups and every incremental or differential \
+        backup built on them (--keep) and/or every point of the last D days recoverable (--keep-days: the backups \
+        inside the window plus the newest one before it). A kept backup keeps the backups it is built on; \
+        removed ones go newest first, so none is ever left without its parent. WAL from the \
         oldest kept backup's start onward stays, on every timeline, and every history file. Failed, \
         interrupted and expired backups are removed.\n\n\
         Prints one line per backup and the WAL summed up: how many objects, their stored size, and the \
         segment range per timeline (-v also lists every object; --json has the full list).\n\nExample:\n  dbbackup backup expire --repo /backups/pg --keep 7 --dry-run")]
     Expire {
-        /// Keep this many newest complete backups
+        /// Keep this many newest complete full backups (and the backups built on them)
         #[arg(long, value_name = "N")]
         keep: Option<usize>,
         /// Keep every point of the last D days recoverable
@@ -388,6 +396,10 @@ pub enum BackupCommand {
 
 #[derive(Debug, Args)]
 pub struct BaseArgs {
+    /// full: every file; incr: the blocks changed since the newest backup; diff: since the newest full
+    /// backup [default: incr once a complete backup exists, else full]
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_backup_type)]
+    pub backup_type: Option<BackupType>,
     /// Label (pg_backup_start's label; default: dbbackup <ID>)
     #[arg(long, value_name = "TEXT", value_parser = parse_label)]
     pub label: Option<String>,
@@ -762,6 +774,15 @@ fn parse_label(s: &str) -> Result<String, String> {
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
     s.parse()
+}
+
+fn parse_backup_type(s: &str) -> Result<BackupType, String> {
+    match s {
+        "full" => Ok(BackupType::Full),
+        "incr" | "incremental" => Ok(BackupType::Incr),
+        "diff" | "differential" => Ok(BackupType::Diff),
+        _ => Err(format!("{s:?} is not a backup type: full, incr or diff")),
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dbbackup_format::manifest::{excluded_file, BackupStatus, DirEntry, FileEntry, Manifest, Tablespace, EMPTY_DIRS};
-use dbbackup_format::meta::FORMAT_VERSION;
+use dbbackup_format::manifest::{
+    excluded_file, BackupStatus, BackupType, Delta, DirEntry, FileEntry, Manifest, MapRef, Tablespace, EMPTY_DIRS,
+    MANIFEST_VERSION_CHAINED, MANIFEST_VERSION_FULL,
+};
 use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName};
 
-use crate::backup::{backup_dir, write_manifest, BACKUP_LOCK};
+use crate::backup::blocks::{self, BlockHasher};
+use crate::backup::chain::Chain;
+use crate::backup::{backup_dir, write_manifest, BACKUP_LOCK, RETENTION_LOCK};
+use crate::checksum::Checksum;
 use crate::codec::CodecSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::encode;
@@ -47,6 +52,10 @@ pub struct BaseOptions {
     /// The caller already ran [`check_archiving`] (before creating the
     /// repository): do not switch WAL a second time.
     pub archiving_checked: bool,
+    /// Full, or only the changes since the newest backup (incr) or the
+    /// newest full backup (diff); `None`: incr when a complete backup
+    /// exists, else full.
+    pub backup_type: Option<BackupType>,
 }
 
 /// What `backup base` was asked, before the repository is open.
@@ -60,6 +69,7 @@ pub struct BackupRequest {
     pub wait_archive: bool,
     pub archive_timeout: Duration,
     pub archive_check_timeout: Duration,
+    pub backup_type: Option<BackupType>,
 }
 
 /// The whole `backup base`: refuses a role that cannot back up and a
@@ -98,11 +108,21 @@ pub fn backup(
         archive_timeout: r.archive_timeout,
         archive_check_timeout: r.archive_check_timeout,
         archiving_checked,
+        backup_type: r.backup_type,
     };
+    if r.backup_type != Some(BackupType::Full) {
+        // Before anything chained is written: older builds would read an
+        // incremental backup as a full one, so they must refuse the
+        // repository instead.
+        let (all, _) = crate::backup::list(&repo)?;
+        if all.iter().any(|m| m.status == BackupStatus::Complete) {
+            repo.require_format(dbbackup_format::meta::CHAINED_FORMAT_VERSION)?;
+        }
+    }
     if !opts.fast {
         say("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");
     }
-    let m = take(&repo, client, &opts, progress)?;
+    let m = take(&repo, client, &opts, progress, say)?;
     Ok((repo, m))
 }
 
@@ -346,22 +366,329 @@ pub fn file_aad(id: &str, rel: &str) -> String {
     format!("backup/{id}/{rel}")
 }
 
-/// Copies one file into the backup. `Ok(None)` when it vanished.
-fn copy_file(
-    repo: &Repository,
-    id: &str,
-    job: &Job,
-    settings: &CodecSettings,
-    progress: &Progress,
-) -> Result<Option<FileEntry>> {
-    let mut f = match File::open(&job.abs) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("cannot read {}: {e}", job.abs.display()))),
-    };
-    let meta = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", job.abs.display())))?;
-    store_entry(repo, id, &job.rel, &mut f, meta.permissions().mode() & 0o7777, meta.mtime(), settings, progress)
-        .map(Some)
+/// What every file copy of one backup shares.
+struct Copier<'a> {
+    repo: &'a Repository,
+    id: &'a str,
+    settings: CodecSettings,
+    progress: &'a Progress,
+    /// The parent's chain, for an incremental or differential backup.
+    parent: Option<&'a Chain>,
+    block_size: usize,
+}
+
+fn mtime_text(mtime: i64) -> String {
+    jiff::Timestamp::from_second(mtime).map(|t| t.to_string()).unwrap_or_default()
+}
+
+impl Copier<'_> {
+    /// Copies one file into the backup: whole, or (with a parent) as
+    /// unchanged or as its changed blocks. `Ok(None)` when it vanished.
+    fn copy(&self, job: &Job) -> Result<Option<FileEntry>> {
+        let Some(mut f) = open_job(job)? else { return Ok(None) };
+        let meta = f.metadata().map_err(|e| Error::io(format!("cannot stat {}: {e}", job.abs.display())))?;
+        let (mode, mtime) = (meta.permissions().mode() & 0o7777, meta.mtime());
+        let parent = self.parent.and_then(|c| c.target_entry(&job.rel).map(|e| (c, e)));
+        let Some((chain, pe)) = parent else {
+            return self.whole(&job.rel, &mut f, mode, mtime).map(Some);
+        };
+        if meta.len() < blocks::MAP_MIN && pe.size < blocks::MAP_MIN {
+            return self.small(job, &mut f, mode, mtime, pe).map(Some);
+        }
+        let map = pe.map.as_ref().and_then(|r| {
+            let owner = chain.manifest(&r.backup)?;
+            blocks::load_map(self.repo, owner, &job.rel, r)
+                .inspect_err(|e| tracing::warn!("{e}; {} is compared whole instead", job.rel))
+                .ok()
+        });
+        match map {
+            Some(map) => self.delta(job, &mut f, mode, mtime, pe, &map),
+            None => self.scan(job, &mut f, mode, mtime, pe),
+        }
+    }
+
+    /// Stores a whole file (and its block map when it is large enough).
+    fn whole(&self, rel: &str, reader: &mut dyn io::Read, mode: u32, mtime: i64) -> Result<FileEntry> {
+        let mut hashing = blocks::HashingReader { inner: reader, blocks: Some(BlockHasher::new(self.block_size)) };
+        let mut e = store_entry(self.repo, self.id, rel, &mut hashing, mode, mtime, &self.settings, self.progress)?;
+        if e.size >= blocks::MAP_MIN {
+            let hashes = hashing.blocks.take().expect("hashing").finish();
+            let (r, stored) = self.store_map(rel, &hashes)?;
+            e.map = Some(r);
+            e.stored_size += stored;
+        }
+        Ok(e)
+    }
+
+    fn store_map(&self, rel: &str, hashes: &[blocks::BlockHash]) -> Result<(MapRef, u64)> {
+        let path =
+            format!("{}/{}", backup_dir(self.id), blocks::map_rel(rel, self.settings.codec, self.repo.key().is_some()));
+        let mut w = self
+            .repo
+            .storage()
+            .create(&path, Commit::NoReplace)
+            .map_err(|e| Error::from(e).context(format!("cannot store the block map of {rel}")))?;
+        let bytes = blocks::map_bytes(hashes);
+        let enc = encode(
+            self.repo,
+            w.as_mut(),
+            &blocks::map_aad(self.id, rel),
+            self.settings,
+            &[],
+            &mut Cursor::new(bytes),
+            rel,
+        )?;
+        w.commit().map_err(|e| Error::from(e).context(format!("cannot store the block map of {rel}")))?;
+        Ok((MapRef { backup: self.id.to_string(), checksum: enc.checksum.expect("encode checksums") }, enc.stored_size))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unchanged(
+        &self,
+        rel: &str,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        checksum: String,
+        map: Option<MapRef>,
+        stored: u64,
+    ) -> FileEntry {
+        FileEntry {
+            path: rel.to_string(),
+            size,
+            mode,
+            mtime: mtime_text(mtime),
+            checksum,
+            stored_size: stored,
+            object: String::new(),
+            unchanged: true,
+            delta: None,
+            map,
+        }
+    }
+
+    /// A small file: compared by its checksum, stored whole when it changed.
+    fn small(&self, job: &Job, f: &mut File, mode: u32, mtime: i64, pe: &FileEntry) -> Result<FileEntry> {
+        let mut bytes = Vec::with_capacity(job.size as usize);
+        io::Read::read_to_end(f, &mut bytes)
+            .map_err(|e| Error::io(format!("cannot read {}: {e}", job.abs.display())))?;
+        let sum = crate::checksum::of(&bytes);
+        if bytes.len() as u64 == pe.size && sum == pe.checksum {
+            self.progress.done_bytes.fetch_add(pe.size, Ordering::Relaxed);
+            return Ok(self.unchanged(&job.rel, pe.size, mode, mtime, sum, pe.map.clone(), 0));
+        }
+        self.whole(&job.rel, &mut Cursor::new(bytes), mode, mtime)
+    }
+
+    /// A large file whose parent copy has no block map (taken by an older
+    /// dbbackup, or its map unreadable): read once to compare it whole; a
+    /// changed file is then stored whole (read again).
+    fn scan(&self, job: &Job, f: &mut File, mode: u32, mtime: i64, pe: &FileEntry) -> Result<Option<FileEntry>> {
+        let mut sum = Checksum::new();
+        let mut hasher = BlockHasher::new(self.block_size);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = crate::object::read_full(f, &mut buf)
+                .map_err(|e| Error::io(format!("cannot read {}: {e}", job.abs.display())))?;
+            if n == 0 {
+                break;
+            }
+            sum.update(&buf[..n]);
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        if total == pe.size && sum.hex() == pe.checksum {
+            self.progress.done_bytes.fetch_add(total, Ordering::Relaxed);
+            let (r, stored) = self.store_map(&job.rel, &hasher.finish())?;
+            return Ok(Some(self.unchanged(&job.rel, total, mode, mtime, pe.checksum.clone(), Some(r), stored)));
+        }
+        let Some(mut f) = open_job(job)? else { return Ok(None) };
+        self.whole(&job.rel, &mut f, mode, mtime).map(Some)
+    }
+
+    /// A large file with the parent's block map: reads it once, stores the
+    /// blocks whose hash differs from the map's (and every block past the
+    /// parent's end) and the new map.
+    fn delta(
+        &self,
+        job: &Job,
+        f: &mut File,
+        mode: u32,
+        mtime: i64,
+        pe: &FileEntry,
+        map: &[blocks::BlockHash],
+    ) -> Result<Option<FileEntry>> {
+        let encrypted = self.repo.key().is_some();
+        let object = blocks::delta_rel(&job.rel, self.settings.codec, encrypted);
+        let full = format!("{}/{object}", backup_dir(self.id));
+        let bs = self.block_size;
+        let mut reader = io::BufReader::with_capacity(1 << 20, &mut *f);
+        let mut sum = Checksum::new();
+        let mut hashes = Vec::with_capacity(map.len());
+        let mut changed: Vec<u64> = Vec::new();
+        let mut total = 0u64;
+        let mut block = vec![0u8; bs];
+        // Changed blocks go to an encoder thread through a bounded channel
+        // (a few MiB in flight whatever the file's size); `Err` aborts it so
+        // that a read error never commits a short object.
+        let stored = std::thread::scope(|s| -> Result<Option<crate::object::Encoded>> {
+            let mut tx: Option<std::sync::mpsc::SyncSender<std::result::Result<Vec<u8>, ()>>> = None;
+            let mut worker = None;
+            let mut batch: Vec<u8> = Vec::new();
+            let start = |tx: &mut Option<_>, worker: &mut Option<_>| {
+                let (t, rx) = std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, ()>>(4);
+                *tx = Some(t);
+                let full = full.clone();
+                let rel = job.rel.clone();
+                *worker = Some(s.spawn(move || -> Result<crate::object::Encoded> {
+                    let mut w = self
+                        .repo
+                        .storage()
+                        .create(&full, Commit::NoReplace)
+                        .map_err(|e| Error::from(e).context(format!("cannot store the changes of {rel}")))?;
+                    let mut r = ChannelReader { rx, cur: Vec::new(), pos: 0 };
+                    let enc = encode(
+                        self.repo,
+                        w.as_mut(),
+                        &blocks::delta_aad(self.id, &rel),
+                        self.settings,
+                        &[],
+                        &mut r,
+                        &rel,
+                    )?;
+                    w.commit().map_err(|e| Error::from(e).context(format!("cannot store the changes of {rel}")))?;
+                    Ok(enc)
+                }));
+            };
+            let read = (|| -> Result<()> {
+                loop {
+                    let n = crate::object::read_full(&mut reader, &mut block)
+                        .map_err(|e| Error::io(format!("cannot read {}: {e}", job.abs.display())))?;
+                    if n == 0 {
+                        break;
+                    }
+                    let b = &block[..n];
+                    sum.update(b);
+                    let h = blocks::block_hash(b);
+                    let i = hashes.len();
+                    if map.get(i) != Some(&h) {
+                        changed.push(i as u64);
+                        if tx.is_none() {
+                            start(&mut tx, &mut worker);
+                        }
+                        batch.extend_from_slice(b);
+                        if batch.len() >= 1 << 20 {
+                            let full_batch = std::mem::take(&mut batch);
+                            if tx.as_ref().expect("started").send(Ok(full_batch)).is_err() {
+                                return Ok(()); // the encoder failed: its error is reported below
+                            }
+                        }
+                    }
+                    hashes.push(h);
+                    total += n as u64;
+                    if n < bs {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            match read {
+                Ok(()) => {
+                    if tx.is_none() && total != pe.size {
+                        // Shorter (truncated) with no changed block: an empty delta.
+                        start(&mut tx, &mut worker);
+                    }
+                    if let Some(t) = tx.take() {
+                        if !batch.is_empty() {
+                            let _ = t.send(Ok(std::mem::take(&mut batch)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(Err(()));
+                    }
+                    if let Some(w) = worker.take() {
+                        let _ = w.join();
+                    }
+                    return Err(e);
+                }
+            }
+            let enc = match worker {
+                Some(w) => {
+                    Some(w.join().map_err(|_| Error::io(format!("storing the changes of {} panicked", job.rel)))??)
+                }
+                None => None,
+            };
+            Ok(enc)
+        })?;
+        self.progress.done_bytes.fetch_add(total, Ordering::Relaxed);
+        let checksum = sum.hex();
+        let Some(enc) = stored else {
+            if checksum == pe.checksum {
+                return Ok(Some(self.unchanged(&job.rel, total, mode, mtime, checksum, pe.map.clone(), 0)));
+            }
+            // Every block matches the map but the file does not match the
+            // parent's checksum: the map does not describe the parent's
+            // copy. In doubt, store the file whole.
+            tracing::warn!("{}: block map of the parent disagrees with its checksum; stored whole", job.rel);
+            let Some(mut f) = open_job(job)? else { return Ok(None) };
+            return self.whole(&job.rel, &mut f, mode, mtime).map(Some);
+        };
+        let (r, map_stored) = self.store_map(&job.rel, &hashes)?;
+        Ok(Some(FileEntry {
+            path: job.rel.clone(),
+            size: total,
+            mode,
+            mtime: mtime_text(mtime),
+            checksum,
+            stored_size: enc.stored_size + map_stored,
+            object: String::new(),
+            unchanged: false,
+            delta: Some(Delta {
+                object,
+                runs: blocks::runs(&changed),
+                size: enc.plain_size,
+                checksum: enc.checksum.expect("encode checksums"),
+            }),
+            map: Some(r),
+        }))
+    }
+}
+
+/// The changed blocks, as the encoder reads them.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::result::Result<Vec<u8>, ()>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(())) => return Err(io::Error::other("reading the file failed")),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn open_job(job: &Job) -> Result<Option<File>> {
+    match File::open(&job.abs) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("cannot read {}: {e}", job.abs.display()))),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -385,27 +712,22 @@ fn store_entry(
     let enc = encode(repo, w.as_mut(), &file_aad(id, rel), *settings, &[], reader, rel)?;
     w.commit().map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
     progress.done_bytes.fetch_add(enc.plain_size, Ordering::Relaxed);
-    let mtime = jiff::Timestamp::from_second(mtime).map(|t| t.to_string()).unwrap_or_default();
     Ok(FileEntry {
         path: rel.to_string(),
         size: enc.plain_size,
         mode,
-        mtime,
+        mtime: mtime_text(mtime),
         checksum: enc.checksum.expect("encode checksums"),
         stored_size: enc.stored_size,
         object,
+        unchanged: false,
+        delta: None,
+        map: None,
     })
 }
 
 /// Copies all jobs with `jobs` threads; stops at the first error.
-fn copy_parallel(
-    repo: &Repository,
-    id: &str,
-    work: &[Job],
-    jobs: usize,
-    settings: &CodecSettings,
-    progress: &Progress,
-) -> Result<Vec<FileEntry>> {
+fn copy_parallel(c: &Copier<'_>, work: &[Job], jobs: usize) -> Result<Vec<FileEntry>> {
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let out = Mutex::new(Vec::with_capacity(work.len()));
@@ -416,7 +738,7 @@ fn copy_parallel(
                 while !abort.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = work.get(i) else { break };
-                    match copy_file(repo, id, job, settings, progress) {
+                    match c.copy(job) {
                         Ok(Some(e)) => out.lock().expect("not poisoned").push(e),
                         Ok(None) => tracing::debug!("{} vanished during the backup; skipped", job.rel),
                         Err(e) => {
@@ -434,6 +756,54 @@ fn copy_parallel(
     Ok(out.into_inner().expect("threads joined"))
 }
 
+/// The parent of a new incremental (newest complete backup) or
+/// differential (newest complete full backup) backup, with its chain; `None`
+/// for a full backup, which is what the first backup of a repository is
+/// whatever was asked (said through `say`).
+fn choose_parent(
+    repo: &Repository,
+    want: Option<BackupType>,
+    block_size: u32,
+    major: u32,
+    say: &dyn Fn(&str),
+) -> Result<Option<(BackupType, Chain)>> {
+    if want == Some(BackupType::Full) {
+        return Ok(None);
+    }
+    let (all, _) = crate::backup::list(repo)?;
+    let mut complete = all.iter().filter(|m| m.status == BackupStatus::Complete);
+    let Some(want) = want.or_else(|| complete.clone().next().map(|_| BackupType::Incr)) else {
+        return Ok(None); // the first backup, full by default
+    };
+    let candidate = match want {
+        BackupType::Diff => complete.rev().find(|m| m.backup_type == BackupType::Full),
+        _ => complete.next_back(),
+    };
+    let full_instead = |why: String| {
+        say(&format!("{why}: this backup is full (--type {} needs one to build on)", want.as_str()));
+        Ok(None)
+    };
+    let Some(p) = candidate else {
+        let what = if want == BackupType::Diff { "full backup" } else { "backup" };
+        return full_instead(format!("repository {} has no complete {what} yet", repo.location()));
+    };
+    if p.block_size.is_some_and(|b| b != block_size) || p.pg_version_major != major {
+        return full_instead(format!(
+            "the newest complete backup, {}, was taken of PostgreSQL {} with {}-byte blocks, the server runs {major} with {block_size}-byte blocks",
+            p.id,
+            p.pg_version_major,
+            p.block_size.unwrap_or(8192)
+        ));
+    }
+    match Chain::from_list(&all, p) {
+        Ok(c) => {
+            say(&format!("{} backup on top of backup {} (chain {})", want.as_str(), p.id, c.describe()));
+            Ok(Some((want, c)))
+        }
+        Err(e) => full_instead(format!("the newest complete backup, {}, cannot be built on ({e})", p.id)),
+    }
+}
+
 /// Takes a base backup. The server connection must be a superuser's (or
 /// have the backup functions granted: see [`check_privileges`]). A refusal
 /// or a failing `pg_backup_start` leaves no entry; a failure after it
@@ -443,6 +813,7 @@ pub fn take(
     client: &mut postgres::Client,
     opts: &BaseOptions,
     progress: &Progress,
+    say: &dyn Fn(&str),
 ) -> Result<Manifest> {
     let _lock = repo
         .storage()
@@ -484,6 +855,12 @@ pub fn take(
     let size = SegmentSize::new(ident.wal_segment_size)
         .ok_or_else(|| Error::server(format!("impossible wal_segment_size {}", ident.wal_segment_size)))?;
     let host = fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let block_size: u32 = client
+        .query_one("SHOW block_size", &[])
+        .map(|r| r.get::<_, String>(0))
+        .map_err(sql_err("cannot read block_size"))?
+        .parse()
+        .map_err(|_| Error::server("the server reports an impossible block_size"))?;
 
     let mut id = new_id();
     while repo.storage().list(&backup_dir(&id)).map(|l| !l.is_empty()).unwrap_or(false) {
@@ -491,8 +868,13 @@ pub fn take(
         id = new_id();
     }
     let label = opts.label.clone().unwrap_or_else(|| format!("dbbackup {id}"));
+    // The parent is chosen, and the new backup recorded as its child, under
+    // the retention lock: an expire running meanwhile sees the child and
+    // keeps the chain.
+    let retention = repo.storage().lock(RETENTION_LOCK)?;
+    let parent = choose_parent(repo, opts.backup_type, block_size, ident.major_version, say)?;
     let mut m = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: if parent.is_some() { MANIFEST_VERSION_CHAINED } else { MANIFEST_VERSION_FULL },
         id: id.clone(),
         label: label.clone(),
         status: BackupStatus::Running,
@@ -524,10 +906,22 @@ pub fn take(
         tablespaces: Vec::new(),
         directories: Vec::new(),
         files: Vec::new(),
+        backup_type: parent.as_ref().map(|(t, _)| *t).unwrap_or(BackupType::Full),
+        parent: parent.as_ref().map(|(_, c)| c.target().id.clone()),
+        block_size: Some(block_size),
     };
     write_manifest(repo, &m)?;
+    drop(retention);
     let mut started = false;
-    let result = run(repo, client, opts, progress, &mut m, &pgdata, &settings, size, ident.major_version, &mut started);
+    let copier = Copier {
+        repo,
+        id: &id,
+        settings,
+        progress,
+        parent: parent.as_ref().map(|(_, c)| c),
+        block_size: block_size as usize,
+    };
+    let result = run(repo, client, opts, progress, &mut m, &pgdata, &copier, size, ident.major_version, &mut started);
     if let (Err(e), false) = (&result, started) {
         // pg_backup_start failed: nothing started, so nothing is recorded
         // (a `failed` entry would only clutter `backup list`).
@@ -553,7 +947,9 @@ pub fn take(
         // The copied files of a failed backup are never used: remove them
         // first, which also frees the space a full disk needs for the
         // manifest that records the failure.
-        let _ = repo.storage().remove_tree(&format!("{}/data", backup_dir(&m.id)));
+        for sub in ["data", "deltas", "maps"] {
+            let _ = repo.storage().remove_tree(&format!("{}/{sub}", backup_dir(&m.id)));
+        }
         m.files.clear();
         if let Err(w) = write_manifest(repo, &m) {
             return Err(Error::new(
@@ -573,7 +969,7 @@ fn run(
     progress: &Progress,
     m: &mut Manifest,
     pgdata: &Path,
-    settings: &CodecSettings,
+    copier: &Copier<'_>,
     size: SegmentSize,
     major: u32,
     started: &mut bool,
@@ -606,10 +1002,11 @@ fn run(
     work.sort_by_key(|j| std::cmp::Reverse(j.size));
     progress.total_bytes.store(work.iter().map(|j| j.size).sum::<u64>(), Ordering::Relaxed);
     let workers = opts.jobs.max(1) * repo.storage().requests_per_worker();
-    let mut files = copy_parallel(repo, &m.id, &work, workers, settings, progress)?;
+    let mut files = copy_parallel(copier, &work, workers)?;
     if let Some(c) = control {
-        files.extend(copy_file(repo, &m.id, &c, settings, progress)?);
+        files.extend(copier.copy(&c)?);
     }
+    let settings = &copier.settings;
 
     let stop_sql = if major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"

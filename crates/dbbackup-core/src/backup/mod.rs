@@ -1,17 +1,20 @@
 //! Base backups in the repository: manifests, listing, taking (`base`),
 //! verifying (`verify`) and retention (`retention`).
 //!
-//! Layout: `backups/<id>/manifest.json` and `backups/<id>/data/<path>` plus
-//! the codec suffixes. A manifest is rewritten whole (temp + rename) as the
+//! Layout: `backups/<id>/manifest.json`, `backups/<id>/data/<path>` (whole
+//! files), `deltas/<path>` (changed blocks) and `maps/<path>` (block maps),
+//! plus the codec suffixes. A manifest is rewritten whole (temp + rename) as the
 //! backup moves from running to complete or failed.
 
 pub mod base;
+pub mod blocks;
+pub mod chain;
 pub mod retention;
 pub mod verify;
 
 use std::io::Write;
 
-use dbbackup_format::manifest::{BackupStatus, Manifest};
+use dbbackup_format::manifest::{BackupStatus, Manifest, MANIFEST_VERSION_CHAINED};
 
 use crate::error::{Error, Result};
 use crate::repo::Repository;
@@ -65,6 +68,12 @@ pub fn read_manifest(repo: &Repository, id: &str) -> Result<Manifest> {
 /// under another file's name, silently).
 fn check_manifest(m: &Manifest, path: &str, id: &str) -> Result<()> {
     let bad = |what: String| Error::integrity(format!("{path}: {what}: the manifest is damaged or was changed"));
+    if m.format_version > MANIFEST_VERSION_CHAINED {
+        return Err(Error::invalid(format!(
+            "{path}: manifest format version {} is newer than this dbbackup supports ({MANIFEST_VERSION_CHAINED}): upgrade dbbackup",
+            m.format_version
+        )));
+    }
     if m.id != id {
         return Err(bad(format!("it names backup {}, but lies in {}", m.id, backup_dir(id))));
     }
@@ -78,9 +87,20 @@ fn check_manifest(m: &Manifest, path: &str, id: &str) -> Result<()> {
         if !seen.insert(f.path.as_str()) {
             return Err(bad(format!("file {} is listed twice", f.path)));
         }
-        let expected = base::object_rel(&f.path, m.codec, m.encrypted);
-        if f.object != expected {
-            return Err(bad(format!("file {} points at object {}, not {expected}", f.path, f.object)));
+        let held = [f.is_whole(), f.unchanged, f.delta.is_some()].iter().filter(|b| **b).count();
+        if held != 1 || (!f.is_whole() && (m.parent.is_none() || !f.object.is_empty())) {
+            return Err(bad(format!(
+                "file {} is not held exactly one way (whole, unchanged, or as a delta on a parent)",
+                f.path
+            )));
+        }
+        let (object, expected) = match &f.delta {
+            Some(d) => (&d.object, blocks::delta_rel(&f.path, m.codec, m.encrypted)),
+            None if f.unchanged => continue,
+            None => (&f.object, base::object_rel(&f.path, m.codec, m.encrypted)),
+        };
+        if *object != expected {
+            return Err(bad(format!("file {} points at object {object}, not {expected}", f.path)));
         }
     }
     if let Some(d) = m.directories.iter().find(|d| !plain(&d.path)) {

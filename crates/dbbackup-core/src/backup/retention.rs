@@ -6,8 +6,15 @@
 //! oldest kept backup's start position onward is kept, on every timeline,
 //! with every history file. Ages come from the backups' recorded times and
 //! positions, never from file modification times.
+//!
+//! Chains: `--keep N` counts full backups and keeps every backup built on a
+//! kept one; whatever is kept keeps its ancestors (their files make it), so
+//! a backup is never left without its parent. What is removed goes newest
+//! first, children before their parents.
 
-use dbbackup_format::manifest::{BackupStatus, Manifest};
+use std::collections::HashSet;
+
+use dbbackup_format::manifest::{BackupStatus, BackupType, Manifest};
 use dbbackup_format::{SegmentSize, WalFileName, WalKind};
 
 use crate::error::{Error, Result};
@@ -16,7 +23,8 @@ use crate::wal::catalog::Catalog;
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Policy {
-    /// Keep this many newest complete backups.
+    /// Keep this many newest complete full backups, and every backup built
+    /// on them.
     pub keep: Option<usize>,
     /// Keep every point of the last this many days recoverable.
     pub keep_days: Option<u64>,
@@ -94,6 +102,40 @@ pub struct Removal {
     pub reason: String,
 }
 
+/// The full backup a backup's chain starts at (`None`: a parent is missing).
+fn root<'a>(backups: &'a [Manifest], m: &'a Manifest) -> Option<&'a str> {
+    let mut cur = m;
+    for _ in 0..=backups.len() {
+        match cur.parent.as_deref() {
+            None => return Some(cur.id.as_str()),
+            Some(p) => cur = backups.iter().find(|b| b.id == p)?,
+        }
+    }
+    None
+}
+
+/// The backups built on `id`, directly or not (any status), newest first.
+pub fn dependents<'a>(backups: &'a [Manifest], id: &str) -> Vec<&'a Manifest> {
+    let mut ids: HashSet<&str> = HashSet::from([id]);
+    let mut out: Vec<&Manifest> = Vec::new();
+    // Children start after their parents: one pass oldest first finds all.
+    let mut sorted: Vec<&Manifest> = backups.iter().collect();
+    sorted.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+    loop {
+        let before = out.len();
+        for m in &sorted {
+            if m.parent.as_deref().is_some_and(|p| ids.contains(p)) && ids.insert(m.id.as_str()) {
+                out.push(m);
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(b.id.cmp(&a.id)));
+    out
+}
+
 fn parse_time(s: &str) -> Option<jiff::Timestamp> {
     s.parse().ok()
 }
@@ -127,8 +169,17 @@ pub fn plan(
     }
     let mut keep = vec![false; complete.len()];
     if let Some(n) = policy.keep {
-        for k in keep.iter_mut().rev().take(n) {
-            *k = true;
+        let fulls: HashSet<&str> = complete
+            .iter()
+            .rev()
+            .filter(|m| m.backup_type == BackupType::Full)
+            .take(n)
+            .map(|m| m.id.as_str())
+            .collect();
+        for (i, m) in complete.iter().enumerate() {
+            if root(backups, m).is_some_and(|r| fulls.contains(r)) {
+                keep[i] = true;
+            }
         }
     }
     if let Some(days) = policy.keep_days {
@@ -145,9 +196,31 @@ pub fn plan(
             keep[i] = true;
         }
     }
-    let oldest_kept = keep.iter().position(|k| *k).expect("at least one backup is kept");
+    let Some(oldest_kept) = keep.iter().position(|k| *k) else {
+        plan.note = Some("no complete backup has its whole chain in the repository: nothing is removed".into());
+        return Ok(plan);
+    };
     let oldest = complete[oldest_kept];
     let outside = |m: &Manifest, reason: &str| Removal { id: m.id.clone(), reason: reason.to_string() };
+    // Backups being taken, and pending ones newer than every kept backup,
+    // stay (their WAL and their parents too).
+    let in_use = |m: &Manifest| match m.status {
+        BackupStatus::Running => running_now,
+        BackupStatus::Pending => m.start_time >= oldest.start_time,
+        _ => false,
+    };
+    // Everything a kept or in-use backup is built on stays.
+    let mut needed: HashSet<&str> = HashSet::new();
+    let kept_ids = complete.iter().zip(&keep).filter(|(_, k)| **k).map(|(m, _)| *m);
+    for m in kept_ids.chain(backups.iter().filter(|m| in_use(m))) {
+        let mut cur = m.parent.as_deref();
+        while let Some(id) = cur.filter(|id| needed.insert(id)) {
+            cur = backups.iter().find(|b| b.id == id).and_then(|b| b.parent.as_deref());
+        }
+    }
+    for (i, m) in complete.iter().enumerate() {
+        keep[i] |= needed.contains(m.id.as_str());
+    }
     // The backups that stay usable: their WAL stays.
     let mut holders: Vec<&Manifest> = Vec::new();
     for (i, m) in complete.iter().enumerate() {
@@ -161,6 +234,12 @@ pub fn plan(
         }
     }
     for m in backups.iter().filter(|m| m.status != BackupStatus::Complete) {
+        if needed.contains(m.id.as_str()) {
+            // Expired by `wal cleanup` or pending, but a kept backup is
+            // built on its files.
+            holders.push(m);
+            continue;
+        }
         let stale = match m.status {
             BackupStatus::Failed => Some("failed"),
             BackupStatus::Expired => Some("expired by wal cleanup"),
@@ -180,6 +259,12 @@ pub fn plan(
             None => holders.push(m),
         }
     }
+    // Children before their parents: an interrupted removal never leaves a
+    // backup without its parent.
+    plan.remove_backups.sort_by(|a, b| {
+        let t = |id: &str| backups.iter().find(|m| m.id == id).map(|m| m.start_time.clone()).unwrap_or_default();
+        t(&b.id).cmp(&t(&a.id)).then(b.id.cmp(&a.id))
+    });
     let Some(size) = size else {
         plan.note = Some("the repository is not bound to a cluster: no WAL is removed".into());
         return Ok(plan);
@@ -299,7 +384,8 @@ fn prepare(
 /// What `backup delete` removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deleted {
-    Backup(String),
+    /// The backup, and the backups built on it (newest first).
+    Backup { id: String, dependents: Vec<String> },
     /// A backup directory whose manifest was missing or unreadable.
     UnreadableDirectory(String),
 }
@@ -307,7 +393,7 @@ pub enum Deleted {
 /// `backup delete ID`, under the retention lock. Refuses a backup being
 /// taken, and the only complete backup unless `force`; `force` also removes
 /// a backup directory whose manifest is gone or damaged.
-pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool) -> Result<Deleted> {
+pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool, with_dependents: bool) -> Result<Deleted> {
     use crate::backup::{backup_dir, backup_running, read_manifest, BACKUPS_DIR};
     let _lock = repo.storage().lock(crate::backup::RETENTION_LOCK)?;
     let dir_exists = || repo.storage().list(BACKUPS_DIR).is_ok_and(|l| l.iter().any(|e| e.is_dir && e.name == id));
@@ -325,18 +411,46 @@ pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool) -> R
         }
         Err(e) => return Err(e),
     };
-    if m.status == BackupStatus::Running && backup_running(repo) {
+    let running = backup_running(repo);
+    if m.status == BackupStatus::Running && running {
         return Err(Error::invalid(format!("backup {id} is being taken right now: wait for it to finish")));
     }
     let (all, _) = crate::backup::list(repo)?;
-    let complete = all.iter().filter(|b| b.status == BackupStatus::Complete).count();
-    if m.status == BackupStatus::Complete && complete == 1 && !force {
+    let deps = dependents(&all, id);
+    if let Some(d) = deps.iter().find(|d| d.status == BackupStatus::Running && running) {
         return Err(Error::invalid(format!(
-            "backup {id} is the only complete backup: without it nothing can be restored; use --force to delete it anyway"
+            "backup {} is being taken right now on top of backup {id}: wait for it to finish",
+            d.id
         )));
     }
+    if !deps.is_empty() && !with_dependents {
+        let names: Vec<String> = deps.iter().rev().map(|d| format!("{} ({})", d.id, d.backup_type.as_str())).collect();
+        return Err(Error::invalid(format!(
+            "backup {id} is the parent of {}: they cannot be restored without it; delete them first, or use --with-dependents to delete them with it",
+            names.join(", ")
+        )));
+    }
+    let gone: HashSet<&str> = deps.iter().map(|d| d.id.as_str()).chain([id]).collect();
+    let complete_left =
+        all.iter().filter(|b| b.status == BackupStatus::Complete && !gone.contains(b.id.as_str())).count();
+    let any_complete_gone = all.iter().any(|b| b.status == BackupStatus::Complete && gone.contains(b.id.as_str()));
+    if any_complete_gone && complete_left == 0 && !force {
+        let what = if deps.is_empty() {
+            format!("backup {id} is the only complete backup")
+        } else {
+            format!("backup {id} and its dependents are the only complete backups")
+        };
+        return Err(Error::invalid(format!(
+            "{what}: without them nothing can be restored; use --force to delete anyway"
+        )));
+    }
+    // Children first (newest first): an interrupted delete never leaves a
+    // backup without its parent.
+    for d in &deps {
+        remove_backup(repo, Some(d))?;
+    }
     remove_backup(repo, Some(&m))?;
-    Ok(Deleted::Backup(id.to_string()))
+    Ok(Deleted::Backup { id: id.to_string(), dependents: deps.iter().map(|d| d.id.clone()).collect() })
 }
 
 /// Removes one backup: marks it failed ("deleted"), then removes its files.

@@ -9,6 +9,7 @@ use dbbackup_format::manifest::{BackupStatus, FileEntry, Manifest};
 use dbbackup_format::{SegmentSize, TimelineId, WalFileName};
 
 use crate::backup::base::file_aad;
+use crate::backup::chain::Chain;
 use crate::backup::{backup_dir, write_manifest};
 use crate::error::{pipeline_error, Error, Result};
 use crate::object::open_decoded;
@@ -111,16 +112,30 @@ pub fn needed_wal(m: &Manifest) -> Result<Vec<WalFileName>> {
     Ok((seg(start)?..=seg(stop)?).map(|n| WalFileName::segment(TimelineId(tli), n, size)).collect())
 }
 
+/// Verifies backup `m`: each file as a restore would write it (through
+/// its chain: a damaged object of a parent is a problem of the child), and
+/// the WAL from its start to its stop.
 pub fn verify(repo: &Repository, m: &Manifest, jobs: usize) -> Result<BackupVerifyReport> {
     let next = AtomicUsize::new(0);
     let problems = Mutex::new(Vec::new());
     let ok = AtomicUsize::new(0);
+    let chain = match Chain::load(repo, m.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems
+                .lock()
+                .expect("not poisoned")
+                .push(Problem { object: m.parent.clone().unwrap_or_else(|| m.id.clone()), error: e.to_string() });
+            None
+        }
+    };
     std::thread::scope(|s| {
+        let Some(chain) = chain.as_ref() else { return };
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(f) = m.files.get(i) else { break };
-                match verify_file(repo, m, f, &mut std::io::sink()) {
+                match chain.read_file(repo, f, &mut std::io::sink()) {
                     Ok(()) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }

@@ -18,7 +18,7 @@ use dbbackup_format::recovery::{format_time, RecoverySettings, Target, RECOVERY_
 use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName, WalKind};
 
 use crate::backup;
-use crate::backup::verify::verify_file;
+use crate::backup::chain::Chain;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::wal::catalog::{timelines, Catalog};
@@ -493,7 +493,11 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
                     repo.location()
                 )));
             }
-            let pick = complete.iter().rev().find(|m| unreachable_reason(m, &legs, &target).is_none());
+            // A chained backup whose ancestors are not all there is passed over.
+            let pick = complete
+                .iter()
+                .rev()
+                .find(|m| unreachable_reason(m, &legs, &target).is_none() && Chain::from_list(&all, m).is_ok());
             match pick {
                 Some(m) => Source::Repo(Box::new((*m).clone())),
                 None => {
@@ -869,6 +873,7 @@ fn extract_repo(
     let mut order: Vec<&dbbackup_format::manifest::FileEntry> = m.files.iter().collect();
     order.sort_by_key(|f| std::cmp::Reverse(f.size));
     let workers = opts.jobs.max(1) * repo.storage().requests_per_worker();
+    let chain = Chain::load(repo, m.clone())?;
     crate::par::try_for_each(&order, workers, |f| {
         let path = resolve(&f.path);
         if let Some(parent) = path.parent() {
@@ -876,7 +881,7 @@ fn extract_repo(
         }
         let out = File::create(&path).map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
         let mut out = BufWriter::with_capacity(1 << 20, WritebackFile { file: out, written: 0, started: 0 });
-        verify_file(repo, m, f, &mut out)?;
+        chain.read_file(repo, f, &mut out)?;
         out.flush().map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(f.mode & 0o7777))
             .map_err(|e| Error::io(format!("cannot set mode of {}: {e}", path.display())))
@@ -1062,10 +1067,11 @@ pub fn planned_socket(repo: &Repository, plan: &RestorePlan) -> Result<(Vec<Stri
     match &plan.source {
         Source::Repo(m) => {
             let mut texts = Vec::new();
+            let chain = Chain::load(repo, (**m).clone())?;
             for f in CONF_FILES {
                 if let Some(entry) = m.files.iter().find(|e| e.path == f) {
                     let mut buf = Vec::new();
-                    verify_file(repo, m, entry, &mut buf)?;
+                    chain.read_file(repo, entry, &mut buf)?;
                     texts.push(String::from_utf8_lossy(&buf).into_owned());
                 }
             }

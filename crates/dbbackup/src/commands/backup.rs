@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use dbbackup_core::backup::base::{backup, BackupRequest, Progress};
+use dbbackup_core::backup::chain::Chain;
 use dbbackup_core::backup::retention::{self, Policy};
 use dbbackup_core::backup::{self, backup_running, shown_status};
 use dbbackup_core::repo::{CreateOptions, Repository};
@@ -21,15 +22,22 @@ pub fn run(ctx: &Ctx, c: BackupCommand) -> Result<ExitCode> {
         BackupCommand::List => list(ctx),
         BackupCommand::Show { id } => show(ctx, &id),
         BackupCommand::Verify { id, jobs } => verify(ctx, &id, jobs),
-        BackupCommand::Delete { id, force } => delete(ctx, &id, force),
+        BackupCommand::Delete { id, force, with_dependents } => delete(ctx, &id, force, with_dependents),
         BackupCommand::Expire { keep, keep_days, dry_run } => expire(ctx, Policy { keep, keep_days }, dry_run),
     }
 }
 
-/// A one-screen summary of a manifest (no file list).
-pub fn summary(m: &Manifest, running_now: bool) -> serde_json::Value {
+/// A one-screen summary of a manifest (no file list); `all` (every
+/// backup) gives its chain.
+pub fn summary(m: &Manifest, running_now: bool, all: &[Manifest]) -> serde_json::Value {
+    let chain = Chain::from_list(all, m);
     json!({
         "id": m.id,
+        "type": m.backup_type.as_str(),
+        "parent": m.parent,
+        "chain": chain.as_ref().ok().map(|c| c.manifests().iter().map(|b| b.id.clone()).collect::<Vec<_>>()),
+        "chain_error": chain.as_ref().err().map(|e| e.to_string()),
+        "chain_stored_bytes": chain.as_ref().ok().map(|c| c.stored_bytes()),
         "label": m.label,
         "status": shown_status(m, running_now),
         "error": m.error,
@@ -68,6 +76,7 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
         wait_archive: !a.no_wait_archive,
         archive_timeout: Duration::from_secs(a.archive_wait_timeout),
         archive_check_timeout: Duration::from_secs(a.archive_check_timeout),
+        backup_type: a.backup_type,
     };
     let progress = Progress::default();
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -82,10 +91,12 @@ fn base(ctx: &Ctx, a: BaseArgs) -> Result<ExitCode> {
     })?;
     ctx.warn_unused_default_key(repo.key().is_some(), &format!("repository {}", repo.location()));
     if ctx.g.json {
-        print_json(&summary(&m, false));
+        let all = backup::list(&repo).map(|(all, _)| all).unwrap_or_default();
+        print_json(&summary(&m, false, &all));
     } else {
         ctx.note(format_args!(
-            "backup {} {}: {} files, {} ({} stored), WAL {} to {}",
+            "{} backup {} {}: {} files, {} ({} stored), WAL {} to {}",
+            m.backup_type.as_str(),
             m.id,
             shown_status(&m, false),
             m.files.len(),
@@ -138,14 +149,35 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
         eprintln!("dbbackup: warning: {e}");
     }
     if ctx.g.json {
-        print_json(&json!(all.iter().map(|m| summary(m, running)).collect::<Vec<_>>()));
+        print_json(&json!(all.iter().map(|m| summary(m, running, &all)).collect::<Vec<_>>()));
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t =
-        Table::new(&["ID", "STATUS", "START", "STOP", "START LSN", "STOP LSN", "TL>", "SIZE>", "STORED>", "LABEL"]);
+    let mut t = Table::new(&[
+        "ID",
+        "TYPE",
+        "PARENT",
+        "STATUS",
+        "START",
+        "STOP",
+        "START LSN",
+        "STOP LSN",
+        "TL>",
+        "SIZE>",
+        "STORED>",
+        "CHAIN>",
+        "LABEL",
+    ]);
     for m in &all {
+        // CHAIN: what a restore of this backup reads (its stored bytes and
+        // every ancestor's); "broken" when an ancestor is missing.
+        let chain = match Chain::from_list(&all, m) {
+            Ok(c) => human_bytes(c.stored_bytes()),
+            Err(_) => "broken".to_string(),
+        };
         t.row(vec![
             m.id.clone(),
+            m.backup_type.as_str().to_string(),
+            m.parent.clone().unwrap_or_else(|| "-".into()),
             shown_status(m, running).to_string(),
             m.start_time.clone(),
             m.stop_time.clone().unwrap_or_else(|| "-".into()),
@@ -154,6 +186,7 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
             m.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             human_bytes(m.size_bytes),
             human_bytes(m.stored_bytes),
+            chain,
             m.label.clone(),
         ]);
     }
@@ -164,7 +197,8 @@ fn list(ctx: &Ctx) -> Result<ExitCode> {
 fn show(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
     let m = backup::resolve(&repo, id)?;
-    let v = summary(&m, backup_running(&repo));
+    let all = backup::list(&repo).map(|(all, _)| all).unwrap_or_default();
+    let v = summary(&m, backup_running(&repo), &all);
     if ctx.g.json {
         print_json(&v);
     } else if let Some(obj) = v.as_object() {
@@ -211,10 +245,15 @@ fn verify(ctx: &Ctx, id: &str, jobs: usize) -> Result<ExitCode> {
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
+fn delete(ctx: &Ctx, id: &str, force: bool, with_dependents: bool) -> Result<ExitCode> {
     let repo = Repository::open_for_listing(ctx.storage()?)?;
-    match retention::delete_backup(&repo, id, force)? {
-        retention::Deleted::Backup(id) => println!("deleted backup {id}"),
+    match retention::delete_backup(&repo, id, force, with_dependents)? {
+        retention::Deleted::Backup { id, dependents } => {
+            for d in dependents {
+                println!("deleted backup {d} (built on {id})");
+            }
+            println!("deleted backup {id}")
+        }
         retention::Deleted::UnreadableDirectory(id) => {
             println!("deleted backup directory {id} (its manifest was unreadable)")
         }
