@@ -362,7 +362,7 @@ fn delete_and_expire_keep_chains_whole() {
     let out = dbb(["backup", "delete", &f2, "--with-dependents", "--repo"]).arg(&repo).assert_success();
     assert!(out.stdout.contains(&format!("deleted backup {d1}")), "{}", out.stdout);
     let ids: Vec<String> = list(&repo).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids, [f1.clone()]);
+    assert_eq!(ids, [f1.as_str()]);
     let out = dbb(["backup", "delete", &f1, "--repo"]).arg(&repo).assert_code(1);
     assert!(out.stderr.contains("only complete backup"), "{}", out.stderr);
 
