@@ -218,8 +218,20 @@ pub fn plan(
             cur = backups.iter().find(|b| b.id == id).and_then(|b| b.parent.as_deref());
         }
     }
+    let mut held_by_chain = Vec::new();
     for (i, m) in complete.iter().enumerate() {
-        keep[i] |= needed.contains(m.id.as_str());
+        if !keep[i] && needed.contains(m.id.as_str()) {
+            keep[i] = true;
+            held_by_chain.push(m.id.clone());
+        }
+    }
+    if !held_by_chain.is_empty() {
+        plan.note = Some(format!(
+            "keeping backup{} {} beyond the policy: newer kept backups are built on {}; a chain expires only whole, so take a full backup (`dbbackup backup base --type full`) regularly",
+            if held_by_chain.len() == 1 { "" } else { "s" },
+            held_by_chain.join(", "),
+            if held_by_chain.len() == 1 { "it" } else { "them" }
+        ));
     }
     // The backups that stay usable: their WAL stays.
     let mut holders: Vec<&Manifest> = Vec::new();
@@ -484,6 +496,124 @@ mod tests {
             "size_bytes": 0, "stored_bytes": 0, "tablespaces": [], "directories": [], "files": []
         });
         serde_json::from_value(json).unwrap()
+    }
+
+    /// An incremental (or differential) backup on `parent`.
+    fn on(id: &str, parent: &str, t: BackupType, start_seg: u64, time: &str) -> Manifest {
+        let mut m = backup(id, 1, start_seg, time);
+        m.backup_type = t;
+        m.parent = Some(parent.to_string());
+        m
+    }
+
+    fn ids(r: &[Removal]) -> Vec<&str> {
+        r.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    const I: BackupType = BackupType::Incr;
+    const D: BackupType = BackupType::Diff;
+
+    fn day(d: u32) -> String {
+        format!("2026-11-{d:02}T00:00:00Z")
+    }
+
+    #[test]
+    fn keep_counts_full_backups_and_expires_chains_whole_children_first() {
+        let now: jiff::Timestamp = "2026-11-20T00:00:00Z".parse().unwrap();
+        let cat = catalog(&[(1, 10), (1, 20), (1, 30), (1, 40), (1, 50), (1, 60)]);
+        let size = SegmentSize::new(SEG);
+        // A chain of 0, 1 and 3 incrementals on full backups F1..F3.
+        let backups = vec![
+            backup("F1", 1, 10, &day(1)),
+            backup("F2", 1, 20, &day(2)),
+            on("F2a", "F2", I, 25, &day(3)),
+            backup("F3", 1, 30, &day(4)),
+            on("F3a", "F3", I, 35, &day(5)),
+            on("F3b", "F3a", I, 40, &day(6)),
+            on("F3c", "F3", D, 45, &day(7)),
+        ];
+        let keep = |n| plan(&backups, &cat, size, Policy { keep: Some(n), keep_days: None }, now, true, false).unwrap();
+        let p = keep(1);
+        assert_eq!(p.keep_backups, ["F3", "F3a", "F3b", "F3c"]);
+        assert_eq!(ids(&p.remove_backups), ["F2a", "F2", "F1"], "newest first: a child before its parent");
+        assert_eq!(p.wal_kept_from.as_deref(), Some("00000001000000000000001E"));
+        let p = keep(2);
+        assert_eq!(p.keep_backups, ["F2", "F2a", "F3", "F3a", "F3b", "F3c"]);
+        assert_eq!(ids(&p.remove_backups), ["F1"]);
+        assert_eq!(keep(3).remove_backups.len(), 0);
+    }
+
+    #[test]
+    fn a_kept_backup_keeps_what_it_is_built_on() {
+        let now: jiff::Timestamp = "2026-11-10T12:00:00Z".parse().unwrap();
+        let cat = catalog(&[(1, 10), (1, 20), (1, 30), (1, 40)]);
+        let size = SegmentSize::new(SEG);
+        // A full backup long ago, daily incrementals since: --keep-days 2
+        // keeps the window's backups and, through them, the whole chain.
+        let backups = vec![
+            backup("F", 1, 10, &day(1)),
+            on("A", "F", I, 20, &day(5)),
+            on("B", "A", I, 30, &day(9)),
+            on("C", "B", I, 40, &day(10)),
+        ];
+        let days = Policy { keep: None, keep_days: Some(2) };
+        let p = plan(&backups, &cat, size, days, now, true, false).unwrap();
+        assert_eq!(p.keep_backups, ["F", "A", "B", "C"]);
+        assert!(p.remove_backups.is_empty() && p.remove_wal.is_empty());
+        let note = p.note.unwrap();
+        assert!(note.contains("keeping backup F beyond the policy") && note.contains("--type full"), "{note}");
+        // wal cleanup marks nothing expired that a kept backup is built on.
+        let p = plan(&backups, &cat, size, days, now, false, false).unwrap();
+        assert!(p.expire_backups.is_empty(), "{:?}", ids(&p.expire_backups));
+        // A diff after an incremental: the diff needs only the full backup.
+        let mut with_diff = backups.clone();
+        with_diff.push(on("D", "F", D, 40, "2026-11-10T06:00:00Z"));
+        let p = plan(&with_diff, &cat, size, Policy { keep: None, keep_days: Some(0) }, now, true, false).unwrap();
+        assert_eq!(p.keep_backups, ["F", "D"], "the newest before the window (the diff) and its parent");
+        assert_eq!(ids(&p.remove_backups), ["C", "B", "A"]);
+    }
+
+    #[test]
+    fn backups_in_use_keep_their_parents_and_an_expired_parent_of_a_kept_child_stays() {
+        let now: jiff::Timestamp = "2026-11-20T00:00:00Z".parse().unwrap();
+        let cat = catalog(&[(1, 10), (1, 20), (1, 30)]);
+        let size = SegmentSize::new(SEG);
+        // F1's chain is outside --keep 1, but an incremental on it is being taken.
+        let mut running = on("R", "F1", I, 30, &day(5));
+        running.status = BackupStatus::Running;
+        let backups = vec![backup("F1", 1, 10, &day(1)), backup("F2", 1, 20, &day(2)), running];
+        let keep1 = Policy { keep: Some(1), keep_days: None };
+        let p = plan(&backups, &cat, size, keep1, now, true, true).unwrap();
+        assert!(p.remove_backups.is_empty(), "{:?}", ids(&p.remove_backups));
+        assert_eq!(p.keep_backups, ["F1", "F2"]);
+        // Not running any more: interrupted, it goes, and F1 with it.
+        let p = plan(&backups, &cat, size, keep1, now, true, false).unwrap();
+        assert_eq!(ids(&p.remove_backups), ["R", "F1"]);
+        // A parent marked expired by wal cleanup stays while a kept child needs its files.
+        let mut f = backup("F", 1, 10, &day(1));
+        f.status = BackupStatus::Expired;
+        let backups = vec![f, on("A", "F", I, 20, &day(2))];
+        let p = plan(&backups, &cat, size, Policy { keep: None, keep_days: Some(30) }, now, true, false).unwrap();
+        assert!(p.remove_backups.is_empty(), "{:?}", ids(&p.remove_backups));
+        // A chain whose full backup is gone is not counted by --keep.
+        let backups = vec![on("orphan", "gone", I, 20, &day(2)), backup("F2", 1, 30, &day(3))];
+        let p = plan(&backups, &cat, size, keep1, now, true, false).unwrap();
+        assert_eq!(p.keep_backups, ["F2"]);
+        assert_eq!(ids(&p.remove_backups), ["orphan"]);
+    }
+
+    #[test]
+    fn dependents_are_found_through_the_whole_tree_newest_first() {
+        let backups = vec![
+            backup("F", 1, 10, &day(1)),
+            on("A", "F", I, 20, &day(2)),
+            on("B", "A", I, 30, &day(3)),
+            on("D", "F", D, 40, &day(4)),
+            backup("G", 1, 50, &day(5)),
+        ];
+        let d: Vec<&str> = dependents(&backups, "F").iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(d, ["D", "B", "A"]);
+        assert!(dependents(&backups, "B").is_empty());
     }
 
     fn catalog(segments: &[(u32, u64)]) -> Catalog {
