@@ -397,7 +397,7 @@ pub enum BackupCommand {
 #[derive(Debug, Args)]
 pub struct BaseArgs {
     /// full: every file; incr: the blocks changed since the newest backup; diff: since the newest full
-    /// backup [default: incr once a complete backup exists, else full]
+    /// backup [default: full for the first backup and when the newest backup's chain holds 7 backups, else incr]
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_backup_type)]
     pub backup_type: Option<BackupType>,
     /// Label (pg_backup_start's label; default: dbbackup <ID>)

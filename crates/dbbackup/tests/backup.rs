@@ -74,9 +74,17 @@ fn backup_under_writes(version: PgVersion) {
     assert!(files.iter().filter(|f| f.starts_with("base/")).count() > on_disk * 100, "relation files copied");
     let label = manifest["files"].as_array().unwrap().iter().find(|f| f["path"] == "backup_label").unwrap();
     assert!(label["size"].as_u64().unwrap() > 50);
+    // stored_size: the file's object, plus its block map (files of 128 KiB and more).
     for f in manifest["files"].as_array().unwrap() {
         let obj = repo.join(format!("backups/{id}/{}", f["object"].as_str().unwrap()));
-        assert_eq!(std::fs::metadata(&obj).unwrap().len(), f["stored_size"].as_u64().unwrap(), "{obj:?}");
+        let map = repo.join(format!("backups/{id}/maps/{}.zst", f["path"].as_str().unwrap()));
+        assert_eq!(f["map"].is_object(), f["size"].as_u64().unwrap() >= 128 << 10, "{f}");
+        let map_size = if f["map"].is_object() { std::fs::metadata(&map).unwrap().len() } else { 0 };
+        assert_eq!(
+            std::fs::metadata(&obj).unwrap().len() + map_size,
+            f["stored_size"].as_u64().unwrap(),
+            "{obj:?}"
+        );
     }
 
     // verify passes; a flipped byte in one stored file fails naming it.

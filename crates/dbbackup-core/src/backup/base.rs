@@ -756,6 +756,10 @@ fn copy_parallel(c: &Copier<'_>, work: &[Job], jobs: usize) -> Result<Vec<FileEn
     Ok(out.into_inner().expect("threads joined"))
 }
 
+/// Without `--type`, backups are incremental until a chain holds this many
+/// (the full backup and six incrementals: a week of nightly backups).
+pub const DEFAULT_CHAIN: usize = 7;
+
 /// The parent of a new incremental (newest complete backup) or
 /// differential (newest complete full backup) backup, with its chain; `None`
 /// for a full backup, which is what the first backup of a repository is
@@ -772,6 +776,7 @@ fn choose_parent(
     }
     let (all, _) = crate::backup::list(repo)?;
     let mut complete = all.iter().filter(|m| m.status == BackupStatus::Complete);
+    let asked = want.is_some();
     let Some(want) = want.or_else(|| complete.clone().next().map(|_| BackupType::Incr)) else {
         return Ok(None); // the first backup, full by default
     };
@@ -796,6 +801,18 @@ fn choose_parent(
         ));
     }
     match Chain::from_list(&all, p) {
+        // Unasked, a chain stops growing at DEFAULT_CHAIN backups: a
+        // nightly `backup base` then makes a full backup once a week, so
+        // retention (which expires chains whole) keeps working and a
+        // restore reads a bounded number of deltas.
+        Ok(c) if !asked && c.manifests().len() >= DEFAULT_CHAIN => {
+            say(&format!(
+                "the chain on backup {} already holds {} backups: this backup is full (--type incr extends the chain anyway)",
+                p.id,
+                c.manifests().len()
+            ));
+            Ok(None)
+        }
         Ok(c) => {
             say(&format!("{} backup on top of backup {} (chain {})", want.as_str(), p.id, c.describe()));
             Ok(Some((want, c)))
