@@ -370,3 +370,62 @@ fn delete_and_expire_keep_chains_whole() {
     let out = dbb(["backup", "base", "--type", "incremntal", "--repo"]).arg(&repo).args(c.conn_args()).assert_code(2);
     assert!(out.stderr.contains("\"incremntal\" is not a backup type: full, incr or diff"), "{}", out.stderr);
 }
+
+/// A chain on S3 (Garage), encrypted: full, incr, diff, incr restore with
+/// the newest, verify and pg_amcheck pass; delete of the full backup
+/// refuses while the chain exists.
+#[test]
+fn an_encrypted_chain_on_s3_restores_and_verifies() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let key = key_file(&d, "key", 0x17);
+    let cfg = private_file(
+        &d,
+        "dbbackup.toml",
+        format!("encryption-key-file = \"{}\"\n{}", key.display(), g.config_toml("pg/chain")),
+    );
+    with_config(&cfg, &["repo", "init", "--encrypt"]).assert_success();
+    let c = cluster_on(PgVersion::V18, &cfg);
+    pgbench(&c, &["-i", "-s", "2", "-q"]);
+    c.sql("CREATE TABLE t(i int)");
+    let take = |t: &str| -> String {
+        let out = with_config(&cfg, &["backup", "base", "--fast", "--type", t]).args(c.conn_args()).assert_success();
+        out.stdout.lines().last().unwrap().trim().to_string()
+    };
+    let full = take("full");
+    c.sql("INSERT INTO t VALUES (1)");
+    pgbench(&c, &["-t", "200", "-n"]);
+    let incr = take("incr");
+    c.sql("INSERT INTO t VALUES (2)");
+    pgbench(&c, &["-t", "200", "-n"]);
+    let diff = take("diff");
+    c.sql("INSERT INTO t VALUES (3)");
+    pgbench(&c, &["-t", "200", "-n"]);
+    let last = take("incr");
+    c.sql("INSERT INTO t VALUES (4)");
+    finish_wal(&c);
+    let all = json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success());
+    let types: Vec<(&str, Option<&str>)> =
+        all.as_array().unwrap().iter().map(|b| (b["type"].as_str().unwrap(), b["parent"].as_str())).collect();
+    assert_eq!(
+        types,
+        [("full", None), ("incr", Some(full.as_str())), ("diff", Some(full.as_str())), ("incr", Some(diff.as_str()))]
+    );
+    assert!(all[1]["stored_bytes"].as_u64().unwrap() * 4 < all[0]["stored_bytes"].as_u64().unwrap(), "{all}");
+    with_config(&cfg, &["backup", "verify", &last]).assert_success();
+    let r = restore_on(&cfg, &c, &d.join("r"), &["--base-backup", &last]);
+    r.ok();
+    assert_eq!(r.rows(), "1,2,3,4");
+    let check = Cmd::new(r.bindir.join("pg_amcheck"))
+        .arg("-h")
+        .arg(&r.sock)
+        .args(["-p", &r.port.to_string(), "-U", "postgres", "--all", "--heapallindexed", "--install-missing"])
+        .output();
+    assert_eq!(check.status, 0, "pg_amcheck: {check:?}");
+    drop(r);
+    let _ = incr;
+
+    let out = with_config(&cfg, &["backup", "delete", &full]).assert_code(1);
+    assert!(out.stderr.contains(&format!("backup {full} is the parent of")), "{}", out.stderr);
+    assert_eq!(json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success()).as_array().unwrap().len(), 4);
+}

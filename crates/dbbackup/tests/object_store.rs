@@ -284,7 +284,7 @@ fn encrypted_repository_with_retention_on_s3() {
     c.sql("INSERT INTO t VALUES (1)");
     finish_wal(&c);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    with_config(&cfg, &["backup", "base", "--fast", "--type", "full"]).args(c.conn_args()).assert_success();
     c.sql("INSERT INTO t VALUES (2)");
     finish_wal(&c);
 

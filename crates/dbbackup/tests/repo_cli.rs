@@ -113,7 +113,7 @@ fn a_newer_repository_format_is_refused_and_left_untouched() {
     let text = std::fs::read_to_string(&meta).unwrap().replace("\"format_version\": 1", "\"format_version\": 7");
     std::fs::write(&meta, &text).unwrap();
     let out = dbb(["repo", "info", "--repo"]).arg(&repo).assert_code(1);
-    assert!(out.stderr.contains("format version 7 is newer than this dbbackup supports (1)"), "{}", out.stderr);
+    assert!(out.stderr.contains("format version 7 is newer than this dbbackup supports (2)"), "{}", out.stderr);
     let seg = d.write("000000010000000000000001", vec![0u8; 1 << 20]);
     let out = dbb(["wal", "archive"]).arg(&seg).arg("--repo").arg(&repo).assert_code(1);
     assert!(out.stderr.contains("newer than this dbbackup"), "{}", out.stderr);

@@ -147,9 +147,17 @@ pub fn restore_env(c: &Cluster, repo: &Path, dir: &Path, args: &[&str], env: &[(
     Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
 }
 
-/// `backup base --fast`; returns the backup ID (the last stdout line).
+/// `backup base --fast`, full unless `extra` gives `--type` (the tests that
+/// use it are about full backups; chains are incremental.rs's); returns the
+/// backup ID (the last stdout line).
 pub fn backup(c: &Cluster, repo: &Path, extra: &[&str]) -> String {
-    let out = dbb(["backup", "base", "--fast", "--repo"]).arg(repo).args(c.conn_args()).args(extra).assert_success();
+    let full: &[&str] = if extra.contains(&"--type") { &[] } else { &["--type", "full"] };
+    let out = dbb(["backup", "base", "--fast", "--repo"])
+        .arg(repo)
+        .args(c.conn_args())
+        .args(full)
+        .args(extra)
+        .assert_success();
     out.stdout.lines().last().expect("backup ID on stdout").trim().to_string()
 }
 
