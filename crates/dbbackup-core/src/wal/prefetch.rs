@@ -555,8 +555,13 @@ pub fn run_worker(repo: &Repository, o: &WorkerOptions) -> Result<WorkerExit> {
                     Done::Failed(e) => {
                         tracing::warn!("cannot prefetch {name}: {e}");
                         failed.insert(name.clone());
+                        // Written aside and renamed: `wal fetch` reads it, and
+                        // must never find it empty.
                         let note = part.join(format!("{name}{ERROR_SUFFIX}"));
-                        let _ = fs::write(&note, format!("{}\n", e.message()));
+                        let tmp = part.join(format!("{TEMP_PREFIX}{name}{ERROR_SUFFIX}"));
+                        if fs::write(&tmp, format!("{}\n", e.message())).is_ok() {
+                            let _ = fs::rename(&tmp, &note);
+                        }
                     }
                 }
             }
