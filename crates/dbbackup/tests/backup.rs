@@ -80,11 +80,7 @@ fn backup_under_writes(version: PgVersion) {
         let map = repo.join(format!("backups/{id}/maps/{}.zst", f["path"].as_str().unwrap()));
         assert_eq!(f["map"].is_object(), f["size"].as_u64().unwrap() >= 128 << 10, "{f}");
         let map_size = if f["map"].is_object() { std::fs::metadata(&map).unwrap().len() } else { 0 };
-        assert_eq!(
-            std::fs::metadata(&obj).unwrap().len() + map_size,
-            f["stored_size"].as_u64().unwrap(),
-            "{obj:?}"
-        );
+        assert_eq!(std::fs::metadata(&obj).unwrap().len() + map_size, f["stored_size"].as_u64().unwrap(), "{obj:?}");
     }
 
     // verify passes; a flipped byte in one stored file fails naming it.
