@@ -117,7 +117,11 @@ pub struct Recoverable {
 /// The recoverable range of `backups` (all of them, any status) with the
 /// archive `wal`.
 pub fn recoverable(repo: &Repository, wal: &WalSummary, backups: &[Manifest]) -> Recoverable {
-    let complete: Vec<&Manifest> = backups.iter().filter(|m| m.status == BackupStatus::Complete).collect();
+    // Complete backups with their whole chain: what restore can use.
+    let complete: Vec<&Manifest> = backups
+        .iter()
+        .filter(|m| m.status == BackupStatus::Complete && crate::backup::chain::Chain::from_list(backups, m).is_ok())
+        .collect();
     // A gap after the newest complete backup's start ends what is
     // recoverable from the backups (restore refuses to go through it).
     let size = repo.segment_size();

@@ -967,6 +967,10 @@ pub struct RepoHealth {
     pub holds_last_archived: Option<bool>,
     /// Backups whose WAL is not yet confirmed archived (`pending`).
     pub pending_backups: Vec<PendingBackup>,
+    /// Complete backups that cannot be restored: an ancestor of their chain
+    /// is missing or its files are gone (why, one line each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub broken_chains: Vec<String>,
     /// Backups by status (as stored: `running` includes interrupted ones).
     pub backups: BTreeMap<String, usize>,
     /// Bytes stored, by kind of object.
@@ -1372,6 +1376,7 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
             live_forks: Vec::new(),
             holds_last_archived: None,
             pending_backups: Vec::new(),
+            broken_chains: Vec::new(),
             backups: BTreeMap::new(),
             stored_bytes: None,
             recoverable: None,
@@ -1479,9 +1484,19 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                                     error: m.error.clone(),
                                 })
                                 .collect();
+                            let whole = |m: &&dbbackup_format::manifest::Manifest| {
+                                crate::backup::chain::Chain::from_list(&all, m).is_ok()
+                            };
+                            h.broken_chains = all
+                                .iter()
+                                .filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
+                                .filter_map(|m| crate::backup::chain::Chain::from_list(&all, m).err())
+                                .map(|e| e.to_string())
+                                .collect();
                             h.newest_backup = all
                                 .iter()
                                 .rev()
+                                .filter(whole)
                                 .find(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
                                 .map(|m| NewestBackup {
                                     id: m.id.clone(),
@@ -1627,6 +1642,13 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                         r.location
                     ),
                     &fix,
+                );
+            }
+            for why in &r.broken_chains {
+                add(
+                    Verdict::Warning,
+                    why.clone(),
+                    "`dbbackup backup expire` removes backups whose chain is broken; take a full backup (`dbbackup backup base --type full`)",
                 );
             }
             for b in &r.pending_backups {

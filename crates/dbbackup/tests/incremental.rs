@@ -429,3 +429,45 @@ fn an_encrypted_chain_on_s3_restores_and_verifies() {
     assert!(out.stderr.contains(&format!("backup {full} is the parent of")), "{}", out.stderr);
     assert_eq!(json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success()).as_array().unwrap().len(), 4);
 }
+
+/// A parent removed by hand (rm -rf): its children are listed as broken,
+/// `pitr status` warns, restore and verify refuse naming the missing
+/// parent, `restore pitr` without --base-backup falls back to a whole
+/// chain, and expire removes the orphans.
+#[test]
+fn a_parent_removed_by_hand_breaks_its_chain_loudly() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
+    let (f1, _) = typed(&c, &repo, "full");
+    c.sql("INSERT INTO t VALUES (2)");
+    let (f2, _) = typed(&c, &repo, "full");
+    c.sql("INSERT INTO t VALUES (3)");
+    let (i1, _) = typed(&c, &repo, "incr");
+    c.sql("INSERT INTO t VALUES (4)");
+    finish_wal(&c);
+    Cmd::new("rm").arg("-rf").arg(repo.join(format!("backups/{f2}"))).as_root().assert_success();
+
+    let text = dbb(["backup", "list", "--repo"]).arg(&repo).assert_success().stdout;
+    assert!(text.lines().any(|l| l.starts_with(&i1) && l.contains("broken")), "{text}");
+    let e = entry(&repo, &i1);
+    assert!(e["chain_error"].as_str().unwrap().contains(&format!("needs its parent backup {f2}")), "{e}");
+    let status = json(&pitr(&c, &["status", "--json", "--repo", &repo.display().to_string()]).output());
+    assert!(findings(&status).contains(&format!("backup {i1} needs its parent backup {f2}")), "{status}");
+    let out = dbb(["backup", "verify", &i1, "--repo"]).arg(&repo).assert_code(1);
+    assert!(out.stdout.contains(&format!("needs its parent backup {f2}")), "{}", out.stdout);
+    let out = extract(&repo, &i1, &d.join("r_bad"));
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(out.stderr.contains(&format!("needs its parent backup {f2}")), "{}", out.stderr);
+
+    // Without --base-backup: the newest whole chain (f1) and the WAL since.
+    let r = restore(&c, &repo, &d.join("r"), &[]);
+    r.ok();
+    assert_eq!(r.rows(), "1,2,3,4");
+    drop(r);
+    let out = dbb(["backup", "expire", "--keep", "1", "--repo"]).arg(&repo).assert_success();
+    assert!(out.stdout.contains(&format!("removing backup {i1}")), "{}", out.stdout);
+    assert_eq!(list(&repo).len(), 1);
+    let _ = f1;
+}
