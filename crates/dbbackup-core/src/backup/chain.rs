@@ -74,10 +74,9 @@ impl Chain {
             })?;
             if !files_usable(&p) {
                 return Err(Error::invalid(format!(
-                    "backup {child} needs its parent backup {parent}, which is {:?} (its files are not all stored): it cannot be restored",
-                    p.status
-                )
-                .to_lowercase()));
+                    "backup {child} needs its parent backup {parent}, which is {} (its files are not all stored): it cannot be restored",
+                    crate::backup::shown_status(&p, false)
+                )));
             }
             manifests.push(p);
         }
@@ -364,5 +363,46 @@ impl Stream {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, parent: Option<&str>, status: &str) -> Manifest {
+        let t = if parent.is_some() { "incr" } else { "full" };
+        serde_json::from_value(serde_json::json!({
+            "format_version": 2, "id": id, "label": id, "status": status, "error": null,
+            "start_time": "2026-11-01T00:00:00Z", "stop_time": null, "start_lsn": null, "start_wal": null,
+            "stop_lsn": null, "stop_wal": null, "timeline": 1, "system_identifier": "1",
+            "pg_version_major": 15, "pg_version": "15.0", "wal_segment_size": 16777216, "codec": "zstd",
+            "compress_level": 1, "encrypted": false, "host": "h", "pid": 1, "dbbackup_version": "0",
+            "size_bytes": 0, "stored_bytes": 5, "tablespaces": [], "directories": [], "files": [],
+            "type": t, "parent": parent
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn chains_are_followed_to_the_full_backup_and_damage_is_named() {
+        let all = vec![m("F", None, "complete"), m("A", Some("F"), "complete"), m("B", Some("A"), "complete")];
+        let c = Chain::from_list(&all, &all[2]).unwrap();
+        assert_eq!(c.describe(), "F → A → B");
+        assert_eq!(c.stored_bytes(), 15);
+        let e = Chain::from_list(&[m("B", Some("A"), "complete")], &m("B", Some("A"), "complete")).unwrap_err();
+        assert!(e.to_string().contains("backup B needs its parent backup A, which cannot be read"), "{e}");
+        let failed = vec![m("F", None, "failed"), m("A", Some("F"), "complete")];
+        let e = Chain::from_list(&failed, &failed[1]).unwrap_err();
+        assert!(e.to_string().contains("backup A needs its parent backup F, which is failed"), "{e}");
+        // An expired parent's files are still there.
+        let expired = vec![m("F", None, "expired"), m("A", Some("F"), "complete")];
+        assert!(Chain::from_list(&expired, &expired[1]).is_ok());
+        let looped = vec![m("A", Some("B"), "complete"), m("B", Some("A"), "complete")];
+        let e = Chain::from_list(&looped, &looped[0]).unwrap_err();
+        assert!(e.to_string().contains("loops back"), "{e}");
+        let mut headless = m("X", None, "complete");
+        headless.backup_type = BackupType::Incr;
+        assert!(Chain::from_list(&[], &headless).unwrap_err().to_string().contains("names no parent"));
     }
 }
