@@ -25,10 +25,9 @@ use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName};
 use crate::backup::blocks::{self, BlockHasher};
 use crate::backup::chain::Chain;
 use crate::backup::{backup_dir, write_manifest, BACKUP_LOCK, RETENTION_LOCK};
-use crate::checksum::Checksum;
 use crate::codec::CodecSettings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::object::encode;
+use crate::object::{encode, encode_unhashed};
 use crate::pg::error_text;
 use crate::pitr;
 use crate::repo::{now_rfc3339, Repository};
@@ -408,11 +407,35 @@ impl Copier<'_> {
     }
 
     /// Stores a whole file (and its block map when it is large enough).
+    /// The file's checksum and block hashes come from one pass of
+    /// [`BlockHasher`] over what the pipeline reads.
     fn whole(&self, rel: &str, reader: &mut dyn io::Read, mode: u32, mtime: i64) -> Result<FileEntry> {
-        let mut hashing = blocks::HashingReader { inner: reader, blocks: Some(BlockHasher::new(self.block_size)) };
-        let mut e = store_entry(self.repo, self.id, rel, &mut hashing, mode, mtime, &self.settings, self.progress)?;
+        let object = object_rel(rel, self.settings.codec, self.repo.key().is_some());
+        let full = format!("{}/{object}", backup_dir(self.id));
+        let mut w = self
+            .repo
+            .storage()
+            .create(&full, Commit::NoReplace)
+            .map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+        let mut hashing = blocks::HashingReader { inner: reader, blocks: BlockHasher::new(self.block_size) };
+        let enc =
+            encode_unhashed(self.repo, w.as_mut(), &file_aad(self.id, rel), self.settings, &[], &mut hashing, rel)?;
+        w.commit().map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
+        self.progress.done_bytes.fetch_add(enc.plain_size, Ordering::Relaxed);
+        let (hashes, checksum) = hashing.blocks.finish();
+        let mut e = FileEntry {
+            path: rel.to_string(),
+            size: enc.plain_size,
+            mode,
+            mtime: mtime_text(mtime),
+            checksum,
+            stored_size: enc.stored_size,
+            object,
+            unchanged: false,
+            delta: None,
+            map: None,
+        };
         if e.size >= blocks::MAP_MIN {
-            let hashes = hashing.blocks.take().expect("hashing").finish();
             let (r, stored) = self.store_map(rel, &hashes)?;
             e.map = Some(r);
             e.stored_size += stored;
@@ -484,7 +507,6 @@ impl Copier<'_> {
     /// dbbackup, or its map unreadable): read once to compare it whole; a
     /// changed file is then stored whole (read again).
     fn scan(&self, job: &Job, f: &mut File, mode: u32, mtime: i64, pe: &FileEntry) -> Result<Option<FileEntry>> {
-        let mut sum = Checksum::new();
         let mut hasher = BlockHasher::new(self.block_size);
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -494,13 +516,13 @@ impl Copier<'_> {
             if n == 0 {
                 break;
             }
-            sum.update(&buf[..n]);
             hasher.update(&buf[..n]);
             total += n as u64;
         }
-        if total == pe.size && sum.hex() == pe.checksum {
+        let (hashes, sum) = hasher.finish();
+        if total == pe.size && sum == pe.checksum {
             self.progress.done_bytes.fetch_add(total, Ordering::Relaxed);
-            let (r, stored) = self.store_map(&job.rel, &hasher.finish())?;
+            let (r, stored) = self.store_map(&job.rel, &hashes)?;
             return Ok(Some(self.unchanged(&job.rel, total, mode, mtime, pe.checksum.clone(), Some(r), stored)));
         }
         let Some(mut f) = open_job(job)? else { return Ok(None) };
@@ -524,8 +546,7 @@ impl Copier<'_> {
         let full = format!("{}/{object}", backup_dir(self.id));
         let bs = self.block_size;
         let mut reader = io::BufReader::with_capacity(1 << 20, &mut *f);
-        let mut sum = Checksum::new();
-        let mut hashes = Vec::with_capacity(map.len());
+        let mut hasher = BlockHasher::new(bs);
         let mut changed: Vec<u64> = Vec::new();
         let mut total = 0u64;
         let mut block = vec![0u8; bs];
@@ -569,9 +590,8 @@ impl Copier<'_> {
                         break;
                     }
                     let b = &block[..n];
-                    sum.update(b);
-                    let h = blocks::block_hash(b);
-                    let i = hashes.len();
+                    let i = changed_index(total, bs);
+                    let h = hasher.add_block(b);
                     if map.get(i) != Some(&h) {
                         changed.push(i as u64);
                         if tx.is_none() {
@@ -585,7 +605,6 @@ impl Copier<'_> {
                             }
                         }
                     }
-                    hashes.push(h);
                     total += n as u64;
                     if n < bs {
                         break;
@@ -624,7 +643,7 @@ impl Copier<'_> {
             Ok(enc)
         })?;
         self.progress.done_bytes.fetch_add(total, Ordering::Relaxed);
-        let checksum = sum.hex();
+        let (hashes, checksum) = hasher.finish();
         let Some(enc) = stored else {
             if checksum == pe.checksum {
                 return Ok(Some(self.unchanged(&job.rel, total, mode, mtime, checksum, pe.map.clone(), 0)));
@@ -655,6 +674,11 @@ impl Copier<'_> {
             map: Some(r),
         }))
     }
+}
+
+/// The number of the block starting at byte `offset`.
+fn changed_index(offset: u64, block_size: usize) -> usize {
+    (offset / block_size as u64) as usize
 }
 
 /// The changed blocks, as the encoder reads them.

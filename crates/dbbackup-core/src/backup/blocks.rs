@@ -11,6 +11,7 @@
 
 use std::io::{self, Read};
 
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 use dbbackup_format::manifest::{Manifest, MapRef};
 use dbbackup_format::Codec;
 
@@ -27,13 +28,6 @@ pub const MAP_MIN: u64 = 128 << 10;
 pub const HASH_LEN: usize = 16;
 
 pub type BlockHash = [u8; HASH_LEN];
-
-pub fn block_hash(block: &[u8]) -> BlockHash {
-    let h = blake3::hash(block);
-    let mut out = [0u8; HASH_LEN];
-    out.copy_from_slice(&h.as_bytes()[..HASH_LEN]);
-    out
-}
 
 /// Where a file's changed blocks lie, relative to the backup directory.
 pub fn delta_rel(rel: &str, codec: Codec, encrypted: bool) -> String {
@@ -55,42 +49,128 @@ pub fn map_aad(id: &str, rel: &str) -> String {
     format!("backup/{id}/{rel}#map")
 }
 
-/// Hashes blocks as bytes go by.
+/// The chaining value of block `index` (BLAKE3's hash of that subtree of
+/// the file: blocks are powers of two of at least 1 KiB, so each one is a
+/// subtree of the file's BLAKE3 tree).
+fn block_cv(block_size: usize, index: u64, block: &[u8]) -> ChainingValue {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(index * block_size as u64);
+    h.update(block);
+    h.finalize_non_root()
+}
+
+fn short(cv: &ChainingValue) -> BlockHash {
+    let mut out = [0u8; HASH_LEN];
+    out.copy_from_slice(&cv[..HASH_LEN]);
+    out
+}
+
+/// Hashes a file's blocks as its bytes go by and, from the same work, the
+/// whole file's BLAKE3 hash: each block's chaining value goes into the
+/// block map and is merged up BLAKE3's tree (one pass over the bytes, not
+/// two).
 #[derive(Debug)]
 pub struct BlockHasher {
     block_size: usize,
+    /// Bytes of a block not yet complete ([`BlockHasher::update`]).
     partial: Vec<u8>,
-    pub hashes: Vec<BlockHash>,
+    /// The first block's bytes while it is the only one: a one-block file's
+    /// hash is that block's root hash, not a merge.
+    first: Vec<u8>,
+    /// The last block's chaining value, not yet merged: whether its merges
+    /// are the root's is known only at the end.
+    pending: Option<ChainingValue>,
+    /// Blocks merged into `stack`.
+    merged: u64,
+    /// BLAKE3's stack of subtree chaining values.
+    stack: Vec<ChainingValue>,
+    hashes: Vec<BlockHash>,
 }
 
 impl BlockHasher {
+    /// `block_size`: a power of two of at least 1 KiB (every PostgreSQL
+    /// block size is).
     pub fn new(block_size: usize) -> BlockHasher {
-        BlockHasher { block_size, partial: Vec::with_capacity(block_size), hashes: Vec::new() }
+        assert!(block_size.is_power_of_two() && block_size >= blake3::CHUNK_LEN, "block size {block_size}");
+        BlockHasher {
+            block_size,
+            partial: Vec::new(),
+            first: Vec::new(),
+            pending: None,
+            merged: 0,
+            stack: Vec::new(),
+            hashes: Vec::new(),
+        }
     }
 
+    /// Hashes the next block (every block but the file's last is whole)
+    /// and returns its hash.
+    pub fn add_block(&mut self, block: &[u8]) -> BlockHash {
+        debug_assert!(self.pending.is_none() || self.hashes.len() as u64 == self.merged + 1);
+        let index = self.hashes.len() as u64;
+        let cv = block_cv(self.block_size, index, block);
+        if let Some(mut prev) = self.pending.take() {
+            // Each trailing zero bit of the count completes a subtree.
+            self.merged += 1;
+            let mut total = self.merged;
+            while total & 1 == 0 {
+                let left = self.stack.pop().expect("a completed subtree has a left half");
+                prev = merge_subtrees_non_root(&left, &prev, Mode::Hash);
+                total >>= 1;
+            }
+            self.stack.push(prev);
+        }
+        match index {
+            0 => self.first = block.to_vec(),
+            1 => self.first = Vec::new(),
+            _ => {}
+        }
+        self.pending = Some(cv);
+        let h = short(&cv);
+        self.hashes.push(h);
+        h
+    }
+
+    /// Hashes bytes as they come, in pieces of any size.
     pub fn update(&mut self, mut bytes: &[u8]) {
+        let bs = self.block_size;
         if !self.partial.is_empty() {
-            let take = (self.block_size - self.partial.len()).min(bytes.len());
+            let take = (bs - self.partial.len()).min(bytes.len());
             self.partial.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            if self.partial.len() == self.block_size {
-                self.hashes.push(block_hash(&self.partial));
-                self.partial.clear();
+            if self.partial.len() < bs {
+                return;
             }
+            let block = std::mem::take(&mut self.partial);
+            self.add_block(&block);
         }
-        let mut chunks = bytes.chunks_exact(self.block_size);
-        for c in &mut chunks {
-            self.hashes.push(block_hash(c));
+        let mut blocks = bytes.chunks_exact(bs);
+        for b in &mut blocks {
+            self.add_block(b);
         }
-        self.partial.extend_from_slice(chunks.remainder());
+        self.partial.extend_from_slice(blocks.remainder());
     }
 
-    /// The hashes, the last (short) block included.
-    pub fn finish(mut self) -> Vec<BlockHash> {
+    /// The block hashes (the last, short block included) and the whole
+    /// file's BLAKE3 hash as 64 hex digits.
+    pub fn finish(mut self) -> (Vec<BlockHash>, String) {
         if !self.partial.is_empty() {
-            self.hashes.push(block_hash(&self.partial));
+            let block = std::mem::take(&mut self.partial);
+            self.add_block(&block);
         }
-        self.hashes
+        if self.hashes.len() <= 1 {
+            return (self.hashes, blake3::hash(&self.first).to_hex().to_string());
+        }
+        let mut cv = self.pending.expect("the last block");
+        let mut root = None;
+        for (i, left) in self.stack.iter().enumerate().rev() {
+            if i == 0 {
+                root = Some(merge_subtrees_root(left, &cv, Mode::Hash));
+            } else {
+                cv = merge_subtrees_non_root(left, &cv, Mode::Hash);
+            }
+        }
+        (self.hashes, root.expect("two blocks or more make a stack").to_hex().to_string())
     }
 }
 
@@ -98,15 +178,13 @@ impl BlockHasher {
 /// into the object pipeline).
 pub struct HashingReader<'a> {
     pub inner: &'a mut dyn Read,
-    pub blocks: Option<BlockHasher>,
+    pub blocks: BlockHasher,
 }
 
 impl Read for HashingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(b) = self.blocks.as_mut() {
-            b.update(&buf[..n]);
-        }
+        self.blocks.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -152,20 +230,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_do_not_depend_on_how_bytes_arrive() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut whole = BlockHasher::new(8192);
-        whole.update(&data);
-        let whole = whole.finish();
-        assert_eq!(whole.len(), 100_000usize.div_ceil(8192));
-        for step in [1, 100, 8191, 8192, 8193, 65536] {
-            let mut h = BlockHasher::new(8192);
-            for c in data.chunks(step) {
-                h.update(c);
+    fn one_pass_gives_the_files_blake3_hash_and_block_hashes_however_bytes_arrive() {
+        let data: Vec<u8> = (0..(3u64 << 20) + 4321).map(|i| (i * 7 % 251) as u8).collect();
+        let sizes = [
+            0usize,
+            1,
+            1023,
+            1024,
+            1025,
+            8191,
+            8192,
+            8193,
+            16384,
+            16385,
+            24576 + 5,
+            65536,
+            100_000,
+            131_072,
+            (1 << 20) + 17,
+            3 << 20,
+            data.len(),
+        ];
+        for bs in [1024usize, 8192, 32768] {
+            for &n in &sizes {
+                let input = &data[..n];
+                let mut whole = BlockHasher::new(bs);
+                whole.update(input);
+                let (hashes, root) = whole.finish();
+                assert_eq!(root, blake3::hash(input).to_hex().to_string(), "size {n}, block {bs}");
+                assert_eq!(hashes.len(), n.div_ceil(bs), "size {n}");
+                if n > bs {
+                    // A block's hash does not depend on the rest of the file.
+                    let mut again = BlockHasher::new(bs);
+                    again.update(&input[..2 * bs.min(n / 2)]);
+                    assert_eq!(again.finish().0[0], hashes[0]);
+                }
+                for step in [1, 100, bs - 1, bs, bs + 1, 65536] {
+                    if n > 200_000 && step < 100 {
+                        continue;
+                    }
+                    let mut h = BlockHasher::new(bs);
+                    for c in input.chunks(step) {
+                        h.update(c);
+                    }
+                    assert_eq!(h.finish(), (hashes.clone(), root.clone()), "size {n}, step {step}, block {bs}");
+                }
             }
-            assert_eq!(h.finish(), whole, "step {step}");
         }
-        assert_eq!(whole[12], block_hash(&data[12 * 8192..]));
+        // A changed byte changes its block's hash only.
+        let mut changed = data[..100_000].to_vec();
+        changed[50_000] ^= 1;
+        let (a, b) = (BlockHasher::new(8192), BlockHasher::new(8192));
+        let (mut a, mut b) = (a, b);
+        a.update(&data[..100_000]);
+        b.update(&changed);
+        let (ha, hb) = (a.finish().0, b.finish().0);
+        let differ: Vec<usize> = (0..ha.len()).filter(|i| ha[*i] != hb[*i]).collect();
+        assert_eq!(differ, [50_000 / 8192]);
     }
 
     #[test]
