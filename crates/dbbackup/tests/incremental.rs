@@ -175,6 +175,21 @@ fn chain_story(version: PgVersion) {
         let out = dbb(["backup", "verify", id, "--repo"]).arg(&repo).assert_success();
         assert!(out.stdout.contains(": ok"), "{}", out.stdout);
     }
+    // ... and checks the block maps a backup stored.
+    let m1: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join(format!("backups/{incr1}/manifest.json"))).unwrap())
+            .unwrap();
+    let f = m1["files"].as_array().unwrap().iter().find(|f| f["map"]["backup"] == incr1.as_str()).unwrap();
+    let path = f["path"].as_str().unwrap();
+    let obj = repo.join(format!("backups/{incr1}/maps/{path}.zst"));
+    let good = std::fs::read(&obj).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x20;
+    std::fs::write(&obj, &bad).unwrap();
+    let out = dbb(["backup", "verify", &incr1, "--repo"]).arg(&repo).assert_code(1);
+    assert!(out.stdout.contains(&format!("BAD  {path} (block map)")), "{}", out.stdout);
+    std::fs::write(&obj, &good).unwrap();
 
     // Every point, with PITR past the backup to the restore point after it.
     for (id, point, want) in [
@@ -337,7 +352,7 @@ fn delete_and_expire_keep_chains_whole() {
 
     let out = dbb(["backup", "delete", &i1, "--repo"]).arg(&repo).assert_code(1);
     assert!(
-        out.stderr.contains(&format!("backup {i1} is the parent of {i2} (incr)"))
+        out.stderr.contains(&format!("backups are built on backup {i1}: {i2} (incr on {i1})"))
             && out.stderr.contains("--with-dependents"),
         "{}",
         out.stderr
@@ -358,7 +373,7 @@ fn delete_and_expire_keep_chains_whole() {
     assert!(out.stdout.contains(&format!("keeping backups {f2}, {d1}")), "{}", out.stdout);
 
     let out = dbb(["backup", "delete", &i1, "--with-dependents", "--repo"]).arg(&repo).assert_success();
-    assert_eq!(out.stdout, format!("deleted backup {i2} (built on {i1})\ndeleted backup {i1}\n"));
+    assert_eq!(out.stdout, format!("deleted backup {i2} (incr on {i1})\ndeleted backup {i1}\n"));
     let out = dbb(["backup", "delete", &f2, "--with-dependents", "--repo"]).arg(&repo).assert_success();
     assert!(out.stdout.contains(&format!("deleted backup {d1}")), "{}", out.stdout);
     let ids: Vec<String> = list(&repo).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
@@ -423,10 +438,13 @@ fn an_encrypted_chain_on_s3_restores_and_verifies() {
         .output();
     assert_eq!(check.status, 0, "pg_amcheck: {check:?}");
     drop(r);
-    let _ = incr;
 
     let out = with_config(&cfg, &["backup", "delete", &full]).assert_code(1);
-    assert!(out.stderr.contains(&format!("backup {full} is the parent of")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("backups are built on backup {full}: {incr} (incr on {full})")),
+        "{}",
+        out.stderr
+    );
     assert_eq!(json(&with_config(&cfg, &["backup", "list", "--json"]).assert_success()).as_array().unwrap().len(), 4);
 }
 
@@ -445,7 +463,6 @@ fn a_parent_removed_by_hand_breaks_its_chain_loudly() {
     let (f2, _) = typed(&c, &repo, "full");
     c.sql("INSERT INTO t VALUES (3)");
     let (i1, _) = typed(&c, &repo, "incr");
-    c.sql("INSERT INTO t VALUES (4)");
     finish_wal(&c);
     Cmd::new("rm").arg("-rf").arg(repo.join(format!("backups/{f2}"))).as_root().assert_success();
 
@@ -460,14 +477,39 @@ fn a_parent_removed_by_hand_breaks_its_chain_loudly() {
     let out = extract(&repo, &i1, &d.join("r_bad"));
     assert_eq!(out.status, 1, "{out:?}");
     assert!(out.stderr.contains(&format!("needs its parent backup {f2}")), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("backup {f1} can be restored (use --base-backup {f1})")), "{}", out.stderr);
+    // Refused before anything is written: --force does not empty the target first.
+    let kept = d.mkdir("r_force");
+    chown_to_run_user(&kept);
+    std::fs::write(kept.join("keep.txt"), "mine").unwrap();
+    let out = dbb(["restore", "pitr", "--base-backup", &i1, "--force", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&kept)
+        .assert_code(1);
+    assert!(out.stderr.contains(&format!("needs its parent backup {f2}")), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(kept.join("keep.txt")).unwrap(), "mine");
+    // `latest` is the newest backup that can be restored.
+    let show = json(&dbb(["backup", "show", "latest", "--json", "--repo"]).arg(&repo).assert_success());
+    assert_eq!(show["id"], f1.as_str());
+    // A new incremental builds on a whole chain, saying why not on the newest.
+    c.sql("INSERT INTO t VALUES (4)");
+    let (i2, err) = typed(&c, &repo, "incr");
+    assert!(err.contains(&format!("passing over backup {i1} as a parent")), "{err}");
+    assert_eq!(entry(&repo, &i2)["parent"], f1.as_str());
 
-    // Without --base-backup: the newest whole chain (f1) and the WAL since.
+    // Without --base-backup: the newest whole chain and the WAL since.
+    finish_wal(&c);
     let r = restore(&c, &repo, &d.join("r"), &[]);
     r.ok();
     assert_eq!(r.rows(), "1,2,3,4");
     drop(r);
     let out = dbb(["backup", "expire", "--keep", "1", "--repo"]).arg(&repo).assert_success();
-    assert!(out.stdout.contains(&format!("removing backup {i1}")), "{}", out.stdout);
-    assert_eq!(list(&repo).len(), 1);
-    let _ = f1;
+    assert!(
+        out.stdout.contains(&format!("removing backup {i1} (its chain is broken, it cannot be restored: backup {i1} needs its parent backup {f2}")),
+        "{}",
+        out.stdout
+    );
+    let ids: Vec<String> = list(&repo).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, [f1, i2]);
 }

@@ -799,15 +799,24 @@ fn choose_parent(
         return Ok(None);
     }
     let (all, _) = crate::backup::list(repo)?;
-    let mut complete = all.iter().filter(|m| m.status == BackupStatus::Complete);
+    let complete = all.iter().filter(|m| m.status == BackupStatus::Complete);
     let asked = want.is_some();
     let Some(want) = want.or_else(|| complete.clone().next().map(|_| BackupType::Incr)) else {
-        return Ok(None); // the first backup, full by default
+        say(&format!("repository {} has no complete backup yet: this backup is full", repo.location()));
+        return Ok(None);
     };
-    let candidate = match want {
-        BackupType::Diff => complete.rev().find(|m| m.backup_type == BackupType::Full),
-        _ => complete.next_back(),
-    };
+    // The newest complete backup (full, for a diff) whose chain is whole:
+    // one whose ancestors are gone cannot be built on.
+    let candidate = complete.rev().find(|m| {
+        (want != BackupType::Diff || m.backup_type == BackupType::Full)
+            && match Chain::from_list(&all, m) {
+                Ok(_) => true,
+                Err(e) => {
+                    say(&format!("passing over backup {} as a parent: {e}", m.id));
+                    false
+                }
+            }
+    });
     let full_instead = |why: String| {
         say(&format!("{why}: this backup is full (--type {} needs one to build on)", want.as_str()));
         Ok(None)

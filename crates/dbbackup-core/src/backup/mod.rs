@@ -112,6 +112,15 @@ fn check_manifest(m: &Manifest, path: &str, id: &str) -> Result<()> {
 /// Every backup, oldest first. Directories without a readable manifest are
 /// reported as errors in the second list.
 pub fn list(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Error>)> {
+    let (out, unreadable) = list_all(repo)?;
+    Ok((out, unreadable.into_iter().map(|(_, e)| e).collect()))
+}
+
+/// Backup directories whose manifest cannot be read: (name, why).
+pub type Unreadable = Vec<(String, Error)>;
+
+/// [`list`], with the directory name of each unreadable manifest.
+pub fn list_all(repo: &Repository) -> Result<(Vec<Manifest>, Unreadable)> {
     let entries = repo
         .storage()
         .list(BACKUPS_DIR)
@@ -121,7 +130,7 @@ pub fn list(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Error>)> {
     for e in entries.into_iter().filter(|e| e.is_dir) {
         match read_manifest(repo, &e.name) {
             Ok(m) => out.push(m),
-            Err(err) => errors.push(err),
+            Err(err) => errors.push((e.name, err)),
         }
     }
     out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
@@ -132,7 +141,9 @@ pub fn list(repo: &Repository) -> Result<(Vec<Manifest>, Vec<Error>)> {
 pub fn resolve(repo: &Repository, which: &str) -> Result<Manifest> {
     if which == "latest" {
         let (all, unreadable) = list(repo)?;
-        return all.into_iter().rev().find(|m| m.status == BackupStatus::Complete).ok_or_else(|| {
+        // A complete backup whose chain is broken cannot be restored.
+        let usable = |m: &&Manifest| m.status == BackupStatus::Complete && chain::Chain::from_list(&all, m).is_ok();
+        return all.iter().rev().find(usable).cloned().ok_or_else(|| {
             let note = match unreadable.first() {
                 Some(e) => format!(" ({} backup manifest(s) could not be read, e.g. {e})", unreadable.len()),
                 None => String::new(),

@@ -114,6 +114,11 @@ fn root<'a>(backups: &'a [Manifest], m: &'a Manifest) -> Option<&'a str> {
     None
 }
 
+/// "B (incr on A)".
+fn describe(m: &Manifest) -> String {
+    format!("{} ({} on {})", m.id, m.backup_type.as_str(), m.parent.as_deref().unwrap_or("-"))
+}
+
 /// The backups built on `id`, directly or not (any status), newest first.
 pub fn dependents<'a>(backups: &'a [Manifest], id: &str) -> Vec<&'a Manifest> {
     let mut ids: HashSet<&str> = HashSet::from([id]);
@@ -153,18 +158,73 @@ pub fn plan(
     remove_backups_too: bool,
     running_now: bool,
 ) -> Result<Plan> {
+    plan_with_unreadable(backups, &[], cat, size, policy, now, remove_backups_too, running_now)
+}
+
+/// [`plan`], knowing the backup directories whose manifest cannot be read
+/// right now (`unreadable`): a backup built on one of them is neither
+/// removed nor counted, since the manifest may come back (a permission, a
+/// mount); one built on a backup that is gone cannot be restored and goes.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_with_unreadable(
+    backups: &[Manifest],
+    unreadable: &[String],
+    cat: &Catalog,
+    size: Option<SegmentSize>,
+    policy: Policy,
+    now: jiff::Timestamp,
+    remove_backups_too: bool,
+    running_now: bool,
+) -> Result<Plan> {
     if policy.keep.is_none() && policy.keep_days.is_none() {
         return Err(Error::invalid("give a retention policy: --keep N and/or --keep-days D"));
     }
     if policy.keep == Some(0) {
         return Err(Error::invalid("--keep 0 would remove every backup: keep at least 1"));
     }
-    let complete: Vec<&Manifest> = backups.iter().filter(|m| m.status == BackupStatus::Complete).collect();
+    // Complete backups whose chain is whole: the only ones restore can use.
+    let broken = |m: &Manifest| crate::backup::chain::Chain::from_list(backups, m).err();
+    let complete: Vec<&Manifest> =
+        backups.iter().filter(|m| m.status == BackupStatus::Complete && broken(m).is_none()).collect();
     let mut plan = Plan::default();
+    // The first ancestor that is not in `backups`.
+    let missing_ancestor = |m: &Manifest| -> Option<String> {
+        let mut cur = m;
+        for _ in 0..=backups.len() {
+            let p = cur.parent.as_deref()?;
+            match backups.iter().find(|b| b.id == p) {
+                Some(b) => cur = b,
+                None => return Some(p.to_string()),
+            }
+        }
+        None
+    };
+    let mut notes: Vec<String> = Vec::new();
+    let mut waiting_on_unreadable: Vec<&Manifest> = Vec::new();
+    for m in backups.iter().filter(|m| m.status == BackupStatus::Complete) {
+        let Some(why) = broken(m) else { continue };
+        match missing_ancestor(m) {
+            Some(p) if unreadable.contains(&p) => {
+                notes.push(format!(
+                    "backup {} is left alone: backup {p}, which it is built on, has a manifest that cannot be read right now (see `dbbackup backup list`); fix it, or remove it with `dbbackup backup delete {p} --force`",
+                    m.id
+                ));
+                waiting_on_unreadable.push(m);
+            }
+            _ if remove_backups_too => plan.remove_backups.push(Removal {
+                id: m.id.clone(),
+                reason: format!("its chain is broken, it cannot be restored: {why}"),
+            }),
+            _ => {}
+        }
+    }
     if complete.is_empty() {
-        plan.note = Some(
+        notes.insert(
+            0,
             "the repository has no complete backup: nothing is removed (WAL is all that can restore anything)".into(),
         );
+        plan.note = Some(notes.join("\n"));
+        plan.remove_backups.clear();
         return Ok(plan);
     }
     let mut keep = vec![false; complete.len()];
@@ -198,6 +258,7 @@ pub fn plan(
     }
     let Some(oldest_kept) = keep.iter().position(|k| *k) else {
         plan.note = Some("no complete backup has its whole chain in the repository: nothing is removed".into());
+        plan.remove_backups.clear();
         return Ok(plan);
     };
     let oldest = complete[oldest_kept];
@@ -226,15 +287,19 @@ pub fn plan(
         }
     }
     if !held_by_chain.is_empty() {
-        plan.note = Some(format!(
-            "keeping backup{} {} beyond the policy: newer kept backups are built on {}; a chain expires only whole, so take a full backup (`dbbackup backup base --type full`) regularly",
+        notes.push(format!(
+            "keeping backup{} {} beyond the policy: kept backups (or one being taken) are built on {}; a chain expires only whole, with its full backup",
             if held_by_chain.len() == 1 { "" } else { "s" },
             held_by_chain.join(", "),
             if held_by_chain.len() == 1 { "it" } else { "them" }
         ));
     }
-    // The backups that stay usable: their WAL stays.
-    let mut holders: Vec<&Manifest> = Vec::new();
+    if !notes.is_empty() {
+        plan.note = Some(notes.join("\n"));
+    }
+    // The backups that stay usable: their WAL stays (and the WAL of those
+    // waiting on an unreadable manifest, which may come back).
+    let mut holders: Vec<&Manifest> = waiting_on_unreadable;
     for (i, m) in complete.iter().enumerate() {
         if keep[i] {
             plan.keep_backups.push(m.id.clone());
@@ -385,18 +450,28 @@ fn prepare(
     remove_backups_too: bool,
 ) -> Result<Prepared<'_>> {
     let lock = repo.storage().lock(crate::backup::RETENTION_LOCK)?;
-    let (backups, _) = crate::backup::list(repo)?;
+    let (backups, unreadable) = crate::backup::list_all(repo)?;
+    let unreadable: Vec<String> = unreadable.into_iter().map(|(id, _)| id).collect();
     let cat = Catalog::scan(repo)?;
-    // `wal cleanup` never removes a backup, so a running one is no concern.
-    let running = !remove_backups_too || crate::backup::backup_running(repo);
-    let plan = plan(&backups, &cat, repo.segment_size(), policy, now, remove_backups_too, running)?;
+    let running = crate::backup::backup_running(repo);
+    let plan = plan_with_unreadable(
+        &backups,
+        &unreadable,
+        &cat,
+        repo.segment_size(),
+        policy,
+        now,
+        remove_backups_too,
+        running,
+    )?;
     Ok(Prepared { repo, _lock: lock, backups, plan })
 }
 
 /// What `backup delete` removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deleted {
-    /// The backup, and the backups built on it (newest first).
+    /// The backup, and the backups built on it (newest first, each as
+    /// "ID (TYPE on PARENT)").
     Backup { id: String, dependents: Vec<String> },
     /// A backup directory whose manifest was missing or unreadable.
     UnreadableDirectory(String),
@@ -436,9 +511,9 @@ pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool, with
         )));
     }
     if !deps.is_empty() && !with_dependents {
-        let names: Vec<String> = deps.iter().rev().map(|d| format!("{} ({})", d.id, d.backup_type.as_str())).collect();
+        let names: Vec<String> = deps.iter().rev().map(|d| describe(d)).collect();
         return Err(Error::invalid(format!(
-            "backup {id} is the parent of {}: they cannot be restored without it; delete them first, or use --with-dependents to delete them with it",
+            "backups are built on backup {id}: {}; they cannot be restored without it: delete them first, or use --with-dependents to delete them with it",
             names.join(", ")
         )));
     }
@@ -462,7 +537,7 @@ pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool, with
         remove_backup(repo, Some(d))?;
     }
     remove_backup(repo, Some(&m))?;
-    Ok(Deleted::Backup { id: id.to_string(), dependents: deps.iter().map(|d| d.id.clone()).collect() })
+    Ok(Deleted::Backup { id: id.to_string(), dependents: deps.iter().map(|d| describe(d)).collect() })
 }
 
 /// Removes one backup: marks it failed ("deleted"), then removes its files.
@@ -561,7 +636,7 @@ mod tests {
         assert_eq!(p.keep_backups, ["F", "A", "B", "C"]);
         assert!(p.remove_backups.is_empty() && p.remove_wal.is_empty());
         let note = p.note.unwrap();
-        assert!(note.contains("keeping backup F beyond the policy") && note.contains("--type full"), "{note}");
+        assert!(note.contains("keeping backup F beyond the policy") && note.contains("expires only whole"), "{note}");
         // wal cleanup marks nothing expired that a kept backup is built on.
         let p = plan(&backups, &cat, size, days, now, false, false).unwrap();
         assert!(p.expire_backups.is_empty(), "{:?}", ids(&p.expire_backups));
@@ -600,6 +675,43 @@ mod tests {
         let p = plan(&backups, &cat, size, keep1, now, true, false).unwrap();
         assert_eq!(p.keep_backups, ["F2"]);
         assert_eq!(ids(&p.remove_backups), ["orphan"]);
+    }
+
+    #[test]
+    fn a_backup_built_on_an_unreadable_manifest_is_left_alone_one_on_a_missing_one_goes() {
+        let now: jiff::Timestamp = "2026-11-20T00:00:00Z".parse().unwrap();
+        let cat = catalog(&[(1, 10), (1, 20), (1, 30)]);
+        let size = SegmentSize::new(SEG);
+        // F2's manifest cannot be read right now; F3's directory is gone.
+        let backups = vec![
+            backup("F1", 1, 10, &day(1)),
+            on("A", "F2", I, 20, &day(3)),
+            on("B", "F3", I, 25, &day(4)),
+            backup("F4", 1, 30, &day(5)),
+        ];
+        let keep1 = Policy { keep: Some(1), keep_days: None };
+        let unreadable = ["F2".to_string()];
+        let p = plan_with_unreadable(&backups, &unreadable, &cat, size, keep1, now, true, false).unwrap();
+        assert_eq!(ids(&p.remove_backups), ["B", "F1"]);
+        assert!(p.remove_backups[0].reason.contains("its chain is broken"), "{:?}", p.remove_backups);
+        let note = p.note.unwrap();
+        assert!(note.contains("backup A is left alone: backup F2") && note.contains("--force"), "{note}");
+        // A's WAL stays, in case F2's manifest comes back.
+        assert_eq!(p.wal_kept_from.as_deref(), Some("000000010000000000000014"));
+        // wal cleanup removes no backup and lets a broken chain pin no WAL.
+        let p = plan_with_unreadable(
+            &backups,
+            &[],
+            &cat,
+            size,
+            Policy { keep: None, keep_days: Some(0) },
+            now,
+            false,
+            false,
+        )
+        .unwrap();
+        assert!(p.remove_backups.is_empty());
+        assert_eq!(p.wal_kept_from.as_deref(), Some("00000001000000000000001E"));
     }
 
     #[test]

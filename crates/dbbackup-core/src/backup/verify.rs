@@ -122,10 +122,7 @@ pub fn verify(repo: &Repository, m: &Manifest, jobs: usize) -> Result<BackupVeri
     let chain = match Chain::load(repo, m.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
-            problems
-                .lock()
-                .expect("not poisoned")
-                .push(Problem { object: m.parent.clone().unwrap_or_else(|| m.id.clone()), error: e.to_string() });
+            problems.lock().expect("not poisoned").push(Problem { object: "chain".into(), error: e.to_string() });
             None
         }
     };
@@ -148,6 +145,24 @@ pub fn verify(repo: &Repository, m: &Manifest, jobs: usize) -> Result<BackupVeri
         }
     });
     let mut problems = problems.into_inner().expect("threads joined");
+    // The block maps this backup stored: the next incremental relies on
+    // them (a bad one costs space, not data, but should not go unnoticed).
+    let bs = m.block_size.unwrap_or(8192) as u64;
+    for f in &m.files {
+        let Some(r) = f.map.as_ref().filter(|r| r.backup == m.id) else { continue };
+        let problem = match crate::backup::blocks::load_map(repo, m, &f.path, r) {
+            Ok(h) if h.len() as u64 == f.size.div_ceil(bs) => None,
+            Ok(h) => Some(format!(
+                "the block map holds {} blocks, the file has {}: the next incremental backup compares it whole",
+                h.len(),
+                f.size.div_ceil(bs)
+            )),
+            Err(e) => Some(format!("{e}: the next incremental backup compares the file whole")),
+        };
+        if let Some(error) = problem {
+            problems.push(Problem { object: format!("{} (block map)", f.path), error });
+        }
+    }
     let wal = needed_wal(m)?;
     let mut wal_ok = 0;
     for w in &wal {

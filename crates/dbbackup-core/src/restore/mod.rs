@@ -379,6 +379,21 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
         Some(id) => Some(Source::Repo(Box::new(backup::read_manifest(repo, id)?))),
     };
     if let Some(Source::Repo(m)) = &named {
+        // Before anything is written (--force would empty the target first).
+        if let Err(e) = Chain::from_list(&all, m) {
+            let other =
+                all.iter().rev().find(|b| b.status == BackupStatus::Complete && Chain::from_list(&all, b).is_ok());
+            return Err(Error::new(
+                e.kind(),
+                format!(
+                    "{e}{}",
+                    match other {
+                        Some(b) => format!("; backup {} can be restored (use --base-backup {})", b.id, b.id),
+                        None => "; no backup in the repository has its whole chain".to_string(),
+                    }
+                ),
+            ));
+        }
         if m.status != BackupStatus::Complete {
             return Err(Error::invalid(format!(
                 "backup {} is {}, not complete: it cannot be restored{}",
@@ -493,11 +508,18 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
                     repo.location()
                 )));
             }
-            // A chained backup whose ancestors are not all there is passed over.
-            let pick = complete
-                .iter()
-                .rev()
-                .find(|m| unreachable_reason(m, &legs, &target).is_none() && Chain::from_list(&all, m).is_ok());
+            // A chained backup whose ancestors are not all there is passed
+            // over, and said so.
+            let pick = complete.iter().rev().find(|m| {
+                unreachable_reason(m, &legs, &target).is_none()
+                    && match Chain::from_list(&all, m) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!("passing over backup {}: {e}", m.id);
+                            false
+                        }
+                    }
+            });
             match pick {
                 Some(m) => Source::Repo(Box::new((*m).clone())),
                 None => {

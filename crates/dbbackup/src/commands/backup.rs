@@ -250,7 +250,7 @@ fn delete(ctx: &Ctx, id: &str, force: bool, with_dependents: bool) -> Result<Exi
     match retention::delete_backup(&repo, id, force, with_dependents)? {
         retention::Deleted::Backup { id, dependents } => {
             for d in dependents {
-                println!("deleted backup {d} (built on {id})");
+                println!("deleted backup {d}");
             }
             println!("deleted backup {id}")
         }
