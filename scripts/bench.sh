@@ -587,10 +587,12 @@ if want backup; then
   IN_FULL_S=$B_DBB; IN_FULL_M=$BM_DBB; IN_FULL_FROM="the backup part's dbbackup full (median of 3)"
   IN_PFULL_S=$B_PGBR
 else
-  drain_wait; archive_into dbb; settle
+  # A CHECKPOINT first, as before each incr (after its UPDATE): the
+  # backup's own checkpoint does not flush pgbench's load into its time.
+  drain_wait; archive_into dbb; "${PSQL[@]}" -c CHECKPOINT; settle
   backup_cmd dbb full; timed "${CMD[@]}"
   IN_FULL_S=$T; IN_FULL_M=$MEM; IN_FULL_FROM="one dbbackup --type full"
-  archive_into pgbr; settle
+  archive_into pgbr; "${PSQL[@]}" -c CHECKPOINT; settle
   backup_cmd pgbr full; timed "${CMD[@]}"
   IN_PFULL_S=$T
 fi
@@ -626,7 +628,7 @@ for i in 1 2 3; do
 done
 # 5. A full of the same data, then the restore of the full + 3 incr
 # chain against the restore of that full: 3 rounds, taking turns, medians.
-drain_wait; archive_into dbb; settle
+drain_wait; archive_into dbb; "${PSQL[@]}" -c CHECKPOINT; settle
 backup_cmd dbb full; timed "${CMD[@]}"
 IN_FULL2_S=$T; IN_FULL2_ID=$(tail -n1 "$WORK/cmd.out")
 read -r ty _ IN_FULL2_ST _ <<<"$(dbb_info "$IN_FULL2_ID")"
@@ -1182,14 +1184,16 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "*changed*: the 8 KiB blocks that differ, measured on the files: every block of pgbench_accounts, its TOAST"
   echo "table and their indexes (all forks and segments) hashed after a CHECKPOINT before the UPDATE and after the"
   echo "CHECKPOINT that follows it; blocks added count as changed. The other files of the cluster are not counted"
-  echo "(a backup stores their changes too). *stored*: the incr's \`stored_bytes\` (\`backup show --json\`: deltas and"
+  echo "(a backup stores their changes too). Rows spread over the whole table change most of its blocks: an"
+  echo "updated row's block, the block its new version goes to, the index leaves; the next round's scan prunes"
+  echo "and hints the blocks of the previous round's dead versions. *stored*: the incr's \`stored_bytes\` (\`backup show --json\`: deltas and"
   echo "block maps, compressed); *pgBackRest*: its \`info --output=json\` repository delta. The full is $IN_FULL_FROM"
   echo "($(s2 "$IN_FULL_S") s; pgBackRest's full $(s2 "$IN_PFULL_S") s). Page cache dropped before each backup and restore."
   echo
-  echo "| round | changed bytes (blocks) | dbbackup incr s | /full | peak RSS KiB | stored bytes | /changed | pgBackRest incr s | pgBackRest bytes | /pgBackRest |"
+  echo "| round | changed bytes (blocks, share) | dbbackup incr s | /full | peak RSS KiB | stored bytes | /changed | pgBackRest incr s | pgBackRest bytes | /pgBackRest |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for i in 1 2 3; do
-    echo "| $i | $((IN_CH[$i] * 8192)) (${IN_CH[$i]} of ${IN_BL[$i]}) | $(s2 "${IN_S[$i]}") | $(ratio "${IN_S[$i]}" "$IN_FULL_S") | ${IN_M[$i]} | ${IN_ST[$i]} | $(ratio "${IN_ST[$i]}" $((IN_CH[$i] * 8192))) | $(s2 "${IN_PS[$i]}") | ${IN_PD[$i]} | $(ratio "${IN_ST[$i]}" "${IN_PD[$i]}") |"
+    echo "| $i | $((IN_CH[$i] * 8192)) (${IN_CH[$i]} of ${IN_BL[$i]}, $((IN_CH[$i] * 100 / IN_BL[$i])) %) | $(s2 "${IN_S[$i]}") | $(ratio "${IN_S[$i]}" "$IN_FULL_S") | ${IN_M[$i]} | ${IN_ST[$i]} | $(ratio "${IN_ST[$i]}" $((IN_CH[$i] * 8192))) | $(s2 "${IN_PS[$i]}") | ${IN_PD[$i]} | $(ratio "${IN_ST[$i]}" "${IN_PD[$i]}") |"
   done
   echo
   echo "Then a \`--type full\` of the same data ($(s2 "$IN_FULL2_S") s, $IN_FULL2_ST bytes stored), and \`restore pitr --target-immediate"
