@@ -1040,13 +1040,14 @@ want backup && JS+=("$(cat <<JSON
 JSON
 )")
 if want incr; then
+  IN_RC_J=${IN_RC# }; IN_RF_J=${IN_RF# } # the runs, in their order
   j="\"incremental\": {\"cluster\": \"$DBSIZE\", \"scale\": $BENCH_SCALE, \"update_where\": \"$INCR_WHERE\", \"full_s\": $IN_FULL_S, \"full_rss_kib\": $IN_FULL_M, \"full_from\": \"$IN_FULL_FROM\", \"pgbackrest_full_s\": $IN_PFULL_S, \"rounds\": ["
   sep=
   for i in 1 2 3; do
     j+="$sep{\"changed_blocks\": ${IN_CH[$i]}, \"relation_blocks\": ${IN_BL[$i]}, \"changed_bytes\": $((IN_CH[$i] * 8192)), \"dbbackup_incr_s\": ${IN_S[$i]}, \"dbbackup_incr_rss_kib\": ${IN_M[$i]}, \"dbbackup_stored_bytes\": ${IN_ST[$i]}, \"pgbackrest_incr_s\": ${IN_PS[$i]}, \"pgbackrest_delta_bytes\": ${IN_PD[$i]}}"
     sep=", "
   done
-  j+="], \"full_after_chain_s\": $IN_FULL2_S, \"full_after_chain_stored_bytes\": $IN_FULL2_ST, \"restore_chain_s\": $IN_R_CHAIN, \"restore_full_s\": $IN_R_FULL, \"restore_chain_rss_kib\": $IN_RM_CHAIN, \"restore_full_rss_kib\": $IN_RM_FULL, \"restored_blocks_differing\": $IN_RDIFF}"
+  j+="], \"full_after_chain_s\": $IN_FULL2_S, \"full_after_chain_stored_bytes\": $IN_FULL2_ST, \"restore_chain_s\": $IN_R_CHAIN, \"restore_full_s\": $IN_R_FULL, \"restore_chain_runs_s\": [${IN_RC_J// /, }], \"restore_full_runs_s\": [${IN_RF_J// /, }], \"restore_chain_rss_kib\": $IN_RM_CHAIN, \"restore_full_rss_kib\": $IN_RM_FULL, \"restored_blocks_differing\": $IN_RDIFF}"
   JS+=("$j")
 fi
 jnum() { echo "${1:-null}"; } # a figure, or null when not measured
