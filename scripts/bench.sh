@@ -579,7 +579,7 @@ dbb_info() { # backup ID: "type parent stored_bytes chain_length"
 pgbr_newest() { # "type repository_delta_bytes" of pgBackRest's newest backup
   as "${PGBR[@]}" --output=json info | jq -r '.[0].backup[-1] | "\(.type) \(.info.repository.delta)"'
 }
-declare -A IN_S IN_M IN_ID IN_ST IN_CH IN_BL IN_PS IN_PD
+declare -A IN_ROWS IN_S IN_M IN_ID IN_ST IN_CH IN_BL IN_PS IN_PD
 # 1. The fulls the chains grow from: the backup part's, if it ran (the
 # last backup in each repository is then a full of this data), else one
 # of each tool now.
@@ -612,7 +612,8 @@ for i in 1 2 3; do
   drain_wait; archive_into local
   "${PSQL[@]}" -c CHECKPOINT
   block_snap "$WORK/blocks-before"
-  "${PSQL[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE $INCR_WHERE" -c CHECKPOINT
+  IN_ROWS[$i]=$("${PSQL[@]}" -c "WITH u AS (UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE $INCR_WHERE RETURNING 1) SELECT count(*) FROM u")
+  "${PSQL[@]}" -c CHECKPOINT
   block_snap "$WORK/blocks-after"
   read -r IN_CH[$i] IN_BL[$i] <<<"$(python3 "$WORK/blockhash.py" diff "$WORK/blocks-before" "$WORK/blocks-after")"
   # 3. dbbackup --type incr: time, peak RSS, stored bytes.
@@ -630,7 +631,7 @@ for i in 1 2 3; do
   IN_PS[$i]=$T
   read -r ty IN_PD[$i] <<<"$(pgbr_newest)"
   [ "$ty" = incr ] || die "pgbackrest --type=incr made a $ty backup"
-  echo "    round $i: $((IN_CH[$i] * 8192)) bytes changed (${IN_CH[$i]} of ${IN_BL[$i]} blocks); dbbackup incr $(s2 "${IN_S[$i]}") s, ${IN_M[$i]} KiB, ${IN_ST[$i]} bytes stored; pgBackRest incr $(s2 "${IN_PS[$i]}") s, ${IN_PD[$i]} bytes"
+  echo "    round $i: ${IN_ROWS[$i]} rows updated, $((IN_CH[$i] * 8192)) bytes changed (${IN_CH[$i]} of ${IN_BL[$i]} blocks); dbbackup incr $(s2 "${IN_S[$i]}") s, ${IN_M[$i]} KiB, ${IN_ST[$i]} bytes stored; pgBackRest incr $(s2 "${IN_PS[$i]}") s, ${IN_PD[$i]} bytes"
 done
 # 5. A full of the same data, then the restore of the full + 3 incr
 # chain against the restore of that full: 3 rounds, taking turns, medians.
@@ -1050,7 +1051,7 @@ if want incr; then
   j="\"incremental\": {\"cluster\": \"$DBSIZE\", \"scale\": $BENCH_SCALE, \"update_where\": \"$INCR_WHERE\", \"full_s\": $IN_FULL_S, \"full_rss_kib\": $IN_FULL_M, \"full_from\": \"$IN_FULL_FROM\", \"pgbackrest_full_s\": $IN_PFULL_S, \"read_all_files_s\": $IN_READ_S, \"rounds\": ["
   sep=
   for i in 1 2 3; do
-    j+="$sep{\"changed_blocks\": ${IN_CH[$i]}, \"relation_blocks\": ${IN_BL[$i]}, \"changed_bytes\": $((IN_CH[$i] * 8192)), \"dbbackup_incr_s\": ${IN_S[$i]}, \"dbbackup_incr_rss_kib\": ${IN_M[$i]}, \"dbbackup_stored_bytes\": ${IN_ST[$i]}, \"pgbackrest_incr_s\": ${IN_PS[$i]}, \"pgbackrest_delta_bytes\": ${IN_PD[$i]}}"
+    j+="$sep{\"rows_updated\": ${IN_ROWS[$i]}, \"changed_blocks\": ${IN_CH[$i]}, \"relation_blocks\": ${IN_BL[$i]}, \"changed_bytes\": $((IN_CH[$i] * 8192)), \"dbbackup_incr_s\": ${IN_S[$i]}, \"dbbackup_incr_rss_kib\": ${IN_M[$i]}, \"dbbackup_stored_bytes\": ${IN_ST[$i]}, \"pgbackrest_incr_s\": ${IN_PS[$i]}, \"pgbackrest_delta_bytes\": ${IN_PD[$i]}}"
     sep=", "
   done
   j+="], \"full_after_chain_s\": $IN_FULL2_S, \"full_after_chain_stored_bytes\": $IN_FULL2_ST, \"restore_chain_s\": $IN_R_CHAIN, \"restore_full_s\": $IN_R_FULL, \"restore_chain_runs_s\": [${IN_RC_J// /, }], \"restore_full_runs_s\": [${IN_RF_J// /, }], \"restore_chain_rss_kib\": $IN_RM_CHAIN, \"restore_full_rss_kib\": $IN_RM_FULL, \"restored_blocks_differing\": $IN_RDIFF}"
@@ -1187,14 +1188,15 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "## Incremental backups: pgbench scale $BENCH_SCALE ($DBSIZE), 2 jobs / 2 processes"
   echo
   echo "One cluster, three rounds of: \`UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE $INCR_WHERE\`"
-  echo "(1 % of the rows), CHECKPOINT, then \`dbbackup backup base --type incr\` and \`pgbackrest --type=incr\` (file level)."
+  echo "(${IN_ROWS[1]} of the $((BENCH_SCALE * 100000)) rows), CHECKPOINT, then \`dbbackup backup base --type incr\` and \`pgbackrest --type=incr\` (file level)."
   echo "*changed*: the 8 KiB blocks that differ, measured on the files: every block of pgbench_accounts, its TOAST"
   echo "table and their indexes (all forks and segments) hashed after a CHECKPOINT before the UPDATE and after the"
   echo "CHECKPOINT that follows it; blocks added count as changed. The other files of the cluster are not counted"
   echo "(a backup stores their changes too). Rows spread over the whole table change most of its blocks: an"
   echo "updated row's block, the block its new version goes to, the index leaves; the next round's scan prunes"
-  echo "and hints the blocks of the previous round's dead versions. *stored*: the incr's \`stored_bytes\` (\`backup show --json\`: deltas and"
-  echo "block maps, compressed); *pgBackRest*: its \`info --output=json\` repository delta. The full is $IN_FULL_FROM"
+  echo "and hints the blocks of the previous round's dead versions. *stored*: the incr's \`stored_bytes\`"
+  echo "(\`backup show --json\`: deltas and block maps, compressed); *pgBackRest*: its \`info --output=json\` repository"
+  echo "delta. The full is $IN_FULL_FROM"
   echo "($(s2 "$IN_FULL_S") s; pgBackRest's full $(s2 "$IN_PFULL_S") s). An incr reads and hashes every file: reading every file of the"
   echo "data directory cold (\`cat\`, two at once) took $(s2 "$IN_READ_S") s, the least any backup that reads them all can take."
   echo "Page cache dropped before each backup and restore (and that read)."
