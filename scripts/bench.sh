@@ -8,6 +8,13 @@
 #   size:    repository bytes for the same segments
 #   memory:  peak RSS of one archive and one fetch
 #   backup and restore of a ~1.5 GB pgbench cluster, 2 jobs / 2 processes
+#   incr:    incremental backups of the same cluster: 1 % of pgbench_accounts'
+#            rows updated (BENCH_INCR_WHERE, default "aid % 100 = 0"), the
+#            8 KiB blocks that changed counted by hashing the relation files
+#            before and after; dbbackup --type incr (time, peak RSS, stored
+#            bytes) against its full and against pgBackRest --type=incr
+#            (file level); three rounds, then the restore of the full +
+#            3 incr chain against the restore of a full of the same data
 #   S3:      archive, fetch, backup and restore again with the repositories
 #            in a one-node Garage on loopback: pgBackRest over https (it
 #            speaks S3 over TLS only; stunnel terminates TLS in front of
@@ -29,9 +36,11 @@
 #            Prometheus keeps it), and the monitor's RSS over
 #            BENCH_MONITOR_CHECKS (10000) checks
 #
-# Parts: BENCH_ONLY=wal,backup,replay,keepup,drain,monitor runs only those (for
-# development; "wal" is archive, fetch, size and memory, "backup" the base
-# backups and restores); a partial run writes its page to
+# Parts: BENCH_ONLY=wal,backup,incr,replay,keepup,drain,monitor runs only those
+# (for development; "wal" is archive, fetch, size and memory, "backup" the
+# base backups and restores, "incr" the incremental ones); BENCH_SCALE
+# (100, about 1.5 GB; 180 is about 2.7 GB) sizes the cluster of "backup"
+# and "incr". A partial run writes its page to
 # target/bench/benchmarks.md, not docs/. BENCH_DBBACKUP=PATH benchmarks
 # that binary instead of building one.
 #
@@ -48,7 +57,7 @@ if [ ! -x "$GARAGE" ]; then
     "--root $DBBACKUP_CACHE/garage\`, or point DBBACKUP_GARAGE_BIN at it" >&2
   exit 1
 fi
-PARTS=(wal backup replay keepup drain monitor)
+PARTS=(wal backup incr replay keepup drain monitor)
 BENCH_ONLY=${BENCH_ONLY:-}
 for p in ${BENCH_ONLY//,/ }; do
   [[ " ${PARTS[*]} " == *" $p "* ]] || { echo "bench: BENCH_ONLY: no part \"$p\" (parts: ${PARTS[*]})" >&2; exit 1; }
@@ -424,12 +433,12 @@ drain_wait() { # until no segment waits to be archived (at most 30 min)
 }
 archiver_stats() { "${PSQL[@]}" -F ' ' -c "SELECT archived_count, failed_count, coalesce(last_archived_wal, '-') FROM pg_stat_archiver"; }
 elapsed() { printf '%.6f' "$(echo "$(date +%s.%N) - $1" | bc -l)"; } # seconds since t0
-timed() { # sets T (seconds) and MEM (peak KiB) of one run; stops the bench if it fails
+timed() { # sets T (seconds) and MEM (peak KiB) of one run, its stdout in $WORK/cmd.out; stops the bench if it fails
   local t0 t1 rssf
   rssf=$(mktemp); chmod 666 "$rssf"
   sync # the previous run's dirty pages are not this run's cost
   t0=$(date +%s.%N)
-  "${RUN[@]}" /usr/bin/time -o "$rssf" -f '%M' "$@" >/dev/null 2>"$WORK/cmd.err" ||
+  "${RUN[@]}" /usr/bin/time -o "$rssf" -f '%M' "$@" >"$WORK/cmd.out" 2>"$WORK/cmd.err" ||
     die "failed: $* : $(grep -v 'Command exited' "$WORK/cmd.err" | tail -n 5)"
   t1=$(date +%s.%N)
   T=$(printf '%.6f' "$(echo "$t1 - $t0" | bc -l)"); MEM=$(tail -n1 "$rssf"); rm -f "$rssf"
@@ -438,25 +447,34 @@ med3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 max3() { printf '%s\n' "$@" | sort -g | tail -n1; }
 fresh_dir() { rm -rf "$1"; mkdir -p "$1"; chown postgres "$1" 2>/dev/null || true; chmod 700 "$1"; }
 settle() { sync; if [ "$(id -u)" = 0 ]; then echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true; fi; }
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
+s2() { printf '%.2f' "$1"; }
+goal() { # value limit: "met" or "missed"
+  if [ "$(echo "$1 <= $2" | bc -l)" = 1 ]; then echo met; else echo missed; fi
+}
 
-if want backup; then
-echo "==> base backup and restore of a pgbench cluster (scale ${BENCH_SCALE:=100}), 2 jobs each"
+# The cluster of the base and incremental backups: pgbench at BENCH_SCALE.
+if want backup || want incr; then
+echo "==> pgbench cluster for the base backups (scale ${BENCH_SCALE:=100})"
 as "$PGBIN/pgbench" -q -i -s "$BENCH_SCALE" -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
 DBSIZE=$("${PSQL[@]}" -c "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
 echo "    cluster size $DBSIZE"
 archiving_on
-backup_cmd() { # tool: sets CMD
-  local conn=(--host "$WORK" --port "$PORT" --user postgres)
+fi
+backup_cmd() { # tool [type: full (default), incr]: sets CMD
+  local conn=(--host "$WORK" --port "$PORT" --user postgres) type=${2:-full}
+  # dbbackup's --type explicitly: without it, a backup after a complete one is incremental.
   case $1 in
-    pgbr) CMD=("${PGBR[@]}" --type=full --process-max=2 --start-fast backup) ;;
-    pgbr_s3) CMD=("${PGBR_S3[@]}" --type=full --process-max=2 --start-fast backup) ;;
-    dbb) CMD=("$DBB" backup base --fast --jobs 2 --repo "$WORK/repo-zstd" "${conn[@]}") ;;
-    dbb_s3) CMD=("$DBB" backup base --fast --jobs 2 --config "$S3_CONF" "${conn[@]}") ;;
-    dbb_tls) CMD=("${DBB_TLS[@]}" backup base --fast --jobs 2 --config "$S3_TLS_CONF" "${conn[@]}") ;;
+    pgbr) CMD=("${PGBR[@]}" --type="$type" --process-max=2 --start-fast backup) ;;
+    pgbr_s3) CMD=("${PGBR_S3[@]}" --type="$type" --process-max=2 --start-fast backup) ;;
+    dbb) CMD=("$DBB" backup base --type "$type" --fast --jobs 2 --repo "$WORK/repo-zstd" "${conn[@]}") ;;
+    dbb_s3) CMD=("$DBB" backup base --type "$type" --fast --jobs 2 --config "$S3_CONF" "${conn[@]}") ;;
+    dbb_tls) CMD=("${DBB_TLS[@]}" backup base --type "$type" --fast --jobs 2 --config "$S3_TLS_CONF" "${conn[@]}") ;;
   esac
 }
-restore_cmd() { # tool dir: sets CMD
-  local opts=(--base-backup latest --target-immediate --jobs 2 --target-dir "$2" --force)
+restore_cmd() { # tool dir [dbbackup backup ID, default latest]: sets CMD
+  local opts=(--base-backup "${3:-latest}" --target-immediate --jobs 2 --target-dir "$2" --force)
   case $1 in
     pgbr) CMD=("${PGBR[@]}" --process-max=2 --pg1-path="$2" --type=immediate restore) ;;
     pgbr_s3) CMD=("${PGBR_S3[@]}" --process-max=2 --pg1-path="$2" --type=immediate restore) ;;
@@ -465,6 +483,9 @@ restore_cmd() { # tool dir: sets CMD
     dbb_tls) CMD=("${DBB_TLS[@]}" restore pitr --config "$S3_TLS_CONF" "${opts[@]}") ;;
   esac
 }
+
+if want backup; then
+echo "==> base backup and restore of the pgbench cluster (scale $BENCH_SCALE), 2 jobs each"
 # Three rounds, the tools taking turns (round 2 in reverse order), medians:
 # one slow moment of a shared machine does not decide a ratio. Each
 # restore starts from the same state: the previous restored copy removed
@@ -502,6 +523,145 @@ done
 B_PGBR=${B[pgbr]}; B_DBB=${B[dbb]}; R_PGBR=${R[pgbr]}; R_DBB=${R[dbb]}
 BM_PGBR=${BM[pgbr]}; BM_DBB=${BM[dbb]}; RM_PGBR=${RM[pgbr]}; RM_DBB=${RM[dbb]}
 fi # backup
+
+if want incr; then
+INCR_WHERE=${BENCH_INCR_WHERE:-aid % 100 = 0}
+echo "==> incremental backups of the pgbench cluster (scale $BENCH_SCALE), 3 rounds of UPDATE pgbench_accounts ... WHERE $INCR_WHERE, 2 jobs"
+archiving_on
+# Per-block hashes of relations' files (every fork and 1 GB segment), and
+# how many blocks differ between two such snapshots: the bytes an
+# incremental backup has to store, measured on the files themselves.
+cat >"$WORK/blockhash.py" <<'PY'
+import hashlib, os, pickle, re, sys
+BLOCK = 8192
+if sys.argv[1] == "snap":  # snap OUT PGDATA RELPATH...
+    out, root, snap = sys.argv[2], sys.argv[3], {}
+    for rel in sys.argv[4:]:
+        d, base = os.path.split(rel)
+        forks = re.compile(re.escape(base) + r"(_[a-z]+)?(\.[0-9]+)?")
+        for name in os.listdir(os.path.join(root, d)):
+            if not forks.fullmatch(name):
+                continue
+            hashes = []
+            with open(os.path.join(root, d, name), "rb") as f:
+                while chunk := f.read(BLOCK * 128):
+                    for i in range(0, len(chunk), BLOCK):
+                        hashes.append(hashlib.blake2b(chunk[i:i + BLOCK], digest_size=16).digest())
+            snap[os.path.join(d, name)] = hashes
+    with open(out, "wb") as f:
+        pickle.dump(snap, f)
+else:  # diff BEFORE AFTER: "changed_blocks blocks_after" (new blocks count as changed)
+    with open(sys.argv[2], "rb") as f:
+        before = pickle.load(f)
+    with open(sys.argv[3], "rb") as f:
+        after = pickle.load(f)
+    changed = total = 0
+    for name, hashes in after.items():
+        old = before.get(name, [])
+        total += len(hashes)
+        changed += sum(1 for i, h in enumerate(hashes) if i >= len(old) or old[i] != h)
+    print(changed, total)
+PY
+# pgbench_accounts, its TOAST table and every index of either.
+RELPATHS=$("${PSQL[@]}" -c "SELECT pg_relation_filepath(c.oid) FROM pg_class c
+  WHERE c.oid = 'pgbench_accounts'::regclass
+     OR c.oid = (SELECT reltoastrelid FROM pg_class WHERE oid = 'pgbench_accounts'::regclass)
+     OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN ('pgbench_accounts'::regclass,
+                  (SELECT reltoastrelid FROM pg_class WHERE oid = 'pgbench_accounts'::regclass)))")
+block_snap() { # out: per-block hashes of RELPATHS now
+  # shellcheck disable=SC2086 # one relation path a word
+  python3 "$WORK/blockhash.py" snap "$1" "$WORK/data" $RELPATHS || die "hashing the blocks of pgbench_accounts failed"
+}
+dbb_info() { # backup ID: "type parent stored_bytes chain_length"
+  as "$DBB" backup show "$1" --json --repo "$WORK/repo-zstd" |
+    jq -r '"\(.type) \(.parent // "-") \(.stored_bytes) \(.chain | length)"'
+}
+pgbr_newest() { # "type repository_delta_bytes" of pgBackRest's newest backup
+  as "${PGBR[@]}" --output=json info | jq -r '.[0].backup[-1] | "\(.type) \(.info.repository.delta)"'
+}
+declare -A IN_ROWS IN_S IN_M IN_ID IN_ST IN_CH IN_BL IN_PS IN_PD
+# 1. The fulls the chains grow from: the backup part's, if it ran (the
+# last backup in each repository is then a full of this data), else one
+# of each tool now.
+if want backup; then
+  IN_FULL_S=$B_DBB; IN_FULL_M=$BM_DBB; IN_FULL_FROM="the backup part's dbbackup full (median of 3)"
+  IN_PFULL_S=$B_PGBR
+else
+  # A CHECKPOINT first, as before each incr (after its UPDATE): the
+  # backup's own checkpoint does not flush pgbench's load into its time.
+  drain_wait; archive_into dbb; "${PSQL[@]}" -c CHECKPOINT; settle
+  backup_cmd dbb full; timed "${CMD[@]}"
+  IN_FULL_S=$T; IN_FULL_M=$MEM; IN_FULL_FROM="one dbbackup --type full"
+  archive_into pgbr; "${PSQL[@]}" -c CHECKPOINT; settle
+  backup_cmd pgbr full; timed "${CMD[@]}"
+  IN_PFULL_S=$T
+fi
+read -r ty _ _ _ <<<"$(dbb_info latest)"
+[ "$ty" = full ] || die "the newest dbbackup backup is a $ty backup, not the full the chain should start from"
+read -r ty _ <<<"$(pgbr_newest)"
+[ "$ty" = full ] || die "pgBackRest's newest backup is a $ty backup, not a full"
+# The floor of a backup that reads every file, as an incr does: every
+# file of the data directory read cold, two readers at once (cat).
+"${PSQL[@]}" -c CHECKPOINT; settle
+t0=$(date +%s.%N)
+find "$WORK/data" -type f -print0 | xargs -0 -P 2 -n 64 cat >/dev/null
+IN_READ_S=$(elapsed "$t0")
+echo "    full: dbbackup $(s2 "$IN_FULL_S") s ($IN_FULL_FROM), pgBackRest $(s2 "$IN_PFULL_S") s; reading every file cold: $(s2 "$IN_READ_S") s"
+for i in 1 2 3; do
+  # 2. ~1 % of the rows updated; the blocks that changed, counted.
+  drain_wait; archive_into local
+  "${PSQL[@]}" -c CHECKPOINT
+  block_snap "$WORK/blocks-before"
+  IN_ROWS[$i]=$("${PSQL[@]}" -c "WITH u AS (UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE $INCR_WHERE RETURNING 1) SELECT count(*) FROM u")
+  "${PSQL[@]}" -c CHECKPOINT
+  block_snap "$WORK/blocks-after"
+  read -r IN_CH[$i] IN_BL[$i] <<<"$(python3 "$WORK/blockhash.py" diff "$WORK/blocks-before" "$WORK/blocks-after")"
+  # 3. dbbackup --type incr: time, peak RSS, stored bytes.
+  drain_wait; archive_into dbb; settle
+  backup_cmd dbb incr; timed "${CMD[@]}"
+  IN_S[$i]=$T; IN_M[$i]=$MEM; IN_ID[$i]=$(tail -n1 "$WORK/cmd.out")
+  read -r ty parent st chain <<<"$(dbb_info "${IN_ID[$i]}")"
+  if [ "$ty" != incr ] || [ "$chain" != $((i + 1)) ]; then
+    die "backup base --type incr made backup ${IN_ID[$i]} of type $ty (parent $parent) in a chain of $chain backups; expected an incr, chain of $((i + 1))"
+  fi
+  IN_ST[$i]=$st
+  # 4. pgBackRest --type=incr (file level) of the same change.
+  archive_into pgbr; settle
+  backup_cmd pgbr incr; timed "${CMD[@]}"
+  IN_PS[$i]=$T
+  read -r ty IN_PD[$i] <<<"$(pgbr_newest)"
+  [ "$ty" = incr ] || die "pgbackrest --type=incr made a $ty backup"
+  echo "    round $i: ${IN_ROWS[$i]} rows updated, $((IN_CH[$i] * 8192)) bytes changed (${IN_CH[$i]} of ${IN_BL[$i]} blocks); dbbackup incr $(s2 "${IN_S[$i]}") s, ${IN_M[$i]} KiB, ${IN_ST[$i]} bytes stored; pgBackRest incr $(s2 "${IN_PS[$i]}") s, ${IN_PD[$i]} bytes"
+done
+# 5. A full of the same data, then the restore of the full + 3 incr
+# chain against the restore of that full: 3 rounds, taking turns, medians.
+drain_wait; archive_into dbb; "${PSQL[@]}" -c CHECKPOINT; settle
+backup_cmd dbb full; timed "${CMD[@]}"
+IN_FULL2_S=$T; IN_FULL2_ID=$(tail -n1 "$WORK/cmd.out")
+read -r ty _ IN_FULL2_ST _ <<<"$(dbb_info "$IN_FULL2_ID")"
+[ "$ty" = full ] || die "backup base --type full made backup $IN_FULL2_ID of type $ty"
+IN_RC=; IN_RF=; IN_RCM=; IN_RFM=
+for round in 1 2 3; do
+  order=(chain full); [ "$round" = 2 ] && order=(full chain)
+  for k in "${order[@]}"; do
+    id=${IN_ID[3]}; [ "$k" = full ] && id=$IN_FULL2_ID
+    fresh_dir "$WORK/r"; settle
+    restore_cmd dbb "$WORK/r" "$id"; timed "${CMD[@]}"
+    if [ "$k" = chain ]; then IN_RC+=" $T"; IN_RCM+=" $MEM"; else IN_RF+=" $T"; IN_RFM+=" $MEM"; fi
+  done
+done
+# The last chain restore (round 3 ends with it) holds pgbench_accounts as
+# the third UPDATE left it (nothing wrote it since): compare its blocks.
+# shellcheck disable=SC2086 # one relation path a word
+python3 "$WORK/blockhash.py" snap "$WORK/blocks-restored" "$WORK/r" $RELPATHS || die "hashing the restored blocks failed"
+read -r IN_RDIFF _ <<<"$(python3 "$WORK/blockhash.py" diff "$WORK/blocks-after" "$WORK/blocks-restored")"
+rm -rf "$WORK/r" "$WORK/blocks-before" "$WORK/blocks-after" "$WORK/blocks-restored"
+archive_into local
+# shellcheck disable=SC2086 # the lists are space-separated numbers
+{ IN_R_CHAIN=$(med3 $IN_RC); IN_R_FULL=$(med3 $IN_RF); IN_RM_CHAIN=$(max3 $IN_RCM); IN_RM_FULL=$(max3 $IN_RFM); }
+echo "    full after the 3rd incr: $(s2 "$IN_FULL2_S") s; restore of the chain $(s2 "$IN_R_CHAIN") s, of the full $(s2 "$IN_R_FULL") s;" \
+  "$IN_RDIFF blocks of the restored pgbench_accounts differ from the primary's"
+fi # incr
 
 # The peak RSS of dbbackup's async worker (--jobs 4), sampled (VmHWM) at
 # the end of each keepup and drain run, before it is stopped; per kind.
@@ -711,12 +871,6 @@ echo "    $MON_N checks ($MON_RATE per s, $MON_ERRORS failed); scrape median $SC
   "RSS after 100 checks $MON_RSS_100 KiB, after $MON_N $MON_RSS_END KiB, peak $MON_HWM KiB"
 fi # monitor
 
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
-ms() { echo "scale=1; $1 * 1000 / 1" | bc -l; }
-s2() { printf '%.2f' "$1"; }
-goal() { # value limit: "met" or "missed"
-  if [ "$(echo "$1 <= $2" | bc -l)" = 1 ]; then echo met; else echo missed; fi
-}
 lbl() { # tool key of the keepup, drain and replay parts: its label
   case $1 in
     dbb | dbb_s3) echo "dbbackup wal archive (sync)" ;;
@@ -779,6 +933,30 @@ want wal && for pair in "archive, http:$M_A_S3" "fetch, http:$M_F_S3" "archive, 
   S3_GOALS+=("dbbackup ${pair%%:*}: peak RSS ${pair##*:} KiB (goal <= 49152: $(goal "${pair##*:}" 49152))")
 done
 [ ${#S3_GOALS[@]} = 0 ] || printf '  %s\n' "${S3_GOALS[@]}"
+if want incr; then
+  IN_S_MED=$(med3 "${IN_S[@]}"); IN_M_MAX=$(max3 "${IN_M[@]}")
+  printf '\n%-34s %12s %8s %6s %9s %11s %8s %9s %11s %6s\n' "incremental (cluster $DBSIZE)" "changed B" "incr s" "/full" "peak KiB" "stored B" "/changed" "pgbr s" "pgbr B" "/pgbr"
+  IN_SC_MAX=0; IN_SP_MAX=0
+  for i in 1 2 3; do
+    sc=$(ratio "${IN_ST[$i]}" $((IN_CH[$i] * 8192))); sp=$(ratio "${IN_ST[$i]}" "${IN_PD[$i]}")
+    [ "$(echo "$sc > $IN_SC_MAX" | bc -l)" = 1 ] && IN_SC_MAX=$sc
+    [ "$(echo "$sp > $IN_SP_MAX" | bc -l)" = 1 ] && IN_SP_MAX=$sp
+    printf '%-34s %12s %8.2f %6s %9s %11s %8s %9.2f %11s %6s\n' "round $i: UPDATE, --type incr" "$((IN_CH[$i] * 8192))" "${IN_S[$i]}" "$(ratio "${IN_S[$i]}" "$IN_FULL_S")" \
+      "${IN_M[$i]}" "${IN_ST[$i]}" "$sc" "${IN_PS[$i]}" "${IN_PD[$i]}" "$sp"
+  done
+  printf '%-34s %8.2f s (%s); pgBackRest full %.2f s; full after the 3rd incr %.2f s, %s bytes stored\n' "full (dbbackup, 2 jobs)" "$IN_FULL_S" "$IN_FULL_FROM" "$IN_PFULL_S" "$IN_FULL2_S" "$IN_FULL2_ST"
+  printf '%-34s %8.2f s (peak %s KiB); full %.2f s (peak %s KiB)\n' "restore, full + 3 incr chain" "$IN_R_CHAIN" "$IN_RM_CHAIN" "$IN_R_FULL" "$IN_RM_FULL"
+  x=$(ratio "$IN_S_MED" "$IN_FULL_S"); y=$(ratio "$IN_R_CHAIN" "$IN_R_FULL")
+  INCR_GOALS=(
+    "incr backup time: ${x}x the full, median of 3 (goal <= 0.15: $(goal "$x" 0.15)); reading every file cold takes $(ratio "$IN_READ_S" "$IN_FULL_S")x the full"
+    "incr backup peak RSS: $IN_M_MAX KiB, largest of 3 (goal <= 262144: $(goal "$IN_M_MAX" 262144))"
+    "incr stored bytes: at most ${IN_SC_MAX}x the changed bytes (goal <= 3: $(goal "$IN_SC_MAX" 3))"
+    "incr stored bytes: at most ${IN_SP_MAX}x pgBackRest's incr (goal <= 0.5: $(goal "$IN_SP_MAX" 0.5))"
+    "restore of the full + 3 incr chain: ${y}x the restore of a full, medians of 3 (goal <= 1.2: $(goal "$y" 1.2))"
+    "restored chain: $IN_RDIFF blocks of pgbench_accounts and its indexes differ from the primary's after the 3rd UPDATE"
+  )
+  printf '  %s\n' "${INCR_GOALS[@]}"
+fi
 if want replay; then
   rlbl() {
     case $1 in
@@ -868,6 +1046,17 @@ want backup && JS+=("$(cat <<JSON
   "dbbackup_https": {"backup_s": ${B[dbb_tls]}, "restore_s": ${R[dbb_tls]}, "backup_rss_kib": ${BM[dbb_tls]}, "restore_rss_kib": ${RM[dbb_tls]}}}
 JSON
 )")
+if want incr; then
+  IN_RC_J=${IN_RC# }; IN_RF_J=${IN_RF# } # the runs, in their order
+  j="\"incremental\": {\"cluster\": \"$DBSIZE\", \"scale\": $BENCH_SCALE, \"update_where\": \"$INCR_WHERE\", \"full_s\": $IN_FULL_S, \"full_rss_kib\": $IN_FULL_M, \"full_from\": \"$IN_FULL_FROM\", \"pgbackrest_full_s\": $IN_PFULL_S, \"read_all_files_s\": $IN_READ_S, \"rounds\": ["
+  sep=
+  for i in 1 2 3; do
+    j+="$sep{\"rows_updated\": ${IN_ROWS[$i]}, \"changed_blocks\": ${IN_CH[$i]}, \"relation_blocks\": ${IN_BL[$i]}, \"changed_bytes\": $((IN_CH[$i] * 8192)), \"dbbackup_incr_s\": ${IN_S[$i]}, \"dbbackup_incr_rss_kib\": ${IN_M[$i]}, \"dbbackup_stored_bytes\": ${IN_ST[$i]}, \"pgbackrest_incr_s\": ${IN_PS[$i]}, \"pgbackrest_delta_bytes\": ${IN_PD[$i]}}"
+    sep=", "
+  done
+  j+="], \"full_after_chain_s\": $IN_FULL2_S, \"full_after_chain_stored_bytes\": $IN_FULL2_ST, \"restore_chain_s\": $IN_R_CHAIN, \"restore_full_s\": $IN_R_FULL, \"restore_chain_runs_s\": [${IN_RC_J// /, }], \"restore_full_runs_s\": [${IN_RF_J// /, }], \"restore_chain_rss_kib\": $IN_RM_CHAIN, \"restore_full_rss_kib\": $IN_RM_FULL, \"restored_blocks_differing\": $IN_RDIFF}"
+  JS+=("$j")
+fi
 jnum() { echo "${1:-null}"; } # a figure, or null when not measured
 if want replay; then
   j="\"replay\": {\"segments\": $REPLAY_SEGS, \"prefetch\": $([ -n "$HAVE_PREFETCH" ] && echo "$PF" || echo null), \"seconds\": {"
@@ -993,6 +1182,40 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "and <= 0.6 of pgBackRest's on the same Garage; peak RSS <= 48 MiB for archive and fetch. In this run:"
   echo
   printf -- '- %s\n' "${S3_GOALS[@]}"
+  fi
+  if want incr; then
+  echo
+  echo "## Incremental backups: pgbench scale $BENCH_SCALE ($DBSIZE), 2 jobs / 2 processes"
+  echo
+  echo "One cluster, three rounds of: \`UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE $INCR_WHERE\`"
+  echo "(${IN_ROWS[1]} of the $((BENCH_SCALE * 100000)) rows), CHECKPOINT, then \`dbbackup backup base --type incr\` and \`pgbackrest --type=incr\` (file level)."
+  echo "*changed*: the 8 KiB blocks that differ, measured on the files: every block of pgbench_accounts, its TOAST"
+  echo "table and their indexes (all forks and segments) hashed after a CHECKPOINT before the UPDATE and after the"
+  echo "CHECKPOINT that follows it; blocks added count as changed. The other files of the cluster are not counted"
+  echo "(a backup stores their changes too). Rows spread over the whole table change most of its blocks: an"
+  echo "updated row's block, the block its new version goes to, the index leaves; the next round's scan prunes"
+  echo "and hints the blocks of the previous round's dead versions. *stored*: the incr's \`stored_bytes\`"
+  echo "(\`backup show --json\`: deltas and block maps, compressed); *pgBackRest*: its \`info --output=json\` repository"
+  echo "delta. The full is $IN_FULL_FROM"
+  echo "($(s2 "$IN_FULL_S") s; pgBackRest's full $(s2 "$IN_PFULL_S") s). An incr reads and hashes every file: reading every file of the"
+  echo "data directory cold (\`cat\`, two at once) took $(s2 "$IN_READ_S") s, the least any backup that reads them all can take."
+  echo "Page cache dropped before each backup and restore (and that read)."
+  echo
+  echo "| round | changed bytes (blocks, share) | dbbackup incr s | /full | peak RSS KiB | stored bytes | /changed | pgBackRest incr s | pgBackRest bytes | /pgBackRest |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for i in 1 2 3; do
+    echo "| $i | $((IN_CH[$i] * 8192)) (${IN_CH[$i]} of ${IN_BL[$i]}, $((IN_CH[$i] * 100 / IN_BL[$i])) %) | $(s2 "${IN_S[$i]}") | $(ratio "${IN_S[$i]}" "$IN_FULL_S") | ${IN_M[$i]} | ${IN_ST[$i]} | $(ratio "${IN_ST[$i]}" $((IN_CH[$i] * 8192))) | $(s2 "${IN_PS[$i]}") | ${IN_PD[$i]} | $(ratio "${IN_ST[$i]}" "${IN_PD[$i]}") |"
+  done
+  echo
+  echo "Then a \`--type full\` of the same data ($(s2 "$IN_FULL2_S") s, $IN_FULL2_ST bytes stored), and \`restore pitr --target-immediate"
+  echo "--jobs 2\` of the full + 3 incr chain (the 3rd incr) against that full: 3 rounds taking turns, medians."
+  echo
+  echo "| restore | s | peak RSS KiB |"
+  echo "|---|---:|---:|"
+  echo "| full + 3 incr chain | $(s2 "$IN_R_CHAIN") | $IN_RM_CHAIN |"
+  echo "| full | $(s2 "$IN_R_FULL") | $IN_RM_FULL |"
+  echo
+  printf -- '- %s\n' "${INCR_GOALS[@]}"
   fi
   if want keepup || want drain || want replay; then
   echo
