@@ -356,57 +356,6 @@ pub fn open_decoded(
     decoder(codec, inner).map_err(|e| pipeline_error(path, e))
 }
 
-/// Reads `r` ahead on a thread of its own (decryption and decompression
-/// there), handing over 256 KiB pieces through a bounded channel: the
-/// caller's work (merging, hashing, writing) overlaps the decoding. Memory:
-/// a few pieces. The thread ends when the input does, on an error (passed
-/// on), or when the returned reader is dropped.
-pub fn read_ahead(mut r: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; 256 << 10];
-        match read_full(&mut r, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.send(Ok(buf)).is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                break;
-            }
-        }
-    });
-    Box::new(AheadReader { rx, cur: Vec::new(), pos: 0 })
-}
-
-struct AheadReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for AheadReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(Ok(v)) => {
-                    self.cur = v;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Why `pump` stopped.
 #[derive(Debug)]
 pub enum PumpError {

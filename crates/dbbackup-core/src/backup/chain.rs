@@ -367,9 +367,6 @@ impl Stream {
     ) -> Result<Stream> {
         let path = format!("{}/{object}", backup_dir(&m.id));
         let r = open_decoded(repo, &path, m.codec, m.encrypted, aad)?;
-        // A large object decodes on a thread of its own while this one
-        // merges, hashes and writes.
-        let r = if size >= 4 << 20 { crate::object::read_ahead(r) } else { r };
         Ok(Stream {
             r: std::io::BufReader::with_capacity(256 << 10, r),
             path,
