@@ -513,3 +513,64 @@ fn a_parent_removed_by_hand_breaks_its_chain_loudly() {
     let ids: Vec<String> = list(&repo).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, [f1, i2]);
 }
+
+/// A full backup taken by an older dbbackup (no block maps, no type): the
+/// first incremental on it compares files whole (unchanged ones are not
+/// stored again, changed ones are stored whole) and writes the maps the
+/// next one uses; both restore.
+#[test]
+fn an_incremental_on_a_full_backup_of_an_older_dbbackup() {
+    let d = TestDir::new();
+    let repo = d.join("repo");
+    let c = archiving_cluster(PgVersion::V15, None, &repo, "");
+    pgbench(&c, &["-i", "-s", "2", "-q"]);
+    c.sql("CREATE TABLE t(i int); INSERT INTO t VALUES (1)");
+    let (full, _) = typed(&c, &repo, "full");
+    // What a version 1 manifest looks like: no type, block size or maps.
+    let path = repo.join(format!("backups/{full}/manifest.json"));
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let obj = m.as_object_mut().unwrap();
+    obj.remove("type");
+    obj.remove("block_size");
+    for f in obj["files"].as_array_mut().unwrap() {
+        f.as_object_mut().unwrap().remove("map");
+    }
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    Cmd::new("rm").arg("-rf").arg(repo.join(format!("backups/{full}/maps"))).as_root().assert_success();
+
+    c.sql("INSERT INTO t VALUES (2)");
+    pgbench(&c, &["-t", "100", "-n"]);
+    let (i1, _) = typed(&c, &repo, "incr");
+    let m1: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join(format!("backups/{i1}/manifest.json"))).unwrap())
+            .unwrap();
+    let files = m1["files"].as_array().unwrap();
+    let large_unchanged = files
+        .iter()
+        .filter(|f| f["unchanged"] == true && f["size"].as_u64().unwrap() >= 128 << 10)
+        .inspect(|f| assert_eq!(f["map"]["backup"], i1.as_str(), "the first incremental writes the map: {f}"))
+        .count();
+    assert!(large_unchanged > 0, "large files that did not change are not stored again");
+    assert!(files.iter().all(|f| f["delta"].is_null()), "no maps to compare blocks with: whole or unchanged");
+    c.sql("INSERT INTO t VALUES (3)");
+    pgbench(&c, &["-t", "100", "-n"]);
+    let (i2, _) = typed(&c, &repo, "incr");
+    let m2: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join(format!("backups/{i2}/manifest.json"))).unwrap())
+            .unwrap();
+    assert!(m2["files"].as_array().unwrap().iter().any(|f| f["delta"].is_object()), "the next one stores blocks");
+    c.sql("INSERT INTO t VALUES (4)");
+    finish_wal(&c);
+    for (id, want) in [(&i1, "1,2,3,4"), (&i2, "1,2,3,4")] {
+        let dir = d.join(format!("r_{id}"));
+        let r = restore(&c, &repo, &dir, &["--base-backup", id]);
+        r.ok();
+        assert_eq!(r.rows(), want);
+        assert_eq!(
+            r.sql("SELECT sum(abalance) FROM pgbench_accounts"),
+            c.sql("SELECT sum(abalance) FROM pgbench_accounts")
+        );
+        drop(r);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
