@@ -183,14 +183,13 @@ impl Chain {
             }
             return verify_file(repo, base_m, base, out);
         }
-        let merged = self.merge(repo, f, base_level, base, &deltas, out);
+        let layers = Layers { base_level, base, deltas };
+        let merged = self.merge(repo, f, &layers, out);
         // The rebuilt file is checked whole, not each object on the way
         // (one BLAKE3 pass instead of two): on a mismatch, find and name
         // the damaged object.
         let merged = match merged {
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                Err(self.culprit(repo, f, base_level, base, &deltas).unwrap_or(e))
-            }
+            Err(e) if e.kind() == ErrorKind::Integrity => Err(self.culprit(repo, f, &layers).unwrap_or(e)),
             other => other,
         };
         merged.map_err(|e| {
@@ -204,18 +203,12 @@ impl Chain {
 
     /// The first object of file `f`'s layers that does not decode to its
     /// recorded size and checksum.
-    fn culprit(
-        &self,
-        repo: &Repository,
-        f: &FileEntry,
-        base_level: usize,
-        base: &FileEntry,
-        deltas: &[usize],
-    ) -> Option<Error> {
+    fn culprit(&self, repo: &Repository, f: &FileEntry, layers: &Layers<'_>) -> Option<Error> {
+        let Layers { base_level, base, ref deltas } = *layers;
         let base_m = &self.manifests[base_level];
         let mut objects =
             vec![(base_m, base.object.clone(), file_aad(&base_m.id, &base.path), base.size, base.checksum.clone())];
-        for &lvl in deltas {
+        for &lvl in deltas.iter() {
             let m = &self.manifests[lvl];
             let d = self.entry(lvl, &f.path)?.delta.as_ref()?;
             objects.push((m, d.object.clone(), blocks::delta_aad(&m.id, &f.path), d.size, d.checksum.clone()));
@@ -229,15 +222,8 @@ impl Chain {
         None
     }
 
-    fn merge(
-        &self,
-        repo: &Repository,
-        f: &FileEntry,
-        base_level: usize,
-        base: &FileEntry,
-        deltas: &[usize],
-        out: &mut (dyn Write + Send),
-    ) -> Result<()> {
+    fn merge(&self, repo: &Repository, f: &FileEntry, layers: &Layers<'_>, out: &mut (dyn Write + Send)) -> Result<()> {
+        let Layers { base_level, base, ref deltas } = *layers;
         let bs = self.manifests[deltas[0]].block_size.unwrap_or(8192) as u64;
         let base_m = &self.manifests[base_level];
         let mut base_s = Stream::open(
@@ -342,6 +328,14 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+/// Where one file of a chained backup comes from: the whole copy in backup
+/// `base_level` of the chain, then the deltas of these levels, oldest first.
+struct Layers<'a> {
+    base_level: usize,
+    base: &'a FileEntry,
+    deltas: Vec<usize>,
 }
 
 /// One decoded object read in pieces, checked against its size (and, when
