@@ -504,9 +504,17 @@ fn a_parent_removed_by_hand_breaks_its_chain_loudly() {
     r.ok();
     assert_eq!(r.rows(), "1,2,3,4");
     drop(r);
+    // The broken backup does not count as one that can still be restored.
+    let out = dbb(["backup", "delete", &f1, "--with-dependents", "--repo"]).arg(&repo).assert_code(1);
+    assert!(
+        out.stderr.contains("only complete backups that can be restored") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
     let out = dbb(["backup", "expire", "--keep", "1", "--repo"]).arg(&repo).assert_success();
     assert!(
-        out.stdout.contains(&format!("removing backup {i1} (its chain is broken, it cannot be restored: backup {i1} needs its parent backup {f2}")),
+        out.stdout
+            .contains(&format!("removing backup {i1} (its chain is broken: backup {i1} needs its parent backup {f2}")),
         "{}",
         out.stdout
     );

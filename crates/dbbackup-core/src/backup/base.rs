@@ -818,7 +818,8 @@ fn choose_parent(
             }
     });
     let full_instead = |why: String| {
-        say(&format!("{why}: this backup is full (--type {} needs one to build on)", want.as_str()));
+        let what = if asked { format!("--type {}", want.as_str()) } else { "an incremental".to_string() };
+        say(&format!("{why}: this backup is full ({what} needs one to build on)"));
         Ok(None)
     };
     let Some(p) = candidate else {

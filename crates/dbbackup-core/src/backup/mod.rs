@@ -142,7 +142,16 @@ pub fn resolve(repo: &Repository, which: &str) -> Result<Manifest> {
     if which == "latest" {
         let (all, unreadable) = list(repo)?;
         // A complete backup whose chain is broken cannot be restored.
-        let usable = |m: &&Manifest| m.status == BackupStatus::Complete && chain::Chain::from_list(&all, m).is_ok();
+        let usable = |m: &&Manifest| {
+            m.status == BackupStatus::Complete
+                && match chain::Chain::from_list(&all, m) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!("latest: passing over backup {}: {e}", m.id);
+                        false
+                    }
+                }
+        };
         return all.iter().rev().find(usable).cloned().ok_or_else(|| {
             let note = match unreadable.first() {
                 Some(e) => format!(" ({} backup manifest(s) could not be read, e.g. {e})", unreadable.len()),

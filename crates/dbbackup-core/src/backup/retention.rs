@@ -211,17 +211,16 @@ pub fn plan_with_unreadable(
                 ));
                 waiting_on_unreadable.push(m);
             }
-            _ if remove_backups_too => plan.remove_backups.push(Removal {
-                id: m.id.clone(),
-                reason: format!("its chain is broken, it cannot be restored: {why}"),
-            }),
+            _ if remove_backups_too => {
+                plan.remove_backups.push(Removal { id: m.id.clone(), reason: format!("its chain is broken: {why}") })
+            }
             _ => {}
         }
     }
     if complete.is_empty() {
         notes.insert(
             0,
-            "the repository has no complete backup: nothing is removed (WAL is all that can restore anything)".into(),
+            "the repository has no complete backup that can be restored: nothing is removed (WAL is all that can restore anything)".into(),
         );
         plan.note = Some(notes.join("\n"));
         plan.remove_backups.clear();
@@ -518,18 +517,21 @@ pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool, with
         )));
     }
     let gone: HashSet<&str> = deps.iter().map(|d| d.id.as_str()).chain([id]).collect();
-    let complete_left =
-        all.iter().filter(|b| b.status == BackupStatus::Complete && !gone.contains(b.id.as_str())).count();
+    // What can still be restored afterwards: complete backups whose chain
+    // stays whole without the deleted ones.
+    let left: Vec<Manifest> = all.iter().filter(|b| !gone.contains(b.id.as_str())).cloned().collect();
+    let complete_left = left
+        .iter()
+        .filter(|b| b.status == BackupStatus::Complete && crate::backup::chain::Chain::from_list(&left, b).is_ok())
+        .count();
     let any_complete_gone = all.iter().any(|b| b.status == BackupStatus::Complete && gone.contains(b.id.as_str()));
     if any_complete_gone && complete_left == 0 && !force {
         let what = if deps.is_empty() {
-            format!("backup {id} is the only complete backup")
+            format!("backup {id} is the only complete backup that can be restored: without it")
         } else {
-            format!("backup {id} and its dependents are the only complete backups")
+            format!("backup {id} and the backups built on it are the only complete backups that can be restored: without them")
         };
-        return Err(Error::invalid(format!(
-            "{what}: without them nothing can be restored; use --force to delete anyway"
-        )));
+        return Err(Error::invalid(format!("{what} nothing can be restored; use --force to delete anyway")));
     }
     // Children first (newest first): an interrupted delete never leaves a
     // backup without its parent.
