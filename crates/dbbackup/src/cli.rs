@@ -326,7 +326,10 @@ pub enum BackupCommand {
     #[command(after_help = "pg_backup_start on one held connection, then the data directory and tablespaces are \
         copied in parallel through the repository's compression and encryption, then pg_backup_stop; the \
         backup is marked complete once every WAL segment from its start to its stop is archived. Prints the \
-        backup ID as the last line of stdout.\n\nRefused first: a server whose archive_command does not archive into \
+        backup ID as the last line of stdout.\n\nTypes: full (every file), incr (the 8 KiB blocks changed since the \
+        newest complete backup, found by comparing block hashes with its block maps), diff (since the newest \
+        complete full backup). Without --type: full for a repository's first backup and when the newest backup's \
+        chain already holds 7 backups, else incr. Restore, verify, list, delete and expire follow chains.\n\nRefused first: a server whose archive_command does not archive into \
         this repository, or can exit 0 when dbbackup fails (`... || true`, `; cmd`, `| cmd`, `&`). When \
         archive_command's text does not show the repository (a wrapper script, DBBACKUP_REPO from the server's \
         environment), a real segment proves it: pg_switch_wal(), then the segment must arrive in this repository \
@@ -335,9 +338,10 @@ pub enum BackupCommand {
         pg_backup_stop(boolean) and pg_read_all_settings; a role without them is refused before anything is \
         written, naming the GRANTs. A key given for an unencrypted repository is refused (the backup would be \
         stored unencrypted).\n\nExamples:\n  dbbackup backup base --repo /backups/pg --jobs 4 --fast\n  \
+        dbbackup backup base --repo /backups/pg --type diff\n  \
         0 1 * * *  postgres  dbbackup backup base --config /etc/dbbackup/dbbackup.toml --quiet")]
     Base(BaseArgs),
-    /// List backups: ID, status, times, LSNs, timeline, sizes
+    /// List backups: ID, type, parent, status, times, LSNs, timeline, sizes, what a restore reads (CHAIN)
     #[command(after_help = "Status: complete (restorable), pending (WAL not yet confirmed), running, \
         interrupted (killed while running), failed, expired (outside a `wal cleanup` window, its WAL removed).\n\nExample:\n  dbbackup backup list --repo /backups/pg --json")]
     List,
