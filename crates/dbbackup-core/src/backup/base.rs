@@ -109,19 +109,10 @@ pub fn backup(
         archiving_checked,
         backup_type: r.backup_type,
     };
-    if r.backup_type != Some(BackupType::Full) {
-        // Before anything chained is written: older builds would read an
-        // incremental backup as a full one, so they must refuse the
-        // repository instead.
-        let (all, _) = crate::backup::list(&repo)?;
-        if all.iter().any(|m| m.status == BackupStatus::Complete) {
-            repo.require_format(dbbackup_format::meta::CHAINED_FORMAT_VERSION)?;
-        }
-    }
     if !opts.fast {
         say("starting the backup: PostgreSQL first finishes a spread checkpoint, which can take up to checkpoint_timeout (--fast checkpoints at once)");
     }
-    let m = take(&repo, client, &opts, progress, say)?;
+    let m = take(&mut repo, client, &opts, progress, say)?;
     Ok((repo, m))
 }
 
@@ -715,41 +706,6 @@ fn open_job(job: &Job) -> Result<Option<File>> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn store_entry(
-    repo: &Repository,
-    id: &str,
-    rel: &str,
-    reader: &mut dyn io::Read,
-    mode: u32,
-    mtime: i64,
-    settings: &CodecSettings,
-    progress: &Progress,
-) -> Result<FileEntry> {
-    let encrypted = repo.key().is_some();
-    let object = object_rel(rel, settings.codec, encrypted);
-    let full = format!("{}/{object}", backup_dir(id));
-    let mut w = repo
-        .storage()
-        .create(&full, Commit::NoReplace)
-        .map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
-    let enc = encode(repo, w.as_mut(), &file_aad(id, rel), *settings, &[], reader, rel)?;
-    w.commit().map_err(|e| Error::from(e).context(format!("cannot store {rel}")))?;
-    progress.done_bytes.fetch_add(enc.plain_size, Ordering::Relaxed);
-    Ok(FileEntry {
-        path: rel.to_string(),
-        size: enc.plain_size,
-        mode,
-        mtime: mtime_text(mtime),
-        checksum: enc.checksum.expect("encode checksums"),
-        stored_size: enc.stored_size,
-        object,
-        unchanged: false,
-        delta: None,
-        map: None,
-    })
-}
-
 /// Copies all jobs with `jobs` threads; stops at the first error.
 fn copy_parallel(c: &Copier<'_>, work: &[Job], jobs: usize) -> Result<Vec<FileEntry>> {
     let next = AtomicUsize::new(0);
@@ -807,22 +763,22 @@ fn choose_parent(
     };
     // The newest complete backup (full, for a diff) whose chain is whole:
     // one whose ancestors are gone cannot be built on.
-    let candidate = complete.rev().find(|m| {
-        (want != BackupType::Diff || m.backup_type == BackupType::Full)
-            && match Chain::from_list(&all, m) {
-                Ok(_) => true,
+    let candidate =
+        complete.rev().filter(|m| want != BackupType::Diff || m.backup_type == BackupType::Full).find_map(|m| {
+            match Chain::from_list(&all, m) {
+                Ok(c) => Some((m, c)),
                 Err(e) => {
                     say(&format!("passing over backup {} as a parent: {e}", m.id));
-                    false
+                    None
                 }
             }
-    });
+        });
     let full_instead = |why: String| {
         let what = if asked { format!("--type {}", want.as_str()) } else { "an incremental".to_string() };
         say(&format!("{why}: this backup is full ({what} needs one to build on)"));
         Ok(None)
     };
-    let Some(p) = candidate else {
+    let Some((p, c)) = candidate else {
         let what = if want == BackupType::Diff { "full backup" } else { "backup" };
         return full_instead(format!("repository {} has no complete {what} yet", repo.location()));
     };
@@ -834,25 +790,20 @@ fn choose_parent(
             p.block_size.unwrap_or(8192)
         ));
     }
-    match Chain::from_list(&all, p) {
-        // Unasked, a chain stops growing at DEFAULT_CHAIN backups: a
-        // nightly `backup base` then makes a full backup once a week, so
-        // retention (which expires chains whole) keeps working and a
-        // restore reads a bounded number of deltas.
-        Ok(c) if !asked && c.manifests().len() >= DEFAULT_CHAIN => {
-            say(&format!(
-                "the chain on backup {} already holds {} backups: this backup is full (--type incr extends the chain anyway)",
-                p.id,
-                c.manifests().len()
-            ));
-            Ok(None)
-        }
-        Ok(c) => {
-            say(&format!("{} backup on top of backup {} (chain {})", want.as_str(), p.id, c.describe()));
-            Ok(Some((want, c)))
-        }
-        Err(e) => full_instead(format!("the newest complete backup, {}, cannot be built on ({e})", p.id)),
+    // Unasked, a chain stops growing at DEFAULT_CHAIN backups: a nightly
+    // `backup base` then makes a full backup once a week, so retention
+    // (which expires chains whole) keeps working and a restore reads a
+    // bounded number of deltas.
+    if !asked && c.manifests().len() >= DEFAULT_CHAIN {
+        say(&format!(
+            "the chain on backup {} already holds {} backups: this backup is full (--type incr extends the chain anyway)",
+            p.id,
+            c.manifests().len()
+        ));
+        return Ok(None);
     }
+    say(&format!("{} backup on top of backup {} (chain {})", want.as_str(), p.id, c.describe()));
+    Ok(Some((want, c)))
 }
 
 /// Takes a base backup. The server connection must be a superuser's (or
@@ -860,7 +811,7 @@ fn choose_parent(
 /// or a failing `pg_backup_start` leaves no entry; a failure after it
 /// records the backup as `failed`.
 pub fn take(
-    repo: &Repository,
+    repo: &mut Repository,
     client: &mut postgres::Client,
     opts: &BaseOptions,
     progress: &Progress,
@@ -924,6 +875,13 @@ pub fn take(
     // keeps the chain.
     let retention = repo.storage().lock(RETENTION_LOCK)?;
     let parent = choose_parent(repo, opts.backup_type, block_size, ident.major_version, say)?;
+    if parent.is_some() {
+        // Before anything chained is written: older builds would read an
+        // incremental backup as a full one, so they must refuse the
+        // repository instead.
+        repo.require_format(dbbackup_format::meta::CHAINED_FORMAT_VERSION)?;
+    }
+    let repo: &Repository = repo;
     let mut m = Manifest {
         format_version: if parent.is_some() { MANIFEST_VERSION_CHAINED } else { MANIFEST_VERSION_FULL },
         id: id.clone(),
@@ -1057,7 +1015,6 @@ fn run(
     if let Some(c) = control {
         files.extend(copier.copy(&c)?);
     }
-    let settings = &copier.settings;
 
     let stop_sql = if major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -1069,27 +1026,9 @@ fn run(
     let label: String = row.get(1);
     let spcmap: Option<String> = row.get(2);
     let now = jiff::Timestamp::now().as_second();
-    files.push(store_entry(
-        repo,
-        &m.id,
-        "backup_label",
-        &mut Cursor::new(label.into_bytes()),
-        0o600,
-        now,
-        settings,
-        progress,
-    )?);
+    files.push(copier.whole("backup_label", &mut Cursor::new(label.into_bytes()), 0o600, now)?);
     if let Some(map) = spcmap.filter(|s| !s.is_empty()) {
-        files.push(store_entry(
-            repo,
-            &m.id,
-            "tablespace_map",
-            &mut Cursor::new(map.into_bytes()),
-            0o600,
-            now,
-            settings,
-            progress,
-        )?);
+        files.push(copier.whole("tablespace_map", &mut Cursor::new(map.into_bytes()), 0o600, now)?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     // The last WAL byte the backup needs is just before stop_lsn.
