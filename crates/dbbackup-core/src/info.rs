@@ -3,7 +3,7 @@
 //! range (from the oldest complete backup to the newest archived segment,
 //! cut at a gap after the newest backup's start).
 
-use dbbackup_format::manifest::{BackupStatus, Manifest};
+use dbbackup_format::manifest::Manifest;
 use dbbackup_format::{WalFileName, WalKind};
 
 use crate::error::Result;
@@ -118,10 +118,7 @@ pub struct Recoverable {
 /// archive `wal`.
 pub fn recoverable(repo: &Repository, wal: &WalSummary, backups: &[Manifest]) -> Recoverable {
     // Complete backups with their whole chain: what restore can use.
-    let complete: Vec<&Manifest> = backups
-        .iter()
-        .filter(|m| m.status == BackupStatus::Complete && crate::backup::chain::Chain::from_list(backups, m).is_ok())
-        .collect();
+    let complete: Vec<&Manifest> = backups.iter().filter(|m| crate::backup::chain::restorable(backups, m)).collect();
     // A gap after the newest complete backup's start ends what is
     // recoverable from the backups (restore refuses to go through it).
     let size = repo.segment_size();

@@ -1484,29 +1484,25 @@ pub fn status(client: &mut postgres::Client, opts: &StatusOptions) -> Result<Sta
                                     error: m.error.clone(),
                                 })
                                 .collect();
-                            let whole = |m: &&dbbackup_format::manifest::Manifest| {
-                                crate::backup::chain::Chain::from_list(&all, m).is_ok()
-                            };
-                            h.broken_chains = all
-                                .iter()
-                                .filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
-                                .filter_map(|m| crate::backup::chain::Chain::from_list(&all, m).err())
-                                .map(|e| e.to_string())
-                                .collect();
-                            h.newest_backup = all
-                                .iter()
-                                .rev()
-                                .filter(whole)
-                                .find(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
-                                .map(|m| NewestBackup {
-                                    id: m.id.clone(),
-                                    start_time: m.start_time.clone(),
-                                    stop_time: m.stop_time.clone(),
-                                    size_bytes: m.size_bytes,
-                                    stored_bytes: m.stored_bytes,
-                                    start_wal: m.start_wal.clone(),
-                                    timeline: m.timeline,
-                                });
+                            // Complete backups: restorable (whole chain) or not.
+                            let mut newest = None;
+                            for m in
+                                all.iter().filter(|m| m.status == dbbackup_format::manifest::BackupStatus::Complete)
+                            {
+                                match crate::backup::chain::Chain::from_list(&all, m) {
+                                    Ok(_) => newest = Some(m),
+                                    Err(e) => h.broken_chains.push(e.to_string()),
+                                }
+                            }
+                            h.newest_backup = newest.map(|m| NewestBackup {
+                                id: m.id.clone(),
+                                start_time: m.start_time.clone(),
+                                stop_time: m.stop_time.clone(),
+                                size_bytes: m.size_bytes,
+                                stored_bytes: m.stored_bytes,
+                                start_wal: m.start_wal.clone(),
+                                timeline: m.timeline,
+                            });
                         }
                         h.stored_bytes = backup_bytes.map(|backups| StoredBytes { wal: wal.stored_bytes, backups });
                     }

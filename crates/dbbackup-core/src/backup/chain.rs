@@ -7,10 +7,10 @@
 //! (the parent's bytes resized to the new size, with the changed blocks
 //! replaced). [`Chain::read_file`] rebuilds the file in one sequential pass
 //! over the whole copy and every delta at once (oldest to newest, a block
-//! from the newest layer that holds it), checks each object against its own
-//! checksum and the result against the checksum the backup recorded of the
-//! file as it read it: a reconstruction that differs is an error naming the
-//! object, never a silent wrong file.
+//! from the newest layer that holds it) and checks the result against the
+//! checksum the backup recorded of the file as it read it; on a mismatch
+//! each object is checked on its own, so the error names the damaged one.
+//! A reconstruction that differs is never a silent wrong file.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -42,6 +42,12 @@ fn files_usable(m: &Manifest) -> bool {
     matches!(m.status, BackupStatus::Complete | BackupStatus::Pending | BackupStatus::Expired)
 }
 
+/// Whether backup `m` can be restored: complete, with its whole chain
+/// among `all`.
+pub fn restorable(all: &[Manifest], m: &Manifest) -> bool {
+    m.status == BackupStatus::Complete && Chain::from_list(all, m).is_ok()
+}
+
 impl Chain {
     /// Loads the ancestors of `target` from the repository.
     pub fn load(repo: &Repository, target: Manifest) -> Result<Chain> {
@@ -66,9 +72,8 @@ impl Chain {
                 )));
             }
             let p = get(&parent).map_err(|e| {
-                let kind = if e.kind() == ErrorKind::NotFound { ErrorKind::NotFound } else { e.kind() };
                 Error::new(
-                    kind,
+                    e.kind(),
                     format!("backup {child} needs its parent backup {parent}, which cannot be read ({e}): it cannot be restored"),
                 )
             })?;
@@ -127,15 +132,16 @@ impl Chain {
     }
 
     /// The layers that make file `f` of backup `level`: the whole copy,
-    /// then each delta (oldest first), skipping `unchanged` levels.
-    fn layers(&self, level: usize, f: &FileEntry) -> Result<(usize, Vec<usize>)> {
+    /// then each delta (oldest first), skipping `unchanged` levels (each
+    /// checked to record the same bytes as the level below).
+    fn layers<'a>(&'a self, level: usize, f: &'a FileEntry) -> Result<Layers<'a>> {
         let mut deltas = Vec::new();
         let mut lvl = level;
         let mut e = f;
         loop {
             if e.is_whole() {
                 deltas.reverse();
-                return Ok((lvl, deltas));
+                return Ok(Layers { base_level: lvl, base: e, deltas });
             }
             if e.delta.is_some() {
                 deltas.push(lvl);
@@ -169,21 +175,11 @@ impl Chain {
     /// Writes the target's file `f` into `out`, verified.
     pub fn read_file(&self, repo: &Repository, f: &FileEntry, out: &mut (dyn Write + Send)) -> Result<()> {
         let level = self.manifests.len() - 1;
-        let (base_level, deltas) = self.layers(level, f)?;
-        let base_m = &self.manifests[base_level];
-        let base = self.entry(base_level, &f.path).filter(|_| base_level != level).unwrap_or(f);
-        if deltas.is_empty() {
-            if base.checksum != f.checksum || base.size != f.size {
-                return Err(Error::integrity(format!(
-                    "backup {} holds {} as unchanged since backup {}, whose copy differs: the manifests are damaged",
-                    self.target().id,
-                    f.path,
-                    base_m.id
-                )));
-            }
-            return verify_file(repo, base_m, base, out);
+        let layers = self.layers(level, f)?;
+        if layers.deltas.is_empty() {
+            // Whole here or below, through unchanged levels only.
+            return verify_file(repo, &self.manifests[layers.base_level], layers.base, out);
         }
-        let layers = Layers { base_level, base, deltas };
         let merged = self.merge(repo, f, &layers, out);
         // The rebuilt file is checked whole, not each object on the way
         // (one BLAKE3 pass instead of two): on a mismatch, find and name
@@ -193,7 +189,7 @@ impl Chain {
             other => other,
         };
         merged.map_err(|e| {
-            if base_level == level {
+            if layers.base_level == level {
                 e
             } else {
                 e.context(format!("file {} of backup {} (chain {})", f.path, self.target().id, self.describe()))
@@ -204,17 +200,15 @@ impl Chain {
     /// The first object of file `f`'s layers that does not decode to its
     /// recorded size and checksum.
     fn culprit(&self, repo: &Repository, f: &FileEntry, layers: &Layers<'_>) -> Option<Error> {
-        let Layers { base_level, base, ref deltas } = *layers;
-        let base_m = &self.manifests[base_level];
-        let mut objects =
-            vec![(base_m, base.object.clone(), file_aad(&base_m.id, &base.path), base.size, base.checksum.clone())];
-        for &lvl in deltas.iter() {
+        let base_m = &self.manifests[layers.base_level];
+        if let Err(e) = verify_file(repo, base_m, layers.base, &mut std::io::sink()) {
+            return Some(e);
+        }
+        for &lvl in &layers.deltas {
             let m = &self.manifests[lvl];
             let d = self.entry(lvl, &f.path)?.delta.as_ref()?;
-            objects.push((m, d.object.clone(), blocks::delta_aad(&m.id, &f.path), d.size, d.checksum.clone()));
-        }
-        for (m, object, aad, size, checksum) in objects {
-            let check = Stream::open(repo, m, &object, &aad, size, &checksum, true).and_then(Stream::finish);
+            let check = Stream::open(repo, m, &d.object, &blocks::delta_aad(&m.id, &f.path), d.size, &d.checksum, true)
+                .and_then(Stream::finish);
             if let Err(e) = check {
                 return Some(e);
             }

@@ -102,18 +102,6 @@ pub struct Removal {
     pub reason: String,
 }
 
-/// The full backup a backup's chain starts at (`None`: a parent is missing).
-fn root<'a>(backups: &'a [Manifest], m: &'a Manifest) -> Option<&'a str> {
-    let mut cur = m;
-    for _ in 0..=backups.len() {
-        match cur.parent.as_deref() {
-            None => return Some(cur.id.as_str()),
-            Some(p) => cur = backups.iter().find(|b| b.id == p)?,
-        }
-    }
-    None
-}
-
 /// "B (incr on A)".
 fn describe(m: &Manifest) -> String {
     format!("{} ({} on {})", m.id, m.backup_type.as_str(), m.parent.as_deref().unwrap_or("-"))
@@ -123,12 +111,11 @@ fn describe(m: &Manifest) -> String {
 pub fn dependents<'a>(backups: &'a [Manifest], id: &str) -> Vec<&'a Manifest> {
     let mut ids: HashSet<&str> = HashSet::from([id]);
     let mut out: Vec<&Manifest> = Vec::new();
-    // Children start after their parents: one pass oldest first finds all.
-    let mut sorted: Vec<&Manifest> = backups.iter().collect();
-    sorted.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+    // Passes until nothing is added: a child found late (clocks, IDs out of
+    // order) still brings its own children.
     loop {
         let before = out.len();
-        for m in &sorted {
+        for m in backups {
             if m.parent.as_deref().is_some_and(|p| ids.contains(p)) && ids.insert(m.id.as_str()) {
                 out.push(m);
             }
@@ -182,10 +169,6 @@ pub fn plan_with_unreadable(
     if policy.keep == Some(0) {
         return Err(Error::invalid("--keep 0 would remove every backup: keep at least 1"));
     }
-    // Complete backups whose chain is whole: the only ones restore can use.
-    let broken = |m: &Manifest| crate::backup::chain::Chain::from_list(backups, m).err();
-    let complete: Vec<&Manifest> =
-        backups.iter().filter(|m| m.status == BackupStatus::Complete && broken(m).is_none()).collect();
     let mut plan = Plan::default();
     // The first ancestor that is not in `backups`.
     let missing_ancestor = |m: &Manifest| -> Option<String> {
@@ -201,8 +184,19 @@ pub fn plan_with_unreadable(
     };
     let mut notes: Vec<String> = Vec::new();
     let mut waiting_on_unreadable: Vec<&Manifest> = Vec::new();
+    // Complete backups whose chain is whole, the only ones restore can use,
+    // with the full backup each chain starts at.
+    let mut complete: Vec<&Manifest> = Vec::new();
+    let mut roots: Vec<String> = Vec::new();
     for m in backups.iter().filter(|m| m.status == BackupStatus::Complete) {
-        let Some(why) = broken(m) else { continue };
+        let why = match crate::backup::chain::Chain::from_list(backups, m) {
+            Ok(c) => {
+                complete.push(m);
+                roots.push(c.manifests()[0].id.clone());
+                continue;
+            }
+            Err(why) => why,
+        };
         match missing_ancestor(m) {
             Some(p) if unreadable.contains(&p) => {
                 notes.push(format!(
@@ -235,10 +229,8 @@ pub fn plan_with_unreadable(
             .take(n)
             .map(|m| m.id.as_str())
             .collect();
-        for (i, m) in complete.iter().enumerate() {
-            if root(backups, m).is_some_and(|r| fulls.contains(r)) {
-                keep[i] = true;
-            }
+        for (k, r) in keep.iter_mut().zip(&roots) {
+            *k = fulls.contains(r.as_str());
         }
     }
     if let Some(days) = policy.keep_days {
@@ -520,10 +512,7 @@ pub fn delete_backup(repo: &crate::repo::Repository, id: &str, force: bool, with
     // What can still be restored afterwards: complete backups whose chain
     // stays whole without the deleted ones.
     let left: Vec<Manifest> = all.iter().filter(|b| !gone.contains(b.id.as_str())).cloned().collect();
-    let complete_left = left
-        .iter()
-        .filter(|b| b.status == BackupStatus::Complete && crate::backup::chain::Chain::from_list(&left, b).is_ok())
-        .count();
+    let complete_left = left.iter().filter(|b| crate::backup::chain::restorable(&left, b)).count();
     let any_complete_gone = all.iter().any(|b| b.status == BackupStatus::Complete && gone.contains(b.id.as_str()));
     if any_complete_gone && complete_left == 0 && !force {
         let what = if deps.is_empty() {

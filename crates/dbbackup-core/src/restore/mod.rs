@@ -381,8 +381,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     if let Some(Source::Repo(m)) = &named {
         // Before anything is written (--force would empty the target first).
         if let Err(e) = Chain::from_list(&all, m) {
-            let other =
-                all.iter().rev().find(|b| b.status == BackupStatus::Complete && Chain::from_list(&all, b).is_ok());
+            let other = all.iter().rev().find(|b| crate::backup::chain::restorable(&all, b));
             return Err(Error::new(
                 e.kind(),
                 format!(
