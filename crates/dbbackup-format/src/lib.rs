@@ -17,6 +17,7 @@ pub mod meta;
 pub mod object;
 pub mod pagehdr;
 pub mod recovery;
+pub mod relfile;
 pub mod wal;
 
 pub use codec::Codec;
