@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod control;
 pub mod guc;
+pub mod heap;
 pub mod history;
 pub mod key;
 pub mod lsn;
@@ -19,6 +20,7 @@ pub mod pagehdr;
 pub mod recovery;
 pub mod relfile;
 pub mod wal;
+pub mod walrmgr;
 
 pub use codec::Codec;
 pub use lsn::Lsn;
