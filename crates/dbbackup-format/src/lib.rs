@@ -3,8 +3,11 @@
 //! This crate owns everything that can be decided from bytes and strings
 //! alone: LSNs, WAL file names and segment arithmetic for any segment size,
 //! WAL page headers, `pg_control`, encryption keys as text, stored object
-//! names and repository metadata types. It never touches a disk, a network or
-//! a clock, so every function here is unit- and property-testable.
+//! names and repository metadata types, WAL records of the transaction,
+//! storage, database, relation map and heap resource managers (`walrmgr`),
+//! and heap pages with the catalog rows read from them (`heap`). It never
+//! touches a disk, a network or a clock, so every function here is unit- and
+//! property-testable.
 
 pub mod codec;
 pub mod control;
