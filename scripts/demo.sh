@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a throwaway cluster and repository:
-# archiving on, a base backup, writes, an accidental DROP TABLE, and a
-# point-in-time restore that brings the table back with all its rows.
+# archiving on, a base backup, writes, an accidental DROP TABLE, a
+# search of the archive for the transaction that dropped it, and a
+# point-in-time restore to just before it that brings the table back.
 # Every dbbackup command is printed as a DBA would type it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,12 +70,6 @@ run dbbackup backup list
 say "3. more business after the backup"
 sql "$PORT" "UPDATE accounts SET balance = balance + 50 WHERE id <= 5000;"
 sql "$PORT" "INSERT INTO accounts SELECT g, 'customer ' || g, 10 FROM generate_series(10001, 12000) g;"
-sleep 1
-BEFORE=$(val "$PORT" "SELECT now()")
-echo
-echo "the time just before the accident: $BEFORE"
-sleep 1
-
 say "4. the accident"
 sql "$PORT" "DROP TABLE accounts;"
 
@@ -87,11 +82,14 @@ for _ in $(seq 1 100); do
 done
 run dbbackup pitr status
 
-say "6. restore a copy to the moment before the accident, start it and follow recovery"
-run dbbackup restore pitr --target-time "$BEFORE" --target-dir "$WORK/restored" \
+say "6. when exactly did it happen? ask the archive (no need to have noted the time)"
+run dbbackup wal search --table accounts
+
+say "7. restore a copy to just before that transaction, start it and follow recovery"
+run dbbackup restore pitr --before-accident accounts --target-dir "$WORK/restored" \
   --archive-mode off --auto-start --port "$PORT2" --monitor
 
-say "7. the table is back, with every row and the update made after the backup"
+say "8. the table is back, with every row and the update made after the backup"
 sql "$PORT2" "SELECT count(*) AS accounts, sum(balance) AS total_balance FROM accounts;"
 ROWS=$(val "$PORT2" "SELECT count(*) FROM accounts")
 TOTAL=$(val "$PORT2" "SELECT sum(balance) FROM accounts")

@@ -22,6 +22,8 @@ pub const PG_DATABASE_OID: Oid = 1262;
 
 /// `SizeOfPageHeaderData`.
 pub const PAGE_HEADER_LEN: usize = 24;
+/// `HEAP_XMAX_INVALID` in `t_infomask`: no transaction deleted or replaced the tuple.
+pub const HEAP_XMAX_INVALID: u16 = 0x0800;
 /// `PG_PAGE_LAYOUT_VERSION` (8.3 and later).
 const PAGE_LAYOUT_VERSION: u16 = 4;
 /// `SizeofHeapTupleHeader`: `offsetof(HeapTupleHeaderData, t_bits)`.

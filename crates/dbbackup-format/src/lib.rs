@@ -9,6 +9,7 @@
 //! touches a disk, a network or a clock, so every function here is unit- and
 //! property-testable.
 
+pub mod accident;
 pub mod codec;
 pub mod control;
 pub mod guc;
@@ -23,6 +24,7 @@ pub mod pagehdr;
 pub mod recovery;
 pub mod relfile;
 pub mod wal;
+pub mod walread;
 pub mod walrmgr;
 
 pub use codec::Codec;

@@ -250,7 +250,7 @@ fn parse_map(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").multiple(false).args(["target_time", "target_xid", "target_lsn", "target_name", "target_immediate"])))]
+#[command(group(clap::ArgGroup::new("target").multiple(false).args(["target_time", "target_xid", "target_lsn", "target_name", "target_immediate", "before_accident"])))]
 pub struct RestoreArgs {
     /// Where to restore (absent or empty unless --force)
     #[arg(long, value_name = "DIR")]
@@ -273,6 +273,10 @@ pub struct RestoreArgs {
     /// Stop as soon as the backup is consistent
     #[arg(long)]
     pub target_immediate: bool,
+    /// Find the transaction that dropped or truncated this table (`wal search --table`) and stop just before it;
+    /// when several match, they are listed and nothing is restored
+    #[arg(long, value_name = "TABLE")]
+    pub before_accident: Option<String>,
     /// What the server does at the target
     #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
@@ -644,6 +648,28 @@ pub enum WalCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Find the accident: the transactions that dropped or truncated tables, with the restore that undoes each
+    #[command(
+        after_help = "Reads the archived WAL on the way to the latest timeline (or --timeline), from the start \
+        of a base backup to the end of the archive, through the same verified decode path as `wal fetch` \
+        (encrypted repositories too; segments are streamed, never loaded whole), and prints, oldest first, every \
+        committed transaction that removed data: DROP TABLE, DROP SCHEMA ... CASCADE, a dropped partition, \
+        TRUNCATE, DROP DATABASE. For each: commit time, transaction ID, LSN, timeline, database, the tables, and \
+        the `restore pitr` command that recovers to just before it (--target-xid X --exclusive).\n\n\
+        Tables are named from the base backup's own catalog (pg_class, pg_namespace, pg_database) and the catalog \
+        changes in the WAL after it, so tables created after the backup are named too; no running server is \
+        needed. A name that cannot be known is shown as its file number and database OID, with the reason. \
+        The backup is the newest complete one that ended before --since, else the oldest; WAL before it is not \
+        searched.\n\nNot shown: rolled-back transactions, tables created and dropped by one transaction, \
+        rewrites that keep the data (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE), and row deletions: a DELETE \
+        without WHERE is one row deletion per row, not one event (see docs/restore.md).\n\n\
+        Exit status: 0 the search read the whole archive (also when nothing matched: the output says so), \
+        non-zero when it could not (a missing or damaged segment, no backup).\n\nExamples:\n  \
+        dbbackup wal search --repo /backups/pg\n  \
+        dbbackup wal search --repo /backups/pg --table orders --since '2026-11-27 09:00'\n  \
+        dbbackup restore pitr --repo /backups/pg --before-accident orders --target-dir /srv/pg/copy"
+    )]
+    Search(SearchArgs),
     /// Fetch one WAL file (restore_command = 'dbbackup wal fetch %f %p ...')
     #[command(after_help = "Exit codes: 0 delivered and verified; 1 not in the archive; 128 any other failure \
         (corrupt, wrong or missing key, unreadable repository), which makes PostgreSQL stop recovery instead \
@@ -667,6 +693,28 @@ pub enum WalCommand {
     /// The background worker of `wal fetch --prefetch` (started by it)
     #[command(hide = true, name = "fetch-worker")]
     FetchWorker(FetchWorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Only events that removed this table (`name` or `schema.name`; unquoted names are matched in lower case too)
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Only events in this database (or that dropped it)
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Only events committed at or after this time (also picks the newest backup before it to start from)
+    #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+    pub since: Option<jiff::Zoned>,
+    /// Only events committed at or before this time
+    #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+    pub until: Option<jiff::Zoned>,
+    /// Timeline whose way is searched: latest or a number [default: latest]
+    #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
+    pub timeline: Option<dbbackup_core::restore::TimelineChoice>,
+    /// The backup whose catalog names tables, where the search starts [default: the newest before --since, else the oldest]
+    #[arg(long, value_name = "ID|latest")]
+    pub base_backup: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -172,13 +172,13 @@ impl RestorePlan {
 
 /// A timeline on the way to the target: valid from `begin` to `end`.
 #[derive(Debug, Clone, Copy)]
-struct Leg {
-    tli: TimelineId,
-    begin: Lsn,
-    end: Option<Lsn>,
+pub(crate) struct Leg {
+    pub(crate) tli: TimelineId,
+    pub(crate) begin: Lsn,
+    pub(crate) end: Option<Lsn>,
 }
 
-fn path_to(target: TimelineId, histories: &BTreeMap<TimelineId, History>) -> Result<Vec<Leg>> {
+pub(crate) fn path_to(target: TimelineId, histories: &BTreeMap<TimelineId, History>) -> Result<Vec<Leg>> {
     if target.0 == 1 {
         return Ok(vec![Leg { tli: target, begin: Lsn(0), end: None }]);
     }
@@ -202,7 +202,7 @@ fn ts(s: &str) -> Option<jiff::Timestamp> {
 }
 
 /// Why a backup cannot reach the target, or `None` when it can.
-fn unreachable_reason(m: &Manifest, legs: &[Leg], target: &Target) -> Option<String> {
+pub(crate) fn unreachable_reason(m: &Manifest, legs: &[Leg], target: &Target) -> Option<String> {
     let tli = TimelineId(m.timeline?);
     let stop = m.stop_lsn?;
     let Some(leg) = legs.iter().find(|l| l.tli == tli) else {

@@ -6,6 +6,7 @@ pub mod async_archive;
 pub mod catalog;
 pub mod fetch;
 pub mod prefetch;
+pub mod search;
 pub mod verify;
 
 use std::io::{Read, Write};

@@ -73,6 +73,10 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
         dbbackup_core::spool::check_dir(&std::path::absolute(d)?)?;
     }
     let repo = ctx.open_repo()?;
+    let mut a = a;
+    if let Some(table) = a.before_accident.take() {
+        before_accident(ctx, &repo, &mut a, table)?;
+    }
     let target = if let Some(t) = a.target_time {
         Target::Time(t)
     } else if let Some(x) = a.target_xid {
@@ -124,5 +128,73 @@ fn pitr(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--before-accident TABLE`: the one transaction that dropped or truncated
+/// TABLE becomes the target (`--target-xid X --exclusive`), with the backup
+/// and timeline the search found; several are listed and refused.
+fn before_accident(
+    ctx: &Ctx,
+    repo: &dbbackup_core::repo::Repository,
+    a: &mut RestoreArgs,
+    table: String,
+) -> Result<()> {
+    use crate::commands::wal::{command_prefix, event_lines, nothing_found};
+    if a.inclusive == Some(true) {
+        bail!("--before-accident restores to just before the transaction (--exclusive); it cannot be combined with --inclusive");
+    }
+    let opts = dbbackup_core::wal::search::SearchOptions {
+        table: Some(table.clone()),
+        timeline: a.timeline,
+        ..Default::default()
+    };
+    ctx.note(format!("searching the archived WAL for the transaction that dropped or truncated {table} ..."));
+    let report = dbbackup_core::wal::search::search(repo, &opts)?;
+    for n in &report.notes {
+        ctx.note(format!("note: {n}"));
+    }
+    let prefix = command_prefix(ctx)?;
+    match report.events.as_slice() {
+        [] => bail!(
+            "{} (searched from {} (the start of backup {}) to {} on timeline {}'s way); see `dbbackup wal search` for every event",
+            nothing_found(&opts),
+            report.from,
+            report.backup,
+            report.to,
+            report.timeline
+        ),
+        [one] => {
+            if let Some(why) = &one.no_restore {
+                bail!("found xid {} at {}, but {why}", one.event.xid, one.event.lsn);
+            }
+            for l in event_lines(one, &prefix) {
+                ctx.note(l);
+            }
+            ctx.note(format!("restoring to just before transaction {} ...", one.event.xid));
+            a.target_xid = Some(u64::from(one.event.xid));
+            a.exclusive = true;
+            a.inclusive = None;
+            if a.timeline.is_none() {
+                a.timeline = Some(dbbackup_core::restore::TimelineChoice::Id(report.timeline.0));
+            }
+            if a.base_backup.is_none() {
+                a.base_backup = one.base_backup.clone();
+            }
+            Ok(())
+        }
+        many => {
+            let mut text = String::new();
+            for f in many {
+                for l in event_lines(f, &prefix) {
+                    text.push_str(&l);
+                    text.push('\n');
+                }
+            }
+            bail!(
+                "{} committed transactions dropped or truncated {table}; nothing was restored. Choose one with --target-xid X --exclusive (the commands below do):\n{text}",
+                many.len()
+            )
+        }
     }
 }

@@ -21,10 +21,12 @@ use dbbackup_format::WalKind;
 use serde_json::json;
 use std::ffi::OsString;
 
-use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, FetchWorkerArgs, WalCommand};
+use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, FetchWorkerArgs, SearchArgs, WalCommand};
 use crate::context::Ctx;
 use crate::output::{human_bytes, one_line, print_json, time_text, Table};
 use crate::EXIT_FETCH_FATAL;
+use dbbackup_core::wal::search::{Found, SearchOptions};
+use std::collections::BTreeMap;
 
 pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
     match c {
@@ -36,6 +38,7 @@ pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
         WalCommand::Timeline => timeline(ctx),
         WalCommand::Verify { jobs } => verify(ctx, jobs),
         WalCommand::Cleanup { retention_days, dry_run } => cleanup(ctx, retention_days, dry_run),
+        WalCommand::Search(a) => search(ctx, a),
     }
 }
 
@@ -471,4 +474,243 @@ fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
     let p = dbbackup_core::backup::retention::prepare_cleanup(&repo, days, jiff::Timestamp::now())?;
     crate::commands::backup::run_plan(ctx, p, dry_run)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dbbackup wal search`.
+fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
+    let repo = ctx.open_repo()?;
+    let opts = SearchOptions {
+        table: a.table,
+        database: a.database,
+        since: a.since.map(|z| z.timestamp()),
+        until: a.until.map(|z| z.timestamp()),
+        timeline: a.timeline,
+        base_backup: a.base_backup,
+    };
+    let report = dbbackup_core::wal::search::search(&repo, &opts)?;
+    let prefix = command_prefix(ctx)?;
+    if ctx.g.json {
+        print_json(&json!({
+            "searched": {
+                "backup": report.backup,
+                "from_lsn": report.from.to_string(),
+                "to_lsn": report.to.to_string(),
+                "timeline": report.timeline.0,
+                "segments": report.segments,
+                "records": report.records,
+            },
+            "events": report.events.iter().map(|f| event_json(f, &prefix)).collect::<Vec<_>>(),
+            "notes": report.notes,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.events {
+        for line in event_lines(f, &prefix) {
+            println!("{line}");
+        }
+        println!();
+    }
+    if report.events.is_empty() {
+        println!("{}", nothing_found(&opts));
+    }
+    for n in &report.notes {
+        ctx.note(format!("note: {n}"));
+    }
+    ctx.note(format!(
+        "searched {} records in {} segments from {} (the start of backup {}) to {} on timeline {}'s way",
+        report.records, report.segments, report.from, report.backup, report.to, report.timeline
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What was looked for and not found, in a sentence.
+pub(crate) fn nothing_found(opts: &SearchOptions) -> String {
+    let mut what = String::from("no committed transaction in the searched WAL dropped or truncated");
+    match &opts.table {
+        Some(t) => what.push_str(&format!(" table {t}")),
+        None => what.push_str(" a table or dropped a database"),
+    }
+    if let Some(d) = &opts.database {
+        what.push_str(&format!(" in database {d}"));
+    }
+    if let Some(s) = opts.since {
+        what.push_str(&format!(" since {}", show_time(s)));
+    }
+    if let Some(u) = opts.until {
+        what.push_str(&format!(" until {}", show_time(u)));
+    }
+    what
+}
+
+/// `dbbackup` and the repository options the printed commands need (never a secret).
+pub(crate) fn command_prefix(ctx: &Ctx) -> Result<Vec<String>> {
+    let mut w = vec!["dbbackup".to_string(), "restore".into(), "pitr".into()];
+    if let Some(c) = &ctx.g.config {
+        w.push("--config".into());
+        w.push(std::path::absolute(c)?.display().to_string());
+    }
+    if ctx.g.repo.is_some() || ctx.g.config.is_none() {
+        w.push("--repo".into());
+        w.push(ctx.location()?.to_string());
+    }
+    if let Some(f) = &ctx.g.encryption_key_file {
+        w.push("--encryption-key-file".into());
+        w.push(std::path::absolute(f)?.display().to_string());
+    }
+    w.push("--target-dir".into());
+    w.push("DIR".into());
+    Ok(w)
+}
+
+pub(crate) fn show_time(t: jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S%.6f%:z").to_string()
+}
+
+fn plural(word: &str, n: usize) -> String {
+    match n {
+        1 => word.to_string(),
+        _ if word.ends_with('x') => format!("{word}es"),
+        _ => format!("{word}s"),
+    }
+}
+
+fn relkind_word(k: u8) -> &'static str {
+    match k {
+        b'r' => "table",
+        b'p' => "partitioned table",
+        b'm' => "materialized view",
+        b'f' => "foreign table",
+        b'i' | b'I' => "index",
+        b't' => "TOAST table",
+        b'S' => "sequence",
+        _ => "relation",
+    }
+}
+
+/// What happened to which relations, tables first; indexes, TOAST tables
+/// and sequences counted after their tables.
+fn what_lines(f: &Found) -> Vec<String> {
+    use dbbackup_format::accident::Action;
+    let mut out = Vec::new();
+    for (oid, name) in &f.event.dropped_databases {
+        out.push(match name {
+            Some(n) => format!("dropped database {n} (oid {oid})"),
+            None => format!("dropped database with oid {oid} (name unknown: not in the base backup's pg_database)"),
+        });
+    }
+    for action in [Action::Dropped, Action::Truncated] {
+        let verb = if action == Action::Dropped { "dropped" } else { "truncated" };
+        let rels: Vec<_> = f.event.relations.iter().filter(|r| r.action == action).collect();
+        let tables: Vec<_> = rels.iter().filter(|r| r.is_table_like()).collect();
+        let others: Vec<_> = rels.iter().filter(|r| !r.is_table_like()).collect();
+        for r in &tables {
+            match (&r.class, &r.unknown) {
+                (Some(c), _) => out.push(format!("{verb} {} {}", relkind_word(c.relkind), r.display_name())),
+                (None, why) => out.push(format!(
+                    "{verb} {} (name unknown: {})",
+                    r.display_name(),
+                    why.as_deref().unwrap_or("not in the catalog")
+                )),
+            }
+        }
+        if !others.is_empty() {
+            let mut counts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for r in &others {
+                if let Some(c) = &r.class {
+                    counts.entry(relkind_word(c.relkind)).or_default().push(r.display_name());
+                }
+            }
+            let list = counts
+                .iter()
+                .map(|(k, names)| {
+                    if tables.is_empty() {
+                        format!("{k} {}", names.join(", "))
+                    } else {
+                        format!("{} {}", names.len(), plural(k, names.len()))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            if tables.is_empty() {
+                out.push(format!("{verb} {list}"));
+            } else {
+                out.push(format!("  with {list}"));
+            }
+        }
+    }
+    out
+}
+
+/// The event as a DBA reads it.
+pub(crate) fn event_lines(f: &Found, prefix: &[String]) -> Vec<String> {
+    let e = &f.event;
+    let mut head = format!(
+        "{}  xid {}  LSN {}  timeline {}",
+        f.time.map(show_time).unwrap_or_else(|| "(no commit time)".into()),
+        e.xid,
+        e.lsn,
+        f.timeline
+    );
+    match &e.database {
+        Some(d) => head.push_str(&format!("  database {d}")),
+        None if e.db != 0 => head.push_str(&format!("  database oid {}", e.db)),
+        None => {}
+    }
+    if let Some(g) = &e.gid {
+        head.push_str(&format!("  prepared transaction '{g}'"));
+    }
+    let mut out = vec![head];
+    out.extend(what_lines(f).into_iter().map(|l| format!("  {l}")));
+    match (&f.no_restore, restore_command(f, prefix)) {
+        (_, Some(cmd)) => {
+            out.push("  restore to just before it:".into());
+            out.push(format!("    {cmd}"));
+            if let Some(g) = &e.gid {
+                out.push(format!(
+                    "  (the restored copy keeps transaction '{g}' prepared, holding its locks: ROLLBACK PREPARED '{g}' there)"
+                ));
+            }
+        }
+        (Some(why), None) => out.push(format!("  cannot be restored to just before it: {why}")),
+        (None, None) => {}
+    }
+    out
+}
+
+pub(crate) fn restore_command(f: &Found, prefix: &[String]) -> Option<String> {
+    if f.restore_args.is_empty() {
+        return None;
+    }
+    let mut w = prefix.to_vec();
+    w.extend(f.restore_args.iter().cloned());
+    Some(dbbackup_format::guc::shell_join(&w))
+}
+
+fn event_json(f: &Found, prefix: &[String]) -> serde_json::Value {
+    let e = &f.event;
+    json!({
+        "time": f.time.map(|t| t.to_string()),
+        "xid": e.xid,
+        "lsn": e.lsn.to_string(),
+        "end_lsn": e.end.to_string(),
+        "timeline": f.timeline.0,
+        "database": e.database,
+        "database_oid": e.db,
+        "prepared_gid": e.gid,
+        "dropped_databases": e.dropped_databases.iter().map(|(oid, name)| json!({"oid": oid, "name": name})).collect::<Vec<_>>(),
+        "relations": e.relations.iter().map(|r| json!({
+            "action": match r.action { dbbackup_format::accident::Action::Dropped => "dropped", dbbackup_format::accident::Action::Truncated => "truncated" },
+            "schema": r.schema,
+            "name": r.class.as_ref().map(|c| c.name.clone()),
+            "kind": r.class.as_ref().map(|c| relkind_word(c.relkind)),
+            "oid": r.class.as_ref().map(|c| c.oid),
+            "tablespace_oid": r.locator.spc,
+            "database_oid": r.locator.db,
+            "relfilenode": r.locator.rel,
+            "unknown_reason": r.unknown,
+        })).collect::<Vec<_>>(),
+        "base_backup": f.base_backup,
+        "restore_command": restore_command(f, prefix),
+        "no_restore": f.no_restore,
+    })
 }

@@ -1,0 +1,389 @@
+//! `wal search` and `restore pitr --before-accident` (issue 16): a DBA's
+//! accidents on a real server — DROP TABLE, TRUNCATE, DROP SCHEMA CASCADE,
+//! a dropped partition, a table created and dropped after the backup, a
+//! rolled-back DROP, a prepared transaction that drops, DROP DATABASE — are
+//! each found with table, xid and commit time, and the printed restore
+//! command brings the data back. PostgreSQL 15 and 18, 16 MiB and 1 MiB
+//! segments (records crossing segment boundaries).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn psql_db(bindir: &Path, sock: &Path, port: u16, db: &str, q: &str) -> Result<String, String> {
+    let out = Cmd::new(bindir.join("psql"))
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(sock)
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-U", "postgres", "-d", db, "-c", q])
+        .output();
+    if out.status == 0 {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(out.stderr)
+    }
+}
+
+fn sql_in(c: &Cluster, db: &str, q: &str) -> String {
+    psql_db(&c.bindir(), c.socket_dir(), c.port(), db, q).unwrap_or_else(|e| panic!("SQL failed in {db}: {q}\n{e}"))
+}
+
+fn restored_sql(r: &Restored, db: &str, q: &str) -> String {
+    psql_db(&r.bindir, &r.sock, r.port, db, q)
+        .unwrap_or_else(|e| panic!("SQL failed on the restored server in {db}: {q}\n{e}\n{}", r.describe()))
+}
+
+/// Runs `q` (which must hold the destructive statement) in its own
+/// transaction in `db`; returns the transaction's xid.
+fn accident(c: &Cluster, db: &str, q: &str) -> u32 {
+    let out = sql_in(c, db, &format!("BEGIN; {q}; SELECT txid_current(); COMMIT"));
+    // A pause so commit times differ between events.
+    std::thread::sleep(Duration::from_millis(20));
+    out.lines().last().unwrap().trim().parse().unwrap_or_else(|e| panic!("xid from {out:?}: {e}"))
+}
+
+fn search(repo: &Path, args: &[&str]) -> Value {
+    let out = dbb(["wal", "search", "--json", "--repo"]).arg(repo).args(args).assert_success();
+    json(&out)
+}
+
+/// The event of transaction `xid`.
+fn event(v: &Value, xid: u32) -> Value {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["xid"] == xid)
+        .cloned()
+        .unwrap_or_else(|| panic!("no event for xid {xid} in {v:#}"))
+}
+
+/// `schema.name` of each relation of `e` with `action` and a table-like kind.
+fn tables(e: &Value, action: &str) -> Vec<String> {
+    let mut t: Vec<String> = e["relations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .filter(|r| matches!(r["kind"].as_str(), Some("table" | "partitioned table" | "materialized view")))
+        .map(|r| format!("{}.{}", r["schema"].as_str().unwrap_or("?"), r["name"].as_str().unwrap_or("?")))
+        .collect();
+    t.sort();
+    t
+}
+
+/// Runs the restore command `wal search` printed for `e` (DIR replaced),
+/// started and followed.
+fn run_printed(c: &Cluster, e: &Value, dir: &Path) -> Restored {
+    let cmd = e["restore_command"].as_str().unwrap_or_else(|| panic!("no restore command in {e:#}"));
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    assert_eq!(&words[..3], ["dbbackup", "restore", "pitr"], "{cmd}");
+    assert!(cmd.contains(&format!("--target-xid {} --exclusive", e["xid"])), "{cmd}");
+    let port = free_port();
+    let mut run = dbb(Vec::<String>::new());
+    for w in &words[1..] {
+        run.arg(if *w == "DIR" { dir.to_str().unwrap() } else { w });
+    }
+    run.args(["--json", "--auto-start", "--monitor", "--port", &port.to_string()]);
+    let out = run.timeout(Duration::from_secs(300)).output();
+    Restored { out, dir: dir.to_path_buf(), sock: c.socket_dir().to_path_buf(), port, bindir: c.bindir() }
+}
+
+/// Is `t` (as `wal search --json` prints it) between the server's `a` and `b`?
+fn between(c: &Cluster, t: &str, a: &str, b: &str) -> bool {
+    c.sql(&format!("SELECT '{t}'::timestamptz BETWEEN '{a}'::timestamptz AND '{b}'::timestamptz")) == "t"
+}
+
+fn story(version: PgVersion, segsize_mb: Option<u32>, restore_all: bool) {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let mut opts = ClusterOptions::new(version);
+    opts.wal_segsize_mb = segsize_mb;
+    opts.extra_conf =
+        vec!["archive_mode = on".into(), archive_command_line(&repo, ""), "max_prepared_transactions = 5".into()];
+    let c = Cluster::new(opts);
+
+    c.sql("CREATE DATABASE shop");
+    c.sql("CREATE DATABASE scratch");
+    sql_in(&c, "scratch", "CREATE TABLE notes(i int); INSERT INTO notes SELECT generate_series(1, 77)");
+    sql_in(
+        &c,
+        "shop",
+        "CREATE TABLE orders(id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 1000) g; \
+         CREATE TABLE items(i int); INSERT INTO items SELECT generate_series(1, 500); \
+         CREATE SCHEMA staging; CREATE TABLE staging.a(i int); CREATE TABLE staging.b(i serial, t text); \
+         INSERT INTO staging.a SELECT generate_series(1, 10); INSERT INTO staging.b(t) VALUES ('x'), ('y'); \
+         CREATE TABLE m(d date, v int) PARTITION BY RANGE (d); \
+         CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01'); \
+         CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         INSERT INTO m SELECT '2024-03-01'::date + g, g FROM generate_series(1, 200) g; \
+         INSERT INTO m SELECT '2025-03-01'::date + g, g FROM generate_series(1, 100) g; \
+         CREATE TABLE keepme(i int); INSERT INTO keepme SELECT generate_series(1, 5); \
+         CREATE TABLE prep(i int); INSERT INTO prep SELECT generate_series(1, 9)",
+    );
+    let id = backup(&c, &repo, &[]);
+
+    // After the backup: a table the backup's catalog does not know, and
+    // enough WAL (big rows: full-page images, records across pages) that
+    // 1 MiB segments are crossed.
+    sql_in(
+        &c,
+        "shop",
+        "CREATE TABLE late(i int, t text); INSERT INTO late SELECT g, repeat('z', 3000) FROM generate_series(1, 600) g",
+    );
+    sql_in(&c, "shop", "UPDATE orders SET note = note || 'u' WHERE id % 3 = 0");
+    let t0 = c.sql("SELECT clock_timestamp()");
+    let x_orders = accident(&c, "shop", "DROP TABLE orders");
+    let x_items = accident(&c, "shop", "TRUNCATE items");
+    let x_staging = accident(&c, "shop", "DROP SCHEMA staging CASCADE");
+    let x_part = accident(&c, "shop", "DROP TABLE m_2024");
+    let x_late = accident(&c, "shop", "DROP TABLE late");
+    sql_in(&c, "shop", "BEGIN; DROP TABLE keepme; ROLLBACK");
+    sql_in(&c, "shop", "BEGIN; DROP TABLE prep; PREPARE TRANSACTION 'drop-prep'");
+    let x_prep: u32 = c.sql("SELECT transaction FROM pg_prepared_xacts WHERE gid = 'drop-prep'").parse().unwrap();
+    sql_in(&c, "shop", "COMMIT PREPARED 'drop-prep'");
+    let x_db: u32 = c.sql("SELECT txid_current()").parse().unwrap();
+    c.sql("DROP DATABASE scratch");
+    let t1 = c.sql("SELECT clock_timestamp()");
+    finish_wal(&c);
+
+    let all = search(&repo, &[]);
+    assert_eq!(all["searched"]["backup"], id.as_str(), "{all:#}");
+    let xids: Vec<u64> = all["events"].as_array().unwrap().iter().map(|e| e["xid"].as_u64().unwrap()).collect();
+    // DROP DATABASE ran outside the BEGIN above; its xid is the next one.
+    let db_event =
+        all["events"].as_array().unwrap().iter().find(|e| !e["dropped_databases"].as_array().unwrap().is_empty());
+    let db_event = db_event.unwrap_or_else(|| panic!("no DROP DATABASE event: {all:#}")).clone();
+    assert!(db_event["xid"].as_u64().unwrap() > u64::from(x_db), "{db_event:#}");
+    assert_eq!(db_event["dropped_databases"][0]["name"], "scratch", "{db_event:#}");
+    let expected = [x_orders, x_items, x_staging, x_part, x_late, x_prep];
+    let found: Vec<u64> = xids.iter().copied().filter(|x| *x != db_event["xid"].as_u64().unwrap()).collect();
+    assert_eq!(
+        found,
+        expected.iter().map(|x| u64::from(*x)).collect::<Vec<_>>(),
+        "events oldest first, rolled-back DROP not among them: {all:#}"
+    );
+
+    let e = event(&all, x_orders);
+    assert_eq!(tables(&e, "dropped"), ["public.orders"], "{e:#}");
+    assert_eq!(e["database"], "shop");
+    assert!(between(&c, e["time"].as_str().unwrap(), &t0, &t1), "{e:#} not between {t0} and {t1}");
+    assert!(
+        e["relations"].as_array().unwrap().iter().any(|r| r["kind"] == "index" && r["name"] == "orders_pkey"),
+        "{e:#}"
+    );
+    assert_eq!(tables(&event(&all, x_items), "truncated"), ["public.items"], "{all:#}");
+    assert_eq!(tables(&event(&all, x_staging), "dropped"), ["staging.a", "staging.b"], "{all:#}");
+    assert_eq!(tables(&event(&all, x_part), "dropped"), ["public.m_2024"], "{all:#}");
+    assert_eq!(
+        tables(&event(&all, x_late), "dropped"),
+        ["public.late"],
+        "created after the backup, still named: {all:#}"
+    );
+    let p = event(&all, x_prep);
+    assert_eq!(tables(&p, "dropped"), ["public.prep"], "{p:#}");
+    assert_eq!(p["prepared_gid"], "drop-prep", "{p:#}");
+    for e in all["events"].as_array().unwrap() {
+        assert_eq!(e["timeline"], 1);
+        assert_eq!(e["base_backup"], id.as_str());
+        assert!(between(&c, e["time"].as_str().unwrap(), &t0, &t1), "{e:#}");
+    }
+
+    // Text: what a DBA reads, filtered by table.
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "ORDERS"]).assert_success();
+    assert!(out.stdout.contains("dropped table public.orders"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("xid {x_orders}")), "{}", out.stdout);
+    assert!(out.stdout.contains("database shop"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("--target-xid {x_orders} --exclusive")), "{}", out.stdout);
+    assert!(!out.stdout.contains("items"), "only the orders event: {}", out.stdout);
+    assert!(out.stderr.contains("searched"), "{}", out.stderr);
+    let rolled_back = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "keepme"]).assert_success();
+    assert!(
+        rolled_back.stdout.contains("no committed transaction in the searched WAL dropped or truncated table keepme"),
+        "{}",
+        rolled_back.stdout
+    );
+    let in_db = search(&repo, &["--database", "scratch"]);
+    assert_eq!(in_db["events"].as_array().unwrap().len(), 1, "{in_db:#}");
+    let later = search(&repo, &["--since", &t1]);
+    assert!(later["events"].as_array().unwrap().is_empty(), "{later:#}");
+
+    // The printed command brings the table back.
+    let r = run_printed(&c, &event(&all, x_orders), &dir.join("r_orders"));
+    r.promoted();
+    assert_eq!(
+        restored_sql(&r, "shop", "SELECT count(*), count(*) FILTER (WHERE note LIKE '%u') FROM orders"),
+        "1000|333"
+    );
+    assert_eq!(restored_sql(&r, "shop", "SELECT count(*) FROM items"), "500", "before the TRUNCATE too");
+    drop(r);
+
+    if restore_all {
+        // --before-accident finds it itself.
+        let r = restore(&c, &repo, &dir.join("r_items"), &["--before-accident", "items"]);
+        r.promoted();
+        assert!(r.out.stderr.contains(&format!("xid {x_items}")), "{}", r.describe());
+        assert_eq!(restored_sql(&r, "shop", "SELECT count(*) FROM items"), "500");
+        assert_eq!(restored_sql(&r, "shop", "SELECT to_regclass('orders')"), "", "after the DROP TABLE orders");
+        drop(r);
+
+        let r = run_printed(&c, &event(&all, x_staging), &dir.join("r_staging"));
+        r.promoted();
+        assert_eq!(
+            restored_sql(&r, "shop", "SELECT (SELECT count(*) FROM staging.a) + (SELECT count(*) FROM staging.b)"),
+            "12"
+        );
+        drop(r);
+
+        let r = restore(&c, &repo, &dir.join("r_part"), &["--before-accident", "public.m_2024"]);
+        r.promoted();
+        assert_eq!(restored_sql(&r, "shop", "SELECT count(*) FROM m"), "300");
+        drop(r);
+
+        let r = run_printed(&c, &event(&all, x_late), &dir.join("r_late"));
+        r.promoted();
+        assert_eq!(restored_sql(&r, "shop", "SELECT count(*) FROM late"), "600");
+        drop(r);
+
+        // The prepared transaction stays prepared in the copy, as the
+        // output says: roll it back there to see the table.
+        let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "prep"]).assert_success();
+        assert!(out.stdout.contains("ROLLBACK PREPARED 'drop-prep'"), "{}", out.stdout);
+        let r = restore(&c, &repo, &dir.join("r_prep"), &["--before-accident", "prep"]);
+        r.promoted();
+        restored_sql(&r, "shop", "ROLLBACK PREPARED 'drop-prep'");
+        assert_eq!(restored_sql(&r, "shop", "SELECT count(*) FROM prep"), "9");
+        drop(r);
+    }
+
+    let r = run_printed(&c, &db_event, &dir.join("r_db"));
+    r.promoted();
+    assert_eq!(restored_sql(&r, "scratch", "SELECT count(*) FROM notes"), "77");
+    drop(r);
+}
+
+#[test]
+fn accidents_found_and_undone_pg15_16mb() {
+    story(PgVersion::V15, None, true);
+}
+
+#[test]
+fn accidents_found_and_undone_pg18_1mb() {
+    story(PgVersion::V18, Some(1), true);
+}
+
+#[test]
+fn accidents_found_pg15_1mb_and_pg18_16mb() {
+    story(PgVersion::V15, Some(1), false);
+    story(PgVersion::V18, None, false);
+}
+
+/// `--before-accident` refuses to guess: several matches are listed, none is
+/// said; and a missing segment stops the search with the segment named.
+#[test]
+fn before_accident_refuses_to_guess_and_gaps_are_errors() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(PgVersion::V15, Some(1), &repo, "");
+    c.sql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 3)");
+    backup(&c, &repo, &[]);
+    let x1 = accident(&c, "postgres", "DROP TABLE t");
+    c.sql("CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 4)");
+    let x2 = accident(&c, "postgres", "DROP TABLE t");
+    finish_wal(&c);
+
+    let target = dir.join("r");
+    let out = dbb(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&target)
+        .args(["--before-accident", "t"])
+        .assert_code(1);
+    assert!(
+        out.stderr.contains("2 committed transactions dropped or truncated t; nothing was restored"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&format!("--target-xid {x1} --exclusive")), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("--target-xid {x2} --exclusive")), "{}", out.stderr);
+    assert!(!target.exists(), "nothing restored");
+
+    let out = dbb(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&target)
+        .args(["--before-accident", "nosuch"])
+        .assert_code(1);
+    assert!(
+        out.stderr.contains("no committed transaction in the searched WAL dropped or truncated table nosuch"),
+        "{}",
+        out.stderr
+    );
+    let out = dbb(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(&target)
+        .args(["--before-accident", "t", "--target-xid", "900"])
+        .assert_code(2);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+
+    // The second one, by xid from the listing, restores the second table.
+    let r = restore(&c, &repo, &target, &["--target-xid", &x2.to_string(), "--exclusive"]);
+    r.promoted();
+    assert_eq!(r.sql("SELECT count(*) FROM t"), "4");
+    drop(r);
+
+    // A segment missing in the middle: the search says which and fails.
+    let v = search(&repo, &[]);
+    let first_lsn = v["searched"]["from_lsn"].as_str().unwrap().to_string();
+    let mut segs: Vec<_> = wal_objects(&repo)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.len() >= 24
+                && n[..24].chars().all(|c| c.is_ascii_hexdigit())
+                && !n.contains(".history")
+                && !n.contains(".backup")
+        })
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?} ({first_lsn})");
+    let gone = segs[segs.len() - 2].clone();
+    let name = gone.file_name().unwrap().to_string_lossy()[..24].to_string();
+    std::fs::remove_file(&gone).unwrap();
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
+    assert!(
+        out.stderr.contains("the segment before") && out.stderr.contains("is missing"),
+        "{} (removed {name})",
+        out.stderr
+    );
+}
+
+/// An encrypted repository is searched through the same decode path.
+#[test]
+fn encrypted_repository_is_searched() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let key = key_file(&dir, "key", 0x5a);
+    let keyarg = format!("--encryption-key-file {}", key.display());
+    dbb(["repo", "init", "--encrypt", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&key).assert_success();
+    let c = archiving_cluster(PgVersion::V15, None, &repo, &keyarg);
+    c.sql("CREATE TABLE secret_t(i int); INSERT INTO secret_t SELECT generate_series(1, 3)");
+    backup(&c, &repo, &["--encryption-key-file", key.to_str().unwrap()]);
+    let x = accident(&c, "postgres", "TRUNCATE secret_t");
+    finish_wal(&c);
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
+    assert!(out.stderr.contains("key"), "without the key: {}", out.stderr);
+    let out =
+        dbb(["wal", "search", "--json", "--repo"]).arg(&repo).arg("--encryption-key-file").arg(&key).assert_success();
+    let v = json(&out);
+    assert_eq!(tables(&event(&v, x), "truncated"), ["public.secret_t"], "{v:#}");
+    let cmd = event(&v, x)["restore_command"].as_str().unwrap().to_string();
+    assert!(cmd.contains("--encryption-key-file"), "{cmd}");
+}
