@@ -19,6 +19,8 @@ pub mod pagehdr;
 pub mod recovery;
 pub mod relfile;
 pub mod wal;
+pub mod walread;
+pub mod walwrite;
 
 pub use codec::Codec;
 pub use lsn::Lsn;
