@@ -26,6 +26,7 @@ pub mod relfile;
 pub mod wal;
 pub mod walread;
 pub mod walrmgr;
+pub mod walwrite;
 
 pub use codec::Codec;
 pub use lsn::Lsn;
