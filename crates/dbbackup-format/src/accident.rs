@@ -33,6 +33,19 @@ type FileKey = (Oid, Oid);
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const PG_EPOCH_UNIX: i64 = 946_684_800;
 
+/// `DATCONNLIMIT_INVALID_DB`: a database `DROP DATABASE` began to remove
+/// (PostgreSQL 16.1, 15.5, 14.10, 13.13, 12.17 and later).
+const DATCONNLIMIT_INVALID_DB: i32 = -2;
+
+/// `pg_database.datconnlimit` from a row's user data: after `datcollate` and
+/// `datctype` (two `NameData`) in 12-14; after the one-byte
+/// `datlocprovider`, `datistemplate`, `datallowconn` (and, 17+,
+/// `dathasloginevt`) from 15 on, where the names became text at the end.
+fn datconnlimit(major: u32, data: &[u8]) -> Option<i32> {
+    let off = if major <= 14 { 208 } else { 80 };
+    Some(i32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
+}
+
 /// A PostgreSQL `TimestampTz` (microseconds since 2000-01-01 UTC) as a time.
 pub fn pg_time(us: i64) -> Option<jiff::Timestamp> {
     let unix_us = us.checked_add(PG_EPOCH_UNIX * 1_000_000)?;
@@ -113,6 +126,9 @@ pub struct Event {
     pub relations: Vec<Relation>,
     /// `DROP DATABASE`: the database's OID and name.
     pub dropped_databases: Vec<(Oid, Option<String>)>,
+    /// Where recovery must stop (exclusive) to undo the event, when that is
+    /// before the commit: `DROP DATABASE` removes the files before it commits.
+    pub stop_before: Option<Lsn>,
 }
 
 /// A catalog row written by a transaction, applied when it commits.
@@ -150,6 +166,13 @@ pub struct Tracker {
     /// `XLOG_HEAP_TRUNCATE` (wal_level = logical): (database, table OIDs).
     truncates: HashMap<u32, Vec<(Oid, Vec<Oid>)>>,
     dropped_dbs: HashMap<u32, Vec<Oid>>,
+    /// Where `DROP DATABASE` marked a database invalid (`datconnlimit = -2`,
+    /// an in-place update without a transaction ID, before its files go).
+    invalid_db: HashMap<Oid, Lsn>,
+    /// The first record of each transaction still open.
+    first_lsn: HashMap<u32, Lsn>,
+    /// GIDs of prepared transactions, from their PREPARE records.
+    gids: HashMap<u32, String>,
     events: Vec<Event>,
     notes: Vec<String>,
     unfollowed: u64,
@@ -174,6 +197,9 @@ impl Tracker {
             filled: HashSet::new(),
             truncates: HashMap::new(),
             dropped_dbs: HashMap::new(),
+            gids: HashMap::new(),
+            invalid_db: HashMap::new(),
+            first_lsn: HashMap::new(),
             events: Vec::new(),
             notes: Vec::new(),
             unfollowed: 0,
@@ -336,6 +362,9 @@ impl Tracker {
     /// Follows one record.
     pub fn record(&mut self, rec: &Record<'_>) -> Result<(), String> {
         let at = |e: walrmgr::DecodeError| format!("record at {}: {}", rec.lsn, e.reason);
+        if rec.xid != 0 {
+            self.first_lsn.entry(rec.xid).or_insert(rec.lsn);
+        }
         // Full-page images of catalog pages first: the record's own change
         // is already in the image.
         for b in rec.blocks {
@@ -456,6 +485,11 @@ impl Tracker {
         self.tuples.insert((db, file, b0.block, new_off), data.clone());
         let Some(row) = self.parse_row(kind, db, &data) else { return Ok(()) };
         if matches!(op, HeapOp::Inplace { .. }) {
+            if let (CatalogKind::Database, Row::Database(oid, _)) = (kind, &row) {
+                if datconnlimit(self.major, &data) == Some(DATCONNLIMIT_INVALID_DB) {
+                    self.invalid_db.insert(*oid, rec.lsn);
+                }
+            }
             // Not transactional: it is the row as of now.
             self.apply(row, true);
             return Ok(());
@@ -502,17 +536,27 @@ impl Tracker {
         let top = match x.kind {
             XactKind::CommitPrepared | XactKind::AbortPrepared => x.twophase_xid.unwrap_or(rec.xid),
             XactKind::Commit | XactKind::Abort => rec.xid,
-            // PREPARE keeps everything pending until COMMIT/ROLLBACK PREPARED.
+            // PREPARE keeps everything pending until COMMIT/ROLLBACK
+            // PREPARED, whose record names the GID only with wal_level =
+            // logical: remember it.
+            XactKind::Prepare => {
+                if let (Some(xid), Some(gid)) = (x.twophase_xid, x.gid) {
+                    self.gids.insert(xid, gid);
+                }
+                return;
+            }
             _ => return,
         };
         let mut xids = vec![top];
         xids.extend(x.subxacts.iter().copied());
         let committed = matches!(x.kind, XactKind::Commit | XactKind::CommitPrepared);
+        let gid = x.gid.clone().or_else(|| self.gids.remove(&top));
 
         let mut rows: Vec<(u64, Row)> = xids.iter().filter_map(|x| self.pending.remove(x)).flatten().collect();
         let born: HashSet<FileKey> = xids.iter().filter_map(|x| self.born.remove(x)).flatten().collect();
         let truncates: Vec<(Oid, Vec<Oid>)> = xids.iter().filter_map(|x| self.truncates.remove(x)).flatten().collect();
         let dropped_dbs: Vec<Oid> = xids.iter().filter_map(|x| self.dropped_dbs.remove(x)).flatten().collect();
+        let first = xids.iter().filter_map(|x| self.first_lsn.remove(x)).min();
         if !committed {
             return;
         }
@@ -564,6 +608,13 @@ impl Tracker {
         }
         let db = x.db.or_else(|| x.dropped.first().map(|l| l.db)).unwrap_or(0);
         let dropped_databases = dropped_dbs.iter().map(|d| (*d, self.databases.get(d).cloned())).collect();
+        // Before the database was marked invalid, else before the
+        // transaction's first record.
+        let stop_before = if dropped_dbs.is_empty() {
+            None
+        } else {
+            dropped_dbs.iter().filter_map(|d| self.invalid_db.remove(d)).chain(first).min()
+        };
         self.events.push(Event {
             lsn: rec.lsn,
             end: rec.end,
@@ -571,9 +622,10 @@ impl Tracker {
             time: x.time,
             db,
             database: self.databases.get(&db).cloned(),
-            gid: x.gid.clone(),
+            gid,
             relations,
             dropped_databases,
+            stop_before,
         });
     }
 

@@ -83,7 +83,12 @@ fn run_printed(c: &Cluster, e: &Value, dir: &Path) -> Restored {
     let cmd = e["restore_command"].as_str().unwrap_or_else(|| panic!("no restore command in {e:#}"));
     let words: Vec<&str> = cmd.split_whitespace().collect();
     assert_eq!(&words[..3], ["dbbackup", "restore", "pitr"], "{cmd}");
-    assert!(cmd.contains(&format!("--target-xid {} --exclusive", e["xid"])), "{cmd}");
+    if e["dropped_databases"].as_array().unwrap().is_empty() {
+        assert!(cmd.contains(&format!("--target-xid {} --exclusive", e["xid"])), "{cmd}");
+    } else {
+        // DROP DATABASE removes the files before its commit.
+        assert!(cmd.contains("--target-lsn ") && cmd.contains(" --exclusive"), "{cmd}");
+    }
     let port = free_port();
     let mut run = dbb(Vec::<String>::new());
     for w in &words[1..] {
@@ -339,28 +344,39 @@ fn before_accident_refuses_to_guess_and_gaps_are_errors() {
     assert_eq!(r.sql("SELECT count(*) FROM t"), "4");
     drop(r);
 
-    // A segment missing in the middle: the search says which and fails.
+    // A segment missing after the start: the search says which and fails;
+    // so it does without the segment holding the backup's start.
+    make_archived_segment(&c);
+    make_archived_segment(&c);
     let v = search(&repo, &[]);
-    let first_lsn = v["searched"]["from_lsn"].as_str().unwrap().to_string();
-    let mut segs: Vec<_> = wal_objects(&repo)
+    let from: String = v["searched"]["from_lsn"].as_str().unwrap().to_string();
+    let start_seg = c.sql(&format!("SELECT pg_walfile_name('{from}')"));
+    let mut segs: Vec<(String, std::path::PathBuf)> = wal_objects(&repo)
         .into_iter()
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().to_string();
-            n.len() >= 24
-                && n[..24].chars().all(|c| c.is_ascii_hexdigit())
-                && !n.contains(".history")
-                && !n.contains(".backup")
+        .map(|p| (p.file_name().unwrap().to_string_lossy()[..24].to_string(), p))
+        .filter(|(n, p)| {
+            n.chars().all(|c| c.is_ascii_hexdigit())
+                && !p.to_string_lossy().contains(".history")
+                && !p.to_string_lossy().contains(".backup")
         })
+        .filter(|(n, _)| *n >= start_seg)
         .collect();
     segs.sort();
-    assert!(segs.len() >= 3, "{segs:?} ({first_lsn})");
-    let gone = segs[segs.len() - 2].clone();
-    let name = gone.file_name().unwrap().to_string_lossy()[..24].to_string();
-    std::fs::remove_file(&gone).unwrap();
+    assert!(segs.len() >= 3 && segs[0].0 == start_seg, "{segs:?} ({from})");
+    let (name, path) = segs[1].clone();
+    std::fs::remove_file(&path).unwrap();
     let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
     assert!(
-        out.stderr.contains("the segment before") && out.stderr.contains("is missing"),
+        out.stderr.contains(&format!("segment {name} (holding"))
+            && out.stderr.contains("is missing from the archive: the search cannot go past it"),
         "{} (removed {name})",
+        out.stderr
+    );
+    std::fs::remove_file(&segs[0].1).unwrap();
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
+    assert!(
+        out.stderr.contains(&format!("segment {start_seg} (holding {from}, the start of backup")),
+        "{}",
         out.stderr
     );
 }

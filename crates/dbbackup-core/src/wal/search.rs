@@ -164,6 +164,15 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
             start_backup.id
         )));
     }
+    let want = size.segment_of(start);
+    if segments[0].0.segment_no(size) != Some(want) {
+        let owner = legs.iter().rev().find(|l| size.segment_of(l.begin) <= want).map_or(target_tl, |l| l.tli);
+        return Err(Error::not_found(format!(
+            "segment {} (holding {start}, the start of backup {}) is missing from the archive: the search starts there; choose a later backup with --base-backup",
+            WalFileName::segment(owner, want, size),
+            start_backup.id
+        )));
+    }
     let (events, to, records) = scan(repo, &segments, size, start, &mut tracker)?;
     notes.extend(tracker.notes());
 
@@ -339,7 +348,8 @@ fn scan(
                         let _ = tx.send(Msg::Done(
                             name.to_string(),
                             Err(Error::not_found(format!(
-                                "the archive has no segment for {e} (the segment before {name} is missing): the search cannot go past it"
+                                "segment {} (holding {e}, before {name}) is missing from the archive: the search cannot go past it",
+                                WalFileName::segment(name.timeline(), size.segment_of(e), size)
                             ))),
                         ));
                         return;
@@ -408,33 +418,35 @@ fn scan(
 fn place(event: Event, legs: &[Leg], all: &[Manifest], target_tl: TimelineId) -> Found {
     let timeline = legs.iter().rev().find(|l| l.begin <= event.lsn).map_or(target_tl, |l| l.tli);
     let time = pg_time(event.time);
-    let reach = Target::Lsn(event.lsn);
+    // DROP DATABASE removes the files before it commits: stop before it
+    // began; everything else, before the commit.
+    let stop = event.stop_before.unwrap_or(event.lsn);
+    let reach = Target::Lsn(stop);
     let backup = all
         .iter()
         .rev()
         .filter(|m| m.status == BackupStatus::Complete && backup::chain::restorable(all, m))
-        .filter(|m| m.stop_lsn.is_some_and(|s| s <= event.lsn))
+        .filter(|m| m.stop_lsn.is_some_and(|s| s <= stop))
         .find(|m| unreachable_reason(m, legs, &reach).is_none());
+    let target = match event.stop_before {
+        Some(l) => ["--target-lsn".to_string(), l.to_string()],
+        None => ["--target-xid".to_string(), event.xid.to_string()],
+    };
     let (base_backup, restore_args, no_restore) = match backup {
         Some(m) => (
             Some(m.id.clone()),
-            vec![
-                "--base-backup".to_string(),
-                m.id.clone(),
-                "--target-xid".to_string(),
-                event.xid.to_string(),
-                "--exclusive".to_string(),
-                "--timeline".to_string(),
-                target_tl.0.to_string(),
-            ],
+            ["--base-backup".to_string(), m.id.clone()]
+                .into_iter()
+                .chain(target)
+                .chain(["--exclusive".to_string(), "--timeline".to_string(), target_tl.0.to_string()])
+                .collect(),
             None,
         ),
         None => (
             None,
             Vec::new(),
             Some(format!(
-                "no complete backup ends before {} on timeline {target_tl}'s way: no restore can stop before it",
-                event.lsn
+                "no complete backup ends before {stop} on timeline {target_tl}'s way: no restore can stop before it"
             )),
         ),
     };

@@ -171,8 +171,16 @@ fn before_accident(
             for l in event_lines(one, &prefix) {
                 ctx.note(l);
             }
-            ctx.note(format!("restoring to just before transaction {} ...", one.event.xid));
-            a.target_xid = Some(u64::from(one.event.xid));
+            match one.event.stop_before {
+                Some(l) => {
+                    ctx.note(format!("restoring to just before {l}, where transaction {} began ...", one.event.xid));
+                    a.target_lsn = Some(l);
+                }
+                None => {
+                    ctx.note(format!("restoring to just before transaction {} ...", one.event.xid));
+                    a.target_xid = Some(u64::from(one.event.xid));
+                }
+            }
             a.exclusive = true;
             a.inclusive = None;
             if a.timeline.is_none() {
