@@ -286,7 +286,7 @@ fn segments_on_way(cat: &Catalog, legs: &[Leg], size: SegmentSize, start: Lsn) -
             }
         }
     }
-    by_pos.into_values().map(|o| (o.wal.clone(), o.stored.clone())).collect()
+    by_pos.into_values().map(|o| (o.wal, o.stored.clone())).collect()
 }
 
 enum Msg {
