@@ -51,7 +51,7 @@ const CRC_OFFSET: usize = 20;
 
 /// `xlp_info` bits (`access/xlog_internal.h`, the same in 12–18).
 pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
-pub const XLP_LONG_HEADER: u16 = 0x0002;
+pub use crate::pagehdr::XLP_LONG_HEADER;
 pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
 /// Added in 15 and backpatched to 10.18/11.13/12.8/13.4 (14.0 had it): an
 /// incomplete record at the end of the WAL a crash left was abandoned, and
