@@ -156,8 +156,9 @@ pub struct Tracker {
     /// Catalog rows of transactions not yet committed, with a sequence
     /// number so subtransactions' rows apply in WAL order.
     pending: HashMap<u32, Vec<(u64, Row)>>,
-    /// Relation files whose `pg_class` row a transaction inserted.
-    born: HashMap<u32, Vec<FileKey>>,
+    /// Relations a transaction created (inserted their `pg_class` row):
+    /// (database, file at creation, OID).
+    born: HashMap<u32, Vec<(Oid, Oid, Oid)>>,
     seq: u64,
     /// Main-fork files created since the start, and those of them that got
     /// data pages (a rewrite, not a `TRUNCATE`).
@@ -495,7 +496,7 @@ impl Tracker {
             return Ok(());
         }
         if let (HeapOp::Insert { .. }, Row::Class(db, c)) = (op, &row) {
-            self.born.entry(rec.xid).or_default().push((*db, c.relfilenode));
+            self.born.entry(rec.xid).or_default().push((*db, c.relfilenode, c.oid));
         }
         self.seq += 1;
         self.pending.entry(rec.xid).or_default().push((self.seq, row));
@@ -553,7 +554,9 @@ impl Tracker {
         let gid = x.gid.clone().or_else(|| self.gids.remove(&top));
 
         let mut rows: Vec<(u64, Row)> = xids.iter().filter_map(|x| self.pending.remove(x)).flatten().collect();
-        let born: HashSet<FileKey> = xids.iter().filter_map(|x| self.born.remove(x)).flatten().collect();
+        let born: Vec<(Oid, Oid, Oid)> = xids.iter().filter_map(|x| self.born.remove(x)).flatten().collect();
+        let born_file = |k: FileKey| born.iter().any(|(d, f, _)| (*d, *f) == k);
+        let born_oid = |db: Oid, oid: Oid| born.iter().any(|(d, _, o)| (*d, *o) == (db, oid));
         let truncates: Vec<(Oid, Vec<Oid>)> = xids.iter().filter_map(|x| self.truncates.remove(x)).flatten().collect();
         let dropped_dbs: Vec<Oid> = xids.iter().filter_map(|x| self.dropped_dbs.remove(x)).flatten().collect();
         let first = xids.iter().filter_map(|x| self.first_lsn.remove(x)).min();
@@ -569,10 +572,16 @@ impl Tracker {
         for l in &x.dropped {
             let key = (l.db, l.rel);
             // Created by this very transaction: nothing committed is lost.
-            if born.contains(&key) {
+            if born_file(key) {
                 continue;
             }
             let class = self.by_file.get(&key).cloned();
+            // So for a file whose relation this transaction created: the
+            // transient table of VACUUM FULL and CLUSTER ends up holding the
+            // old file, and is dropped with it.
+            if class.as_ref().is_some_and(|c| born_oid(l.db, c.oid)) {
+                continue;
+            }
             let Some(c) = class else {
                 relations.push(Relation {
                     locator: *l,
@@ -584,7 +593,10 @@ impl Tracker {
                 continue;
             };
             let logged_truncate = truncates.iter().any(|(db, oids)| *db == l.db && oids.contains(&c.oid));
-            let now = self.by_oid.get(&(l.db, c.oid)).map(|n| n.relfilenode);
+            // Mapped catalogs (pg_class itself...) get new files through the
+            // relation map, not their row.
+            let mapped = self.relmaps.get(&l.db).or(self.relmaps.get(&0)).and_then(|m| m.get(&c.oid)).copied();
+            let now = mapped.or_else(|| self.by_oid.get(&(l.db, c.oid)).map(|n| n.relfilenode));
             let action = match now {
                 Some(new) if new != l.rel && new != 0 => {
                     if !logged_truncate && self.filled.contains(&(l.db, new)) {

@@ -403,3 +403,65 @@ fn encrypted_repository_is_searched() {
     let cmd = event(&v, x)["restore_command"].as_str().unwrap().to_string();
     assert!(cmd.contains("--encryption-key-file"), "{cmd}");
 }
+
+/// Catalog changes after the backup are followed: a rename, a rewritten
+/// `pg_class` (VACUUM FULL), databases created both ways, savepoints; and
+/// what is not an accident (a rewrite, a rolled-back savepoint, row
+/// deletions) is not reported.
+fn catalog_story(version: PgVersion, segsize_mb: Option<u32>) {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(version, segsize_mb, &repo, "");
+    c.sql("CREATE TABLE old_name(i int); INSERT INTO old_name SELECT generate_series(1, 10)");
+    c.sql("CREATE TABLE rewritten(i int); INSERT INTO rewritten SELECT generate_series(1, 10)");
+    c.sql("CREATE TABLE rows_deleted(i int); INSERT INTO rows_deleted SELECT generate_series(1, 10)");
+    c.sql("CREATE TABLE in_savepoint(i int); CREATE TABLE kept_by_rollback(i int)");
+    backup(&c, &repo, &[]);
+
+    c.sql("ALTER TABLE old_name RENAME TO new_name");
+    c.sql("VACUUM FULL pg_class");
+    c.sql("CREATE TABLE after_vacuum(i int); INSERT INTO after_vacuum VALUES (1)");
+    c.sql("CREATE DATABASE walloged");
+    sql_in(&c, "walloged", "CREATE SCHEMA s; CREATE TABLE s.inner_t(i int); INSERT INTO s.inner_t VALUES (1)");
+    c.sql("CREATE DATABASE copied STRATEGY file_copy");
+    sql_in(&c, "copied", "CREATE TABLE copied_t(i int); INSERT INTO copied_t VALUES (1)");
+    c.sql("VACUUM FULL rewritten");
+    c.sql("DELETE FROM rows_deleted");
+    sql_in(&c, "postgres", "BEGIN; SAVEPOINT a; DROP TABLE kept_by_rollback; ROLLBACK TO a; COMMIT");
+
+    let x_renamed = accident(&c, "postgres", "DROP TABLE new_name");
+    let x_after = accident(&c, "postgres", "DROP TABLE after_vacuum");
+    let x_inner = accident(&c, "walloged", "DROP TABLE s.inner_t");
+    let x_copied = accident(&c, "copied", "TRUNCATE copied_t");
+    let x_sp = accident(&c, "postgres", "SAVEPOINT a; DROP TABLE in_savepoint; RELEASE a");
+    finish_wal(&c);
+
+    let v = search(&repo, &[]);
+    let xids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["xid"].as_u64().unwrap()).collect();
+    assert_eq!(
+        xids,
+        [x_renamed, x_after, x_inner, x_copied, x_sp].map(u64::from),
+        "only the five accidents (no rewrite, no rolled-back savepoint, no row deletions): {v:#}"
+    );
+    assert_eq!(tables(&event(&v, x_renamed), "dropped"), ["public.new_name"], "{v:#}");
+    assert_eq!(tables(&event(&v, x_after), "dropped"), ["public.after_vacuum"], "{v:#}");
+    let inner = event(&v, x_inner);
+    assert_eq!(tables(&inner, "dropped"), ["s.inner_t"], "{v:#}");
+    assert_eq!(inner["database"], "walloged", "{v:#}");
+    let copied = event(&v, x_copied);
+    assert_eq!(tables(&copied, "truncated"), ["public.copied_t"], "{v:#}");
+    assert_eq!(copied["database"], "copied", "{v:#}");
+    assert_eq!(tables(&event(&v, x_sp), "dropped"), ["public.in_savepoint"], "{v:#}");
+    let notes = v["notes"].as_array().unwrap();
+    assert!(notes.is_empty(), "everything followed: {v:#}");
+}
+
+#[test]
+fn catalog_changes_are_followed_pg15() {
+    catalog_story(PgVersion::V15, Some(1));
+}
+
+#[test]
+fn catalog_changes_are_followed_pg18() {
+    catalog_story(PgVersion::V18, None);
+}
