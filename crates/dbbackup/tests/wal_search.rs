@@ -465,3 +465,72 @@ fn catalog_changes_are_followed_pg15() {
 fn catalog_changes_are_followed_pg18() {
     catalog_story(PgVersion::V18, None);
 }
+
+/// After a restore that became the new primary (timeline 2), the search
+/// follows the latest timeline: the accident undone on timeline 1 is not
+/// on its way, the new one is, with `--timeline 2` in its command;
+/// `--timeline 1` still finds the first.
+#[test]
+fn timelines_after_a_restore() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(PgVersion::V15, Some(1), &repo, "");
+    c.sql("CREATE TABLE a(i int); INSERT INTO a SELECT generate_series(1, 3); CREATE TABLE b(i int); INSERT INTO b VALUES (7)");
+    backup(&c, &repo, &[]);
+    let xa = accident(&c, "postgres", "DROP TABLE a");
+    finish_wal(&c);
+    c.stop();
+
+    let r = restore(&c, &repo, &dir.join("primary2"), &["--before-accident", "a", "--archive-mode", "preserve"]);
+    r.promoted();
+    assert_eq!(r.sql("SELECT count(*) FROM a"), "3");
+    let out = r.sql("BEGIN; DROP TABLE b; SELECT txid_current(); COMMIT");
+    let xb: u32 = out.lines().last().unwrap().parse().unwrap();
+    r.finish_wal();
+
+    let v = search(&repo, &[]);
+    let xids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["xid"].as_u64().unwrap()).collect();
+    assert_eq!(xids, [u64::from(xb)], "{v:#}");
+    let e = event(&v, xb);
+    assert_eq!(e["timeline"], 2, "{e:#}");
+    assert_eq!(tables(&e, "dropped"), ["public.b"]);
+    assert!(e["restore_command"].as_str().unwrap().ends_with("--exclusive --timeline 2"), "{e:#}");
+    let v1 = search(&repo, &["--timeline", "1"]);
+    let e1 = event(&v1, xa);
+    assert_eq!(e1["timeline"], 1);
+    assert_eq!(v1["events"].as_array().unwrap().len(), 1, "{v1:#}");
+    drop(r);
+
+    let r2 = run_printed(&c, &e, &dir.join("r_b"));
+    r2.promoted();
+    assert_eq!(r2.sql("SELECT (SELECT count(*) FROM a) || '/' || (SELECT count(*) FROM b)"), "3/1");
+}
+
+/// An encrypted repository on S3 (Garage): the search reads the archive
+/// through the store, and its printed command (with `--config`) restores.
+#[test]
+fn encrypted_s3_repository_is_searched_and_restored() {
+    let g = Garage::single();
+    let d = TestDir::new();
+    let key = key_file(&d, "key", 0x29);
+    let cfg = private_file(
+        &d,
+        "dbbackup.toml",
+        format!("encryption-key-file = \"{}\"\n{}", key.display(), g.config_toml("pg/search")),
+    );
+    with_config(&cfg, &["repo", "init", "--encrypt"]).assert_success();
+    let c = cluster_on(PgVersion::V18, &cfg);
+    c.sql("CREATE TABLE ledger(i int); INSERT INTO ledger SELECT generate_series(1, 42)");
+    with_config(&cfg, &["backup", "base", "--fast"]).args(c.conn_args()).assert_success();
+    c.sql("INSERT INTO ledger SELECT generate_series(43, 50)");
+    let x = accident(&c, "postgres", "DROP TABLE ledger");
+    finish_wal(&c);
+    let v = json(&with_config(&cfg, &["wal", "search", "--json", "--table", "ledger"]).assert_success());
+    let e = event(&v, x);
+    assert_eq!(tables(&e, "dropped"), ["public.ledger"], "{v:#}");
+    let cmd = e["restore_command"].as_str().unwrap();
+    assert!(cmd.contains("--config") && !cmd.contains("secret"), "{cmd}");
+    let r = run_printed(&c, &e, &d.join("r"));
+    r.promoted();
+    assert_eq!(r.sql("SELECT count(*) FROM ledger"), "50");
+}
