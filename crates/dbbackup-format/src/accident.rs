@@ -649,3 +649,60 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_time_is_microseconds_since_2000() {
+        assert_eq!(pg_time(0).unwrap().to_string(), "2000-01-01T00:00:00Z");
+        assert_eq!(pg_time(1_500_000).unwrap().to_string(), "2000-01-01T00:00:01.5Z");
+        assert_eq!(pg_time(-1_000_000).unwrap().to_string(), "1999-12-31T23:59:59Z");
+        assert!(pg_time(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn datconnlimit_by_version() {
+        let mut row = vec![0u8; 240];
+        row[208..212].copy_from_slice(&(-2i32).to_le_bytes());
+        row[80..84].copy_from_slice(&7i32.to_le_bytes());
+        for v in 12..=14 {
+            assert_eq!(datconnlimit(v, &row), Some(DATCONNLIMIT_INVALID_DB));
+        }
+        for v in 15..=18 {
+            assert_eq!(datconnlimit(v, &row), Some(7));
+        }
+        assert_eq!(datconnlimit(14, &row[..100]), None);
+    }
+
+    #[test]
+    fn names_say_what_is_known() {
+        let locator = RelFileLocator { spc: 1663, db: 5, rel: 16390 };
+        let class = ClassInfo { oid: 16385, name: "orders".into(), namespace: 2200, relfilenode: 16390, relkind: b'r' };
+        let known = Relation {
+            locator,
+            action: Action::Dropped,
+            class: Some(class.clone()),
+            schema: Some("public".into()),
+            unknown: None,
+        };
+        assert_eq!(known.display_name(), "public.orders");
+        assert!(known.is_table_like());
+        let no_schema = Relation { schema: None, ..known.clone() };
+        assert_eq!(no_schema.display_name(), "orders (schema oid 2200)");
+        let unknown = Relation { class: None, schema: None, unknown: Some("why".into()), ..known };
+        assert_eq!(unknown.display_name(), "relation file 16390 (database oid 5)");
+        let index = Relation { class: Some(ClassInfo { relkind: b'i', ..class }), ..unknown };
+        assert!(!index.is_table_like());
+    }
+
+    #[test]
+    fn an_empty_tracker_knows_nothing_and_records_nothing() {
+        let mut t = Tracker::new(15);
+        assert_eq!(t.class_file(5), None);
+        assert!(t.load_page(5, 1259, 0, &[0u8; 8192]).is_err(), "not a catalog file it was told about");
+        assert!(t.take_events().is_empty());
+        assert!(t.notes().is_empty());
+    }
+}
