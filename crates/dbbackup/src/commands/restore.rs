@@ -168,7 +168,8 @@ fn before_accident(
             if let Some(why) = &one.no_restore {
                 bail!("found xid {} at {}, but {why}", one.event.xid, one.event.lsn);
             }
-            for l in event_lines(one, &prefix) {
+            // The event, without the command this restore is about to run.
+            for l in event_lines(one, &prefix).into_iter().take_while(|l| !l.starts_with("  restore to just before it")) {
                 ctx.note(l);
             }
             match one.event.stop_before {
