@@ -534,3 +534,25 @@ fn encrypted_s3_repository_is_searched_and_restored() {
     r.promoted();
     assert_eq!(r.sql("SELECT count(*) FROM ledger"), "50");
 }
+
+/// With wal_level = logical, TRUNCATE is logged on its own: one followed by
+/// INSERT in the same transaction is still shown (with replica it is a
+/// rewrite, documented as not found).
+#[test]
+fn logical_wal_level_shows_truncate_and_reload() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let mut opts = ClusterOptions::new(PgVersion::V18);
+    opts.wal_segsize_mb = Some(1);
+    opts.extra_conf = vec!["archive_mode = on".into(), archive_command_line(&repo, ""), "wal_level = logical".into()];
+    let c = Cluster::new(opts);
+    c.sql("CREATE TABLE staged(i int); INSERT INTO staged SELECT generate_series(1, 100); CREATE TABLE gone(i int)");
+    backup(&c, &repo, &[]);
+    let x1 = accident(&c, "postgres", "TRUNCATE staged; INSERT INTO staged VALUES (1)");
+    let x2 = accident(&c, "postgres", "DROP TABLE gone");
+    finish_wal(&c);
+    let v = search(&repo, &[]);
+    assert_eq!(tables(&event(&v, x1), "truncated"), ["public.staged"], "{v:#}");
+    assert_eq!(tables(&event(&v, x2), "dropped"), ["public.gone"], "{v:#}");
+    assert_eq!(v["events"].as_array().unwrap().len(), 2, "{v:#}");
+}
