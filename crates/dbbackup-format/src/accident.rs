@@ -71,6 +71,18 @@ pub struct ClassInfo {
     pub relkind: u8,
 }
 
+/// `name` as SQL needs it written: in double quotes unless it is a plain
+/// lower-case identifier (as PostgreSQL's `quote_ident`, keywords aside).
+pub fn quote_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 /// What happened to one relation file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -87,14 +99,16 @@ pub struct Relation {
     pub schema: Option<String>,
     /// Why the name is unknown (when `class` is `None`).
     pub unknown: Option<String>,
+    /// Other names the relation had since the search started (renamed).
+    pub former_names: Vec<String>,
 }
 
 impl Relation {
     /// `schema.name`, or the file when the name is unknown.
     pub fn display_name(&self) -> String {
         match (&self.class, &self.schema) {
-            (Some(c), Some(s)) => format!("{s}.{}", c.name),
-            (Some(c), None) => format!("{} (schema oid {})", c.name, c.namespace),
+            (Some(c), Some(s)) => format!("{}.{}", quote_ident(s), quote_ident(&c.name)),
+            (Some(c), None) => format!("{} (schema oid {})", quote_ident(&c.name), c.namespace),
             (None, _) => format!("relation file {} (database oid {})", self.locator.rel, self.locator.db),
         }
     }
@@ -153,6 +167,8 @@ pub struct Tracker {
     by_oid: HashMap<(Oid, Oid), ClassInfo>,
     namespaces: HashMap<(Oid, Oid), String>,
     databases: HashMap<Oid, String>,
+    /// Every name a relation had (renames), by (database, OID).
+    names: HashMap<(Oid, Oid), Vec<String>>,
     /// Catalog rows of transactions not yet committed, with a sequence
     /// number so subtransactions' rows apply in WAL order.
     pending: HashMap<u32, Vec<(u64, Row)>>,
@@ -177,6 +193,8 @@ pub struct Tracker {
     events: Vec<Event>,
     notes: Vec<String>,
     unfollowed: u64,
+    /// The newest commit or abort time seen: where the archive ends, in time.
+    last_xact_time: Option<i64>,
 }
 
 impl Tracker {
@@ -191,6 +209,7 @@ impl Tracker {
             by_oid: HashMap::new(),
             namespaces: HashMap::new(),
             databases: HashMap::new(),
+            names: HashMap::new(),
             pending: HashMap::new(),
             born: HashMap::new(),
             seq: 0,
@@ -204,6 +223,7 @@ impl Tracker {
             events: Vec::new(),
             notes: Vec::new(),
             unfollowed: 0,
+            last_xact_time: None,
         }
     }
 
@@ -318,6 +338,10 @@ impl Tracker {
     fn apply(&mut self, row: Row, strong: bool) {
         match row {
             Row::Class(db, c) => {
+                let names = self.names.entry((db, c.oid)).or_default();
+                if !names.contains(&c.name) {
+                    names.push(c.name.clone());
+                }
                 if c.relfilenode != 0 && (strong || !self.by_file.contains_key(&(db, c.relfilenode))) {
                     self.by_file.insert((db, c.relfilenode), c.clone());
                 }
@@ -533,7 +557,15 @@ impl Tracker {
         }
     }
 
+    /// The newest transaction end (commit or abort) seen, µs since 2000.
+    pub fn last_xact_time(&self) -> Option<i64> {
+        self.last_xact_time
+    }
+
     fn xact(&mut self, rec: &Record<'_>, x: walrmgr::XactRecord) {
+        if matches!(x.kind, XactKind::Commit | XactKind::Abort | XactKind::CommitPrepared | XactKind::AbortPrepared) {
+            self.last_xact_time = Some(x.time);
+        }
         let top = match x.kind {
             XactKind::CommitPrepared | XactKind::AbortPrepared => x.twophase_xid.unwrap_or(rec.xid),
             XactKind::Commit | XactKind::Abort => rec.xid,
@@ -569,6 +601,9 @@ impl Tracker {
         }
 
         let mut relations = Vec::new();
+        // Files of indexes and TOAST tables that got a new one: truncated
+        // with their table, or rebuilt by a rewrite; decided below.
+        let mut renewed = Vec::new();
         for l in &x.dropped {
             let key = (l.db, l.rel);
             // Created by this very transaction: nothing committed is lost.
@@ -589,6 +624,7 @@ impl Tracker {
                     class: None,
                     schema: None,
                     unknown: Some(self.why_unknown(l)),
+                    former_names: Vec::new(),
                 });
                 continue;
             };
@@ -597,20 +633,42 @@ impl Tracker {
             // relation map, not their row.
             let mapped = self.relmaps.get(&l.db).or(self.relmaps.get(&0)).and_then(|m| m.get(&c.oid)).copied();
             let now = mapped.or_else(|| self.by_oid.get(&(l.db, c.oid)).map(|n| n.relfilenode));
-            let action = match now {
-                Some(new) if new != l.rel && new != 0 => {
-                    if !logged_truncate && self.filled.contains(&(l.db, new)) {
-                        // A rewrite: the relation got a new file with its data.
-                        continue;
-                    }
-                    Action::Truncated
-                }
-                _ if logged_truncate => Action::Truncated,
-                _ => Action::Dropped,
-            };
             let schema = self.namespaces.get(&(l.db, c.namespace)).cloned();
-            relations.push(Relation { locator: *l, action, class: Some(c), schema, unknown: None });
+            let former_names = self
+                .names
+                .get(&(l.db, c.oid))
+                .map(|n| n.iter().filter(|n| **n != c.name).cloned().collect())
+                .unwrap_or_default();
+            let heap = matches!(c.relkind, b'r' | b'm' | b'p' | b'f');
+            let rel = |action| Relation {
+                locator: *l,
+                action,
+                class: Some(c.clone()),
+                schema: schema.clone(),
+                unknown: None,
+                former_names,
+            };
+            match now {
+                Some(new) if new != l.rel && new != 0 => {
+                    if logged_truncate {
+                        relations.push(rel(Action::Truncated));
+                    } else if !heap {
+                        renewed.push(rel(Action::Truncated));
+                    } else if !self.filled.contains(&(l.db, new)) {
+                        relations.push(rel(Action::Truncated));
+                    }
+                    // else a rewrite: the table got a new file with its data.
+                }
+                _ if logged_truncate => relations.push(rel(Action::Truncated)),
+                _ => relations.push(rel(Action::Dropped)),
+            }
         }
+        // An index or TOAST table gets a new file both when its table is
+        // truncated and when it is rewritten: it counts with a truncated one.
+        if relations.iter().any(|r| r.action == Action::Truncated) {
+            relations.extend(renewed);
+        }
+        relations.sort_by(|a, b| (a.action as u8, a.display_name()).cmp(&(b.action as u8, b.display_name())));
         for l in &x.dropped {
             self.created.remove(&(l.db, l.rel));
             self.filled.remove(&(l.db, l.rel));
@@ -686,8 +744,12 @@ mod tests {
             class: Some(class.clone()),
             schema: Some("public".into()),
             unknown: None,
+            former_names: vec![],
         };
         assert_eq!(known.display_name(), "public.orders");
+        let mixed =
+            Relation { class: Some(ClassInfo { name: "Mixed\"Case".into(), ..class.clone() }), ..known.clone() };
+        assert_eq!(mixed.display_name(), "public.\"Mixed\"\"Case\"");
         assert!(known.is_table_like());
         let no_schema = Relation { schema: None, ..known.clone() };
         assert_eq!(no_schema.display_name(), "orders (schema oid 2200)");

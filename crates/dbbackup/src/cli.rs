@@ -238,6 +238,22 @@ fn parse_lsn(s: &str) -> Result<dbbackup_format::Lsn, String> {
     s.parse().map_err(|e: dbbackup_format::lsn::LsnParseError| e.to_string())
 }
 
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("an empty name matches nothing: give a table name".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_search_timeline(s: &str) -> Result<dbbackup_core::restore::TimelineChoice, String> {
+    match dbbackup_core::restore::TimelineChoice::parse(s)? {
+        dbbackup_core::restore::TimelineChoice::Current => {
+            Err("invalid timeline \"current\": expected latest or a timeline number".into())
+        }
+        t => Ok(t),
+    }
+}
+
 fn parse_timeline(s: &str) -> Result<dbbackup_core::restore::TimelineChoice, String> {
     dbbackup_core::restore::TimelineChoice::parse(s)
 }
@@ -273,9 +289,9 @@ pub struct RestoreArgs {
     /// Stop as soon as the backup is consistent
     #[arg(long)]
     pub target_immediate: bool,
-    /// Find the transaction that dropped or truncated this table (`wal search --table`) and stop just before it;
-    /// when several match, they are listed and nothing is restored
-    #[arg(long, value_name = "TABLE")]
+    /// Find the transaction that dropped or truncated this table (`wal search --table`; a dropped database's name
+    /// works too) and stop just before it; when several match, they are listed and nothing is restored
+    #[arg(long, value_name = "TABLE", value_parser = parse_nonempty, conflicts_with = "inclusive")]
     pub before_accident: Option<String>,
     /// What the server does at the target
     #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
@@ -660,7 +676,10 @@ pub enum WalCommand {
         changes in the WAL after it, so tables created after the backup are named too; no running server is \
         needed. A name that cannot be known is shown as its file number and database OID, with the reason. \
         The backup is the newest complete one that ended before --since, else the oldest; WAL before it is not \
-        searched.\n\nNot shown: rolled-back transactions, tables created and dropped by one transaction, \
+        searched. As for restore, when two timelines are both alive (a restored copy archiving beside the \
+        primary) --timeline must say which one to search.\n\n\
+        Only WAL in the archive is searched: run SELECT pg_switch_wal() on the server first. When the server is \
+        reachable (-h/-p, PGHOST/PGPORT) and has written WAL past the end of the archive, a warning says so.\n\nNot shown: rolled-back transactions, tables created and dropped by one transaction, \
         rewrites that keep the data (VACUUM FULL, CLUSTER, ALTER TABLE ... TYPE), and row deletions: a DELETE \
         without WHERE is one row deletion per row, not one event (see docs/restore.md).\n\n\
         Exit status: 0 the search read the whole archive (also when nothing matched: the output says so), \
@@ -697,8 +716,9 @@ pub enum WalCommand {
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Only events that removed this table (`name` or `schema.name`; unquoted names are matched in lower case too)
-    #[arg(long, value_name = "NAME")]
+    /// Only events that removed this table: `name` or `schema.name`, as in SQL (an unquoted name also matches
+    /// in lower case; `'"MixedCase"'` only exactly); also any name it had before a rename, and a dropped database's name
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
     pub table: Option<String>,
     /// Only events in this database (or that dropped it)
     #[arg(long, value_name = "NAME")]
@@ -709,8 +729,9 @@ pub struct SearchArgs {
     /// Only events committed at or before this time
     #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
     pub until: Option<jiff::Zoned>,
-    /// Timeline whose way is searched: latest or a number [default: latest]
-    #[arg(long, value_name = "TIMELINE", value_parser = parse_timeline)]
+    /// Timeline whose way is searched: latest or a number [default: the latest; when two timelines are both
+    /// alive, left out it is refused]
+    #[arg(long, value_name = "TIMELINE", value_parser = parse_search_timeline)]
     pub timeline: Option<dbbackup_core::restore::TimelineChoice>,
     /// The backup whose catalog names tables, where the search starts [default: the newest before --since, else the oldest]
     #[arg(long, value_name = "ID|latest")]

@@ -338,6 +338,34 @@ fn before_accident_refuses_to_guess_and_gaps_are_errors() {
         .assert_code(2);
     assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
 
+    // Usage errors: exit 2 before anything is read.
+    for (args, msg) in [
+        (vec!["wal", "search", "--table", ""], "an empty name matches nothing"),
+        (vec!["wal", "search", "--since", "2026-11-02", "--until", "2026-11-01"], "is after --until"),
+        (vec!["wal", "search", "--timeline", "current"], "expected latest or a timeline number"),
+        (
+            vec!["restore", "pitr", "--target-dir", "/nonexistent", "--before-accident", "t", "--inclusive"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = dbb(&args).arg("--repo").arg(&repo).assert_code(2);
+        assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
+    }
+    let out = dbb(["wal", "search", "--timeline", "7", "--repo"]).arg(&repo).assert_code(1);
+    assert!(
+        out.stderr.contains("timeline 7 is not in the archive") && out.stderr.contains("timeline(s) 1"),
+        "{}",
+        out.stderr
+    );
+
+    // WAL the server wrote after the end of the archive: said, when the
+    // server is reachable.
+    let x3 = accident(&c, "postgres", "CREATE TABLE t(i int); DROP TABLE t");
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(c.conn_args()).assert_success();
+    assert!(out.stderr.contains("warning: the server has written WAL up to"), "{}", out.stderr);
+    assert!(out.stderr.contains("the last transaction in the archive ended at"), "{}", out.stderr);
+    assert!(!out.stdout.contains(&format!("xid {x3}")), "not archived yet: {}", out.stdout);
+
     // The second one, by xid from the listing, restores the second table.
     let r = restore(&c, &repo, &target, &["--target-xid", &x2.to_string(), "--exclusive"]);
     r.promoted();
@@ -416,6 +444,7 @@ fn catalog_story(version: PgVersion, segsize_mb: Option<u32>) {
     c.sql("CREATE TABLE rewritten(i int); INSERT INTO rewritten SELECT generate_series(1, 10)");
     c.sql("CREATE TABLE rows_deleted(i int); INSERT INTO rows_deleted SELECT generate_series(1, 10)");
     c.sql("CREATE TABLE in_savepoint(i int); CREATE TABLE kept_by_rollback(i int)");
+    c.sql("CREATE TABLE \"MixedCase\"(i int); CREATE TABLE keyed(i int PRIMARY KEY, t text)");
     backup(&c, &repo, &[]);
 
     c.sql("ALTER TABLE old_name RENAME TO new_name");
@@ -434,13 +463,15 @@ fn catalog_story(version: PgVersion, segsize_mb: Option<u32>) {
     let x_inner = accident(&c, "walloged", "DROP TABLE s.inner_t");
     let x_copied = accident(&c, "copied", "TRUNCATE copied_t");
     let x_sp = accident(&c, "postgres", "SAVEPOINT a; DROP TABLE in_savepoint; RELEASE a");
+    let x_mixed = accident(&c, "postgres", "DROP TABLE \"MixedCase\"");
+    let x_keyed = accident(&c, "postgres", "TRUNCATE keyed");
     finish_wal(&c);
 
     let v = search(&repo, &[]);
     let xids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["xid"].as_u64().unwrap()).collect();
     assert_eq!(
         xids,
-        [x_renamed, x_after, x_inner, x_copied, x_sp].map(u64::from),
+        [x_renamed, x_after, x_inner, x_copied, x_sp, x_mixed, x_keyed].map(u64::from),
         "only the five accidents (no rewrite, no rolled-back savepoint, no row deletions): {v:#}"
     );
     assert_eq!(tables(&event(&v, x_renamed), "dropped"), ["public.new_name"], "{v:#}");
@@ -454,6 +485,29 @@ fn catalog_story(version: PgVersion, segsize_mb: Option<u32>) {
     assert_eq!(tables(&event(&v, x_sp), "dropped"), ["public.in_savepoint"], "{v:#}");
     let notes = v["notes"].as_array().unwrap();
     assert!(notes.is_empty(), "everything followed: {v:#}");
+
+    // Names as in SQL, and as they were before a rename.
+    let found = |args: &[&str]| -> Vec<u64> {
+        search(&repo, args)["events"].as_array().unwrap().iter().map(|e| e["xid"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(found(&["--table", "old_name"]), [u64::from(x_renamed)]);
+    assert_eq!(event(&v, x_renamed)["relations"][0]["former_names"][0], "old_name", "{v:#}");
+    assert_eq!(found(&["--table", "\"MixedCase\""]), [u64::from(x_mixed)]);
+    assert_eq!(found(&["--table", "public.\"MixedCase\""]), [u64::from(x_mixed)]);
+    assert_eq!(found(&["--table", "MixedCase"]), [u64::from(x_mixed)], "unquoted: itself too");
+    assert!(found(&["--table", "\"mixedcase\""]).is_empty());
+    assert!(found(&["--table", "other.\"MixedCase\""]).is_empty());
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "\"MixedCase\""]).assert_success();
+    assert!(out.stdout.contains("dropped table public.\"MixedCase\""), "{}", out.stdout);
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "old_name"]).assert_success();
+    assert!(out.stdout.contains("dropped table public.new_name (formerly old_name)"), "{}", out.stdout);
+    // TRUNCATE counts the index and TOAST files it renewed with the table.
+    let k = event(&v, x_keyed);
+    let kinds: Vec<&str> = k["relations"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"index") && kinds.contains(&"TOAST table"), "{k:#}");
+    assert!(k["relations"].as_array().unwrap().iter().all(|r| r["action"] == "truncated"), "{k:#}");
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).args(["--table", "keyed"]).assert_success();
+    assert!(out.stdout.contains("truncated table public.keyed\n    with 1 TOAST table, 2 indexes"), "{}", out.stdout);
 }
 
 #[test]
@@ -555,4 +609,39 @@ fn logical_wal_level_shows_truncate_and_reload() {
     assert_eq!(tables(&event(&v, x1), "truncated"), ["public.staged"], "{v:#}");
     assert_eq!(tables(&event(&v, x2), "dropped"), ["public.gone"], "{v:#}");
     assert_eq!(v["events"].as_array().unwrap().len(), 2, "{v:#}");
+}
+
+/// A copy restored with --archive-mode preserve archives timeline 2 while
+/// the primary goes on on timeline 1: searching "the latest" would miss the
+/// primary's accidents, so without --timeline the search (and
+/// --before-accident) is refused, naming both.
+#[test]
+fn two_live_timelines_need_a_choice() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    let c = archiving_cluster(PgVersion::V15, Some(1), &repo, "");
+    c.sql("CREATE TABLE t1(i int); INSERT INTO t1 VALUES (1)");
+    backup(&c, &repo, &[]);
+    finish_wal(&c);
+    let copy = restore(&c, &repo, &dir.join("copy"), &["--archive-mode", "preserve"]);
+    copy.promoted();
+    copy.finish_wal();
+    let x = accident(&c, "postgres", "DROP TABLE t1");
+    finish_wal(&c);
+    // The primary goes on past the segment of the fork point.
+    make_archived_segment(&c);
+
+    let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
+    assert!(out.stderr.contains("two live histories"), "{}", out.stderr);
+    assert!(out.stderr.contains("--timeline 1") && out.stderr.contains("--timeline 2"), "{}", out.stderr);
+    let out = dbb(["restore", "pitr", "--repo"])
+        .arg(&repo)
+        .arg("--target-dir")
+        .arg(dir.join("r"))
+        .args(["--before-accident", "t1"])
+        .assert_code(1);
+    assert!(out.stderr.contains("two live histories"), "{}", out.stderr);
+    let v = search(&repo, &["--timeline", "1"]);
+    assert_eq!(tables(&event(&v, x), "dropped"), ["public.t1"], "{v:#}");
+    assert!(search(&repo, &["--timeline", "2"])["events"].as_array().unwrap().is_empty());
 }

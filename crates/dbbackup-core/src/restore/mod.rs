@@ -326,7 +326,7 @@ fn past_end(why: String, allowed: bool) -> Result<Target> {
 /// Refuses to follow the latest timeline through a fork whose parent kept
 /// archiving after the child was born: two live histories (a restored copy
 /// archiving into this repository, say), where "latest" is a guess.
-fn refuse_live_forks(
+pub(crate) fn refuse_live_forks(
     repo: &Repository,
     cat: &Catalog,
     histories: &BTreeMap<TimelineId, History>,

@@ -19,7 +19,7 @@ use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName, WalKind};
 use crate::backup::{self, chain::Chain};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::restore::{path_to, unreachable_reason, Leg, TimelineChoice};
+use crate::restore::{path_to, refuse_live_forks, unreachable_reason, Leg, TimelineChoice};
 use crate::wal::catalog::{timelines, Catalog};
 use crate::wal::{decode_verified, StoredWal};
 
@@ -66,6 +66,8 @@ pub struct SearchReport {
     pub timeline: TimelineId,
     pub segments: u64,
     pub records: u64,
+    /// The newest transaction end in the WAL read: the archive ends there.
+    pub last_xact: Option<jiff::Timestamp>,
     /// Things to know about the result (names that could not be followed).
     pub notes: Vec<String>,
 }
@@ -74,13 +76,16 @@ impl SearchOptions {
     /// Whether event `f` is one the user asked for.
     pub fn matches(&self, f: &Found) -> bool {
         if let Some(t) = &self.table {
-            let folded = t.to_lowercase();
-            let hit = |s: &str| s == t || s == folded;
+            let want = TableName::parse(t);
             let any = f.event.relations.iter().any(|r| match &r.class {
-                Some(c) => hit(&c.name) || r.schema.as_ref().is_some_and(|s| hit(&format!("{s}.{}", c.name))),
+                Some(c) => {
+                    std::iter::once(&c.name).chain(&r.former_names).any(|n| want.matches(r.schema.as_deref(), n))
+                }
                 None => false,
             });
-            if !any {
+            // A dropped database is found by its name too.
+            let db = f.event.dropped_databases.iter().any(|(_, n)| n.as_deref().is_some_and(|n| want.matches(None, n)));
+            if !any && !db {
                 return false;
             }
         }
@@ -100,6 +105,59 @@ impl SearchOptions {
     }
 }
 
+/// A `--table` argument as PostgreSQL reads an identifier: `name`,
+/// `schema.name`, either part in double quotes to keep its case and dots;
+/// an unquoted part also matches its lower-case form (as `psql` folds it)
+/// and itself exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    schema: Option<(String, bool)>,
+    name: (String, bool),
+}
+
+impl TableName {
+    pub fn parse(s: &str) -> TableName {
+        let mut parts: Vec<(String, bool)> = Vec::new();
+        let mut cur = String::new();
+        let mut quoted = false;
+        let mut in_quotes = false;
+        let mut chars = s.chars().peekable();
+        while let Some(ch) = chars.next() {
+            match ch {
+                '"' if in_quotes && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    cur.push('"');
+                }
+                '"' => {
+                    in_quotes = !in_quotes;
+                    quoted = true;
+                }
+                '.' if !in_quotes && parts.is_empty() => {
+                    parts.push((std::mem::take(&mut cur), quoted));
+                    quoted = false;
+                }
+                c => cur.push(c),
+            }
+        }
+        parts.push((cur, quoted));
+        let name = parts.pop().unwrap_or_default();
+        TableName { schema: parts.pop(), name }
+    }
+
+    fn part_matches((want, quoted): &(String, bool), have: &str) -> bool {
+        have == want || (!quoted && have == want.to_lowercase())
+    }
+
+    pub fn matches(&self, schema: Option<&str>, name: &str) -> bool {
+        Self::part_matches(&self.name, name)
+            && match (&self.schema, schema) {
+                (None, _) => true,
+                (Some(w), Some(s)) => Self::part_matches(w, s),
+                (Some(_), None) => false,
+            }
+    }
+}
+
 /// Searches the archive.
 pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
     let cat = Catalog::scan(repo)?;
@@ -108,10 +166,31 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
         .segment_size()
         .ok_or_else(|| Error::not_found(format!("repository {} holds no WAL yet", repo.location())))?;
     let target_tl = match opts.timeline.unwrap_or(TimelineChoice::Latest) {
-        TimelineChoice::Id(n) => TimelineId(n),
-        _ => tls.iter().map(|t| t.timeline).max().unwrap_or(TimelineId(1)),
+        TimelineChoice::Id(n) => {
+            if !tls.iter().any(|t| t.timeline.0 == n) {
+                let known: Vec<String> = tls.iter().map(|t| t.timeline.to_string()).collect();
+                return Err(Error::not_found(format!(
+                    "timeline {n} is not in the archive of repository {} (it holds timeline(s) {})",
+                    repo.location(),
+                    known.join(", ")
+                )));
+            }
+            TimelineId(n)
+        }
+        TimelineChoice::Current => {
+            return Err(Error::invalid("--timeline takes latest or a timeline number here".to_string()))
+        }
+        TimelineChoice::Latest => tls.iter().map(|t| t.timeline).max().unwrap_or(TimelineId(1)),
     };
     let legs = path_to(target_tl, &histories)?;
+    if opts.timeline.is_none() {
+        // As restore: the latest timeline may be a restored copy's while
+        // the primary goes on on another; searching one would miss the
+        // other's accidents.
+        refuse_live_forks(repo, &cat, &histories, &legs, size).map_err(|e| {
+            Error::new(e.kind(), e.message().replace("(nothing was restored)", "(each is searched on its own)"))
+        })?;
+    }
     let (all, _) = backup::list(repo)?;
     let on_way = |m: &Manifest| m.timeline.is_some_and(|t| legs.iter().any(|l| l.tli.0 == t));
     let usable: Vec<&Manifest> = all
@@ -175,6 +254,7 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
     }
     let (events, to, records) = scan(repo, &segments, size, start, &mut tracker)?;
     notes.extend(tracker.notes());
+    let last_xact = tracker.last_xact_time().and_then(pg_time);
 
     let placed = events.into_iter().map(|e| place(e, &legs, &all, target_tl)).filter(|f| opts.matches(f)).collect();
     Ok(SearchReport {
@@ -185,6 +265,7 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
         timeline: target_tl,
         segments: segments.len() as u64,
         records,
+        last_xact,
         notes,
     })
 }

@@ -140,13 +140,14 @@ fn before_accident(
     a: &mut RestoreArgs,
     table: String,
 ) -> Result<()> {
-    use crate::commands::wal::{command_prefix, event_lines, nothing_found};
-    if a.inclusive == Some(true) {
-        bail!("--before-accident restores to just before the transaction (--exclusive); it cannot be combined with --inclusive");
+    use crate::commands::wal::{command_prefix, end_of_archive_warnings, event_lines, nothing_found, searched_line};
+    if a.timeline == Some(dbbackup_core::restore::TimelineChoice::Current) {
+        bail!("--before-accident searches the latest timeline or --timeline N, not `current`");
     }
     let opts = dbbackup_core::wal::search::SearchOptions {
         table: Some(table.clone()),
         timeline: a.timeline,
+        base_backup: a.base_backup.clone(),
         ..Default::default()
     };
     ctx.note(format!("searching the archived WAL for the transaction that dropped or truncated {table} ..."));
@@ -154,15 +155,15 @@ fn before_accident(
     for n in &report.notes {
         ctx.note(format!("note: {n}"));
     }
-    let prefix = command_prefix(ctx)?;
+    let prefix = command_prefix(ctx, repo.key().is_some())?;
+    ctx.note(searched_line(&report));
+    for w in end_of_archive_warnings(ctx, &report) {
+        ctx.note(w);
+    }
     match report.events.as_slice() {
         [] => bail!(
-            "{} (searched from {} (the start of backup {}) to {} on timeline {}'s way); see `dbbackup wal search` for every event",
-            nothing_found(&opts),
-            report.from,
-            report.backup,
-            report.to,
-            report.timeline
+            "{}: nothing was restored; `dbbackup wal search` lists every event (a table is found by the name it had when it was dropped or any earlier one, a partition by its own name)",
+            nothing_found(&opts)
         ),
         [one] => {
             if let Some(why) = &one.no_restore {
@@ -193,15 +194,15 @@ fn before_accident(
             Ok(())
         }
         many => {
-            let mut text = String::new();
+            eprintln!("{} committed transactions dropped or truncated {table}:\n", many.len());
             for f in many {
                 for l in event_lines(f, &prefix) {
-                    text.push_str(&l);
-                    text.push('\n');
+                    eprintln!("{l}");
                 }
+                eprintln!();
             }
             bail!(
-                "{} committed transactions dropped or truncated {table}; nothing was restored. Choose one with --target-xid X --exclusive (the commands below do):\n{text}",
+                "{} committed transactions dropped or truncated {table}; nothing was restored. Choose one: its command above restores to just before it (--target-xid X --exclusive)",
                 many.len()
             )
         }

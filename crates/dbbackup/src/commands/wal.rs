@@ -25,7 +25,7 @@ use crate::cli::{ArchiveArgs, ArchiveWorkerArgs, FetchArgs, FetchWorkerArgs, Sea
 use crate::context::Ctx;
 use crate::output::{human_bytes, one_line, print_json, time_text, Table};
 use crate::EXIT_FETCH_FATAL;
-use dbbackup_core::wal::search::{Found, SearchOptions};
+use dbbackup_core::wal::search::{Found, SearchOptions, SearchReport};
 use std::collections::BTreeMap;
 
 pub fn run(ctx: &Ctx, c: WalCommand) -> Result<ExitCode> {
@@ -478,6 +478,16 @@ fn cleanup(ctx: &Ctx, days: u64, dry_run: bool) -> Result<ExitCode> {
 
 /// `dbbackup wal search`.
 fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
+    if let (Some(s), Some(u)) = (&a.since, &a.until) {
+        if s.timestamp() > u.timestamp() {
+            eprintln!(
+                "dbbackup: error: --since {} is after --until {}: nothing could match",
+                show_time(s.timestamp()),
+                show_time(u.timestamp())
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let repo = ctx.open_repo()?;
     let opts = SearchOptions {
         table: a.table,
@@ -488,7 +498,8 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
         base_backup: a.base_backup,
     };
     let report = dbbackup_core::wal::search::search(&repo, &opts)?;
-    let prefix = command_prefix(ctx)?;
+    let prefix = command_prefix(ctx, repo.key().is_some())?;
+    let warnings = end_of_archive_warnings(ctx, &report);
     if ctx.g.json {
         print_json(&json!({
             "searched": {
@@ -498,7 +509,9 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
                 "timeline": report.timeline.0,
                 "segments": report.segments,
                 "records": report.records,
+                "last_transaction_time": report.last_xact.map(|t| t.to_string()),
             },
+            "warnings": warnings,
             "events": report.events.iter().map(|f| event_json(f, &prefix)).collect::<Vec<_>>(),
             "notes": report.notes,
         }));
@@ -516,11 +529,54 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
     for n in &report.notes {
         ctx.note(format!("note: {n}"));
     }
-    ctx.note(format!(
-        "searched {} records in {} segments from {} (the start of backup {}) to {} on timeline {}'s way",
-        report.records, report.segments, report.from, report.backup, report.to, report.timeline
-    ));
+    ctx.note(searched_line(&report));
+    for w in warnings {
+        ctx.note(w);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the search read, and where the archive ends in time.
+pub(crate) fn searched_line(r: &SearchReport) -> String {
+    format!(
+        "searched {} records in {} segments from {} (the start of backup {}) to {} on timeline {}'s way{}",
+        r.records,
+        r.segments,
+        r.from,
+        r.backup,
+        r.to,
+        r.timeline,
+        match r.last_xact {
+            Some(t) => format!("; the last transaction in the archive ended at {}", show_time(t)),
+            None => String::new(),
+        }
+    )
+}
+
+/// When the server (if one is given and it is the repository's cluster)
+/// has written WAL past the end of the archive: an accident there is not
+/// found, which must be said before anyone restores to an older one.
+pub(crate) fn end_of_archive_warnings(ctx: &Ctx, r: &SearchReport) -> Vec<String> {
+    let mut w = Vec::new();
+    if !ctx.conn_given() {
+        return w;
+    }
+    let Ok(mut client) = ctx.conn().connect() else { return w };
+    let q = "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
+             (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+    let Ok(row) = client.query_one(q, &[]) else { return w };
+    let (sysid, lsn): (String, Option<String>) = (row.get(0), row.get(1));
+    let repo_sysid = ctx.open_repo().ok().and_then(|repo| repo.identity().map(|i| i.system_identifier));
+    if repo_sysid.is_none_or(|id| id.to_string() != sysid) {
+        return w;
+    }
+    if let Some(at) = lsn.and_then(|l| l.parse::<dbbackup_format::Lsn>().ok()).filter(|at| *at > r.to) {
+        w.push(format!(
+            "warning: the server has written WAL up to {at}, but the archive ends at {}: a table dropped or truncated after that is not found yet. Run SELECT pg_switch_wal() on the server, wait until `dbbackup pitr status` shows it archived, and search again",
+            r.to
+        ));
+    }
+    w
 }
 
 /// What was looked for and not found, in a sentence.
@@ -543,7 +599,7 @@ pub(crate) fn nothing_found(opts: &SearchOptions) -> String {
 }
 
 /// `dbbackup` and the repository options the printed commands need (never a secret).
-pub(crate) fn command_prefix(ctx: &Ctx) -> Result<Vec<String>> {
+pub(crate) fn command_prefix(ctx: &Ctx, encrypted: bool) -> Result<Vec<String>> {
     let mut w = vec!["dbbackup".to_string(), "restore".into(), "pitr".into()];
     if let Some(c) = &ctx.g.config {
         w.push("--config".into());
@@ -553,7 +609,7 @@ pub(crate) fn command_prefix(ctx: &Ctx) -> Result<Vec<String>> {
         w.push("--repo".into());
         w.push(ctx.location()?.to_string());
     }
-    if let Some(f) = &ctx.g.encryption_key_file {
+    if let (Some(f), true) = (&ctx.g.encryption_key_file, encrypted) {
         w.push("--encryption-key-file".into());
         w.push(std::path::absolute(f)?.display().to_string());
     }
@@ -605,7 +661,16 @@ fn what_lines(f: &Found) -> Vec<String> {
         let others: Vec<_> = rels.iter().filter(|r| !r.is_table_like()).collect();
         for r in &tables {
             match (&r.class, &r.unknown) {
-                (Some(c), _) => out.push(format!("{verb} {} {}", relkind_word(c.relkind), r.display_name())),
+                (Some(c), _) => out.push(format!(
+                    "{verb} {} {}{}",
+                    relkind_word(c.relkind),
+                    r.display_name(),
+                    if r.former_names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (formerly {})", r.former_names.join(", "))
+                    }
+                )),
                 (None, why) => out.push(format!(
                     "{verb} {} (name unknown: {})",
                     r.display_name(),
@@ -708,8 +773,13 @@ fn event_json(f: &Found, prefix: &[String]) -> serde_json::Value {
             "database_oid": r.locator.db,
             "relfilenode": r.locator.rel,
             "unknown_reason": r.unknown,
+            "former_names": r.former_names,
         })).collect::<Vec<_>>(),
         "base_backup": f.base_backup,
+        "restore_target": match e.stop_before {
+            Some(l) => json!({"lsn": l.to_string(), "inclusive": false}),
+            None => json!({"xid": e.xid, "inclusive": false}),
+        },
         "restore_command": restore_command(f, prefix),
         "no_restore": f.no_restore,
     })
