@@ -668,7 +668,7 @@ impl Tracker {
         if relations.iter().any(|r| r.action == Action::Truncated) {
             relations.extend(renewed);
         }
-        relations.sort_by(|a, b| (a.action as u8, a.display_name()).cmp(&(b.action as u8, b.display_name())));
+        relations.sort_by_key(|r| (r.action as u8, r.display_name()));
         for l in &x.dropped {
             self.created.remove(&(l.db, l.rel));
             self.filled.remove(&(l.db, l.rel));
