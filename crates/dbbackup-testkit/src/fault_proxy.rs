@@ -763,10 +763,12 @@ fn serve_requests(client: &TcpStream, up: &mut Upstream, shared: &Shared) -> io:
             }
             let mut head = resp.clone().without(&["content-length", "transfer-encoding"]);
             head.headers.push(("Content-Length".into(), xml.len().to_string()));
+            // Recorded before the client has the answer: a test asks right
+            // after its command exits.
+            record(shared, &method, &target, status, injected);
             writer.write_all(&head.bytes())?;
             writer.write_all(xml.as_bytes())?;
             writer.flush()?;
-            record(shared, &method, &target, status, injected);
         } else {
             writer.write_all(&resp.bytes())?;
             let whole = copy_body(upr, &mut writer, framing, cut);
