@@ -160,7 +160,7 @@ fn cross_check(version: PgVersion, seg_mb: u32) {
                     if seg.segment_of(r.lsn) != seg.segment_of(Lsn(r.end.0 - 1)) {
                         spanning += 1;
                     }
-                    let rmgr = RMGRS.get(usize::from(r.rmid)).copied().unwrap_or("custom").to_string();
+                    let rmgr = dbbackup_format::walrmgr::rmgr_name(r.rmid).to_string();
                     ours.insert(r.lsn, Seen { prev: r.prev, rmgr, total_len: r.total_len, xid: r.xid, blocks });
                     Ok(())
                 })
@@ -196,32 +196,6 @@ fn cross_check(version: PgVersion, seg_mb: u32) {
         t0.elapsed()
     );
 }
-
-/// Resource manager names by id, as `pg_waldump --rmgr=list` prints them (12-18).
-const RMGRS: [&str; 22] = [
-    "XLOG",
-    "Transaction",
-    "Storage",
-    "CLOG",
-    "Database",
-    "Tablespace",
-    "MultiXact",
-    "RelMap",
-    "Standby",
-    "Heap2",
-    "Heap",
-    "Btree",
-    "Hash",
-    "Gin",
-    "Gist",
-    "Sequence",
-    "SPGist",
-    "BRIN",
-    "CommitTs",
-    "ReplicationOrigin",
-    "Generic",
-    "LogicalMessage",
-];
 
 /// A restored page: LSN not after the record's, header fields in range.
 fn check_page(p: &[u8], lsn: Lsn) -> Result<(), String> {
