@@ -242,15 +242,16 @@ fn parse_nonempty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("an empty name matches nothing: give a table name".into());
     }
+    dbbackup_core::wal::search::TableName::check(s)?;
     Ok(s.to_string())
 }
 
 fn parse_search_timeline(s: &str) -> Result<dbbackup_core::restore::TimelineChoice, String> {
-    match dbbackup_core::restore::TimelineChoice::parse(s)? {
-        dbbackup_core::restore::TimelineChoice::Current => {
-            Err("invalid timeline \"current\": expected latest or a timeline number".into())
+    match dbbackup_core::restore::TimelineChoice::parse(s) {
+        Ok(dbbackup_core::restore::TimelineChoice::Current) | Err(_) => {
+            Err(format!("invalid timeline {s:?}: expected latest or a timeline number"))
         }
-        t => Ok(t),
+        Ok(t) => Ok(t),
     }
 }
 

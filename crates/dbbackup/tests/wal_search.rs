@@ -343,6 +343,10 @@ fn before_accident_refuses_to_guess_and_gaps_are_errors() {
         (vec!["wal", "search", "--table", ""], "an empty name matches nothing"),
         (vec!["wal", "search", "--since", "2026-11-02", "--until", "2026-11-01"], "is after --until"),
         (vec!["wal", "search", "--timeline", "current"], "expected latest or a timeline number"),
+        (vec!["wal", "search", "--timeline", "0"], "expected latest or a timeline number"),
+        (vec!["wal", "search", "--table", "\"Mixed"], "unbalanced double quote"),
+        (vec!["wal", "search", "--table", "public."], "has an empty part"),
+        (vec!["wal", "search", "--table", "a.b.c"], "more than two parts"),
         (
             vec!["restore", "pitr", "--target-dir", "/nonexistent", "--before-accident", "t", "--inclusive"],
             "cannot be used with",
@@ -627,9 +631,9 @@ fn two_live_timelines_need_a_choice() {
     copy.promoted();
     copy.finish_wal();
     let x = accident(&c, "postgres", "DROP TABLE t1");
+    // The fork is at the start of a segment (the copy recovered to the end
+    // of the archive): the primary's next segment is all after it.
     finish_wal(&c);
-    // The primary goes on past the segment of the fork point.
-    make_archived_segment(&c);
 
     let out = dbb(["wal", "search", "--repo"]).arg(&repo).assert_code(1);
     assert!(out.stderr.contains("two live histories"), "{}", out.stderr);

@@ -201,10 +201,12 @@ pub fn live_forks(cat: &Catalog, histories: &BTreeMap<TimelineId, History>, size
         let fork_seg = size.segment_of(fork.switch_lsn);
         // The segment holding the fork point is excluded: an old primary
         // finishing it (or the new one archiving it as .partial) is part
-        // of an ordinary failover.
+        // of an ordinary failover. Not when the fork is at its very start:
+        // then all of it was written after the fork.
+        let at_start = size.segment_start(fork_seg) == fork.switch_lsn;
         let went_on = cat.iter_kind(WalKind::Segment).any(|o| {
             o.wal.timeline() == fork.parent
-                && o.wal.segment_no(size).is_some_and(|n| n > fork_seg)
+                && o.wal.segment_no(size).is_some_and(|n| n > fork_seg || (at_start && n == fork_seg))
                 && o.archived_at.is_some_and(|t| t > born)
         });
         if went_on {

@@ -116,6 +116,47 @@ pub struct TableName {
 }
 
 impl TableName {
+    /// Checks `s` is `name` or `schema.name` with balanced quotes and no
+    /// empty part.
+    pub fn check(s: &str) -> std::result::Result<(), String> {
+        let mut in_quotes = false;
+        let mut dots = 0;
+        let mut part_len = 0;
+        let mut chars = s.chars().peekable();
+        while let Some(ch) = chars.next() {
+            match ch {
+                '"' if in_quotes && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    part_len += 1;
+                }
+                '"' => {
+                    in_quotes = !in_quotes;
+                    part_len += 1;
+                }
+                '.' if !in_quotes => {
+                    if part_len == 0 {
+                        return Err(format!("{s:?} has an empty part: expected name or schema.name"));
+                    }
+                    dots += 1;
+                    part_len = 0;
+                }
+                _ => part_len += 1,
+            }
+        }
+        if in_quotes {
+            return Err(format!("{s:?} has an unbalanced double quote: expected name, schema.name or \"Quoted Name\""));
+        }
+        if part_len == 0 || s.trim().is_empty() {
+            return Err(format!("{s:?} has an empty part: expected name or schema.name"));
+        }
+        if dots > 1 {
+            return Err(format!(
+                "{s:?} has more than two parts: expected name or schema.name (with --database for the database)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn parse(s: &str) -> TableName {
         let mut parts: Vec<(String, bool)> = Vec::new();
         let mut cur = String::new();

@@ -141,6 +141,17 @@ fn before_accident(
     table: String,
 ) -> Result<()> {
     use crate::commands::wal::{command_prefix, end_of_archive_warnings, event_lines, nothing_found, searched_line};
+    // Before a search that may read the whole archive.
+    if !a.force && !a.skip_extraction {
+        if let Ok(mut rd) = std::fs::read_dir(&a.target_dir) {
+            if rd.next().is_some() {
+                bail!(
+                    "target directory {} is not empty: choose an empty or new directory, or use --force to replace its contents",
+                    a.target_dir.display()
+                );
+            }
+        }
+    }
     if a.timeline == Some(dbbackup_core::restore::TimelineChoice::Current) {
         bail!("--before-accident searches the latest timeline or --timeline N, not `current`");
     }

@@ -558,10 +558,16 @@ pub(crate) fn searched_line(r: &SearchReport) -> String {
 /// found, which must be said before anyone restores to an older one.
 pub(crate) fn end_of_archive_warnings(ctx: &Ctx, r: &SearchReport) -> Vec<String> {
     let mut w = Vec::new();
-    if !ctx.conn_given() {
+    if !ctx.conn_given() && ctx.g.pgdata.is_none() {
         return w;
     }
-    let Ok(mut client) = ctx.conn().connect() else { return w };
+    let mut client = match ctx.conn_for_pgdata().connect() {
+        Ok(c) => c,
+        Err(e) => {
+            w.push(format!("note: could not ask the server whether it wrote WAL past the end of the archive: {e}"));
+            return w;
+        }
+    };
     let q = "SELECT (SELECT system_identifier FROM pg_control_system())::text, \
              (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
     let Ok(row) = client.query_one(q, &[]) else { return w };
