@@ -889,7 +889,7 @@ done
 ARCH[search]="$DBB wal archive %p %f --repo $WORK/repo-search-zstd && $DBB wal archive %p %f --repo $WORK/repo-search-none"
 archiving_on; drain_wait; archive_into search
 # The accident to find: a small table, there in the backups, dropped after the pgbench WAL.
-"${PSQL[@]}" -c "DROP TABLE IF EXISTS bench_search_victim" \
+"${PSQL[@]}" -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS bench_search_victim" \
   -c "CREATE TABLE bench_search_victim AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g"
 # --compress none's backup first: its search covers the zstd one's range and
 # at most a segment or two more (counted below), never less.
@@ -1442,7 +1442,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "## WAL search: $SEARCH_SEGS segments of pgbench WAL, against pg_waldump"
   echo
   echo "A cluster archiving into two dbbackup repositories (the default zstd, and \`--compress none\`), a base"
-  echo "backup in each, pgbench until $SEARCH_SEGS segments of 16 MiB after the backup's start ($S) were written,"
+  echo "backup in each, pgbench until at least $SEARCH_WANT segments of 16 MiB after the backup's start ($S) were written,"
   echo "then one \`DROP TABLE\` of a small table and \`pg_switch_wal()\`: $SEARCH_SEGS segments ($SEARCH_MIB MiB; ${SR_MIB[zstd]} MiB"
   echo "stored with zstd, ${SR_MIB[none]} MiB with none). pg_waldump (PostgreSQL 15) reads the same segments, fetched"
   echo "with \`dbbackup wal fetch\` into a directory, \`--start $S --end $E\` (the end of the last segment);"
@@ -1451,7 +1451,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "verified decode path (decompress, BLAKE3 check) and the record reader, and must report the DROP TABLE."
   echo "pg_waldump counts $WD_RECS records; wal search ${SR_RECS[zstd]} (zstd) and ${SR_RECS[none]} (none: its backup"
   echo "started at ${SR_START[none]}, ${SR_SEGS[none]} segments against ${SR_SEGS[zstd]})."
-  echo "*warm*: median of $RUNS runs with the page cache warm (as the WAL medians above: not dropped; one untimed"
+  echo "*warm*: median of $RUNS runs with the page cache warm (as for the one-segment WAL medians: not dropped; one untimed"
   echo "run first); *cold*: one run after the page cache was dropped; *CPU*: user + system of one warm run"
   echo "(wal search decodes on one thread and parses on another, pg_waldump uses one); peak RSS of the tool itself."
   echo
