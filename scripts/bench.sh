@@ -35,8 +35,13 @@
 #            of /metrics takes (1000 scrapes over one connection, as
 #            Prometheus keeps it), and the monitor's RSS over
 #            BENCH_MONITOR_CHECKS (10000) checks
+#   search:  `dbbackup wal search` from a base backup's start through
+#            BENCH_SEARCH_SEGS (100) segments of pgbench WAL ending in a
+#            DROP TABLE (zstd and --compress none repositories) against
+#            pg_waldump (with and without --quiet) on the same segments
+#            decompressed: time, CPU, peak RSS
 #
-# Parts: BENCH_ONLY=wal,backup,incr,replay,keepup,drain,monitor runs only those
+# Parts: BENCH_ONLY=wal,backup,incr,replay,keepup,drain,monitor,search runs only those
 # (for development; "wal" is archive, fetch, size and memory, "backup" the
 # base backups and restores, "incr" the incremental ones); BENCH_SCALE
 # (100, about 1.5 GB; 180 is about 2.7 GB) sizes the cluster of "backup"
@@ -57,7 +62,7 @@ if [ ! -x "$GARAGE" ]; then
     "--root $DBBACKUP_CACHE/garage\`, or point DBBACKUP_GARAGE_BIN at it" >&2
   exit 1
 fi
-PARTS=(wal backup incr replay keepup drain monitor)
+PARTS=(wal backup incr replay keepup drain monitor search)
 BENCH_ONLY=${BENCH_ONLY:-}
 for p in ${BENCH_ONLY//,/ }; do
   [[ " ${PARTS[*]} " == *" $p "* ]] || { echo "bench: BENCH_ONLY: no part \"$p\" (parts: ${PARTS[*]})" >&2; exit 1; }
@@ -321,20 +326,6 @@ as "$DBB" repo init --config "$S3_CONF" --pgdata "$WORK/data" >/dev/null
 for d in spool-local spool-s3; do mkdir -p "$WORK/$d"; give "$WORK/$d"; chmod 700 "$WORK/$d"; done
 DBB_TLS=("$DBB")
 
-if want wal; then
-echo "==> repository size for ${#SEGS[@]} segments"
-for s in "${SEGS[@]}"; do
-  as "${PGBR[@]}" archive-push "$WORK/segs/$s"
-  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-zstd"
-  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-lz4"
-  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-enc" --encryption-key-file "$WORK/key"
-  as "${PGBR_S3[@]}" archive-push "$WORK/segs/$s"
-  as "$DBB" wal archive "$WORK/segs/$s" --config "$S3_CONF"
-done
-size() { find "$1" -type f \( -name '0000*' \) -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
-SZ_PGBR=$(size "$WORK/pgbr/archive")
-SZ_ZSTD=$(size "$WORK/repo-zstd/wal"); SZ_LZ4=$(size "$WORK/repo-lz4/wal"); SZ_ENC=$(size "$WORK/repo-enc/wal")
-
 median() { # command...; prints median seconds over RUNS runs, preparing each with $PREP
   local times=()
   for _ in $(seq 1 "$RUNS"); do
@@ -349,6 +340,21 @@ rss() { # peak RSS in KiB of one run (of the tool itself, not runuser)
   eval "$PREP"
   "${RUN[@]}" /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n1
 }
+
+if want wal; then
+echo "==> repository size for ${#SEGS[@]} segments"
+for s in "${SEGS[@]}"; do
+  as "${PGBR[@]}" archive-push "$WORK/segs/$s"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-zstd"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-lz4"
+  as "$DBB" wal archive "$WORK/segs/$s" --repo "$WORK/repo-enc" --encryption-key-file "$WORK/key"
+  as "${PGBR_S3[@]}" archive-push "$WORK/segs/$s"
+  as "$DBB" wal archive "$WORK/segs/$s" --config "$S3_CONF"
+done
+size() { find "$1" -type f \( -name '0000*' \) -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
+SZ_PGBR=$(size "$WORK/pgbr/archive")
+SZ_ZSTD=$(size "$WORK/repo-zstd/wal"); SZ_LZ4=$(size "$WORK/repo-lz4/wal"); SZ_ENC=$(size "$WORK/repo-enc/wal")
+
 
 echo "==> archive latency (median of $RUNS), segment $SEG"
 PGBR_DIR=$(dirname "$(find "$WORK/pgbr/archive" -name "$SEG-*")")
@@ -423,6 +429,7 @@ archive_into() { # tool: set_archive, once WAL already waiting went where it was
   set_archive "$1"
   sleep 1 # the archiver rereads its configuration on SIGHUP
 }
+cur_seg() { "${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())"; }
 ready_count() { find "$WORK/data/pg_wal/archive_status" -name '*.ready' | wc -l; }
 drain_wait() { # until no segment waits to be archived (at most 30 min)
   for _ in $(seq 1 18000); do
@@ -687,7 +694,6 @@ ARCH[replay]="${ARCH[dbb]} && ${ARCH[pgbr]} && ${ARCH[dbb_s3]} && ${ARCH[pgbr_s3
 archiving_on; drain_wait; archive_into replay
 as "$DBB" backup base --fast --jobs 2 --repo "$WORK/repo-zstd" --host "$WORK" --port "$PORT" --user postgres >/dev/null 2>"$WORK/cmd.err" ||
   die "backup base for the replay failed: $(tail -n 5 "$WORK/cmd.err")"
-cur_seg() { "${PSQL[@]}" -c "SELECT pg_walfile_name(pg_current_wal_lsn())"; }
 FIRST=$(cur_seg)
 while [ $(($(segno "$(cur_seg)") - $(segno "$FIRST"))) -lt "$REPLAY_WANT" ]; do
   as "$PGBIN/pgbench" -n -T 2 -c 2 -j 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
@@ -871,6 +877,93 @@ echo "    $MON_N checks ($MON_RATE per s, $MON_ERRORS failed); scrape median $SC
   "RSS after 100 checks $MON_RSS_100 KiB, after $MON_N $MON_RSS_END KiB, peak $MON_HWM KiB"
 fi # monitor
 
+if want search; then
+SEARCH_WANT=${BENCH_SEARCH_SEGS:-100}
+echo "==> wal search through $SEARCH_WANT segments of pgbench WAL, against pg_waldump on the same segments decompressed"
+# Repositories of their own, the default codec (zstd) and --compress none,
+# each with one base backup: wal search starts at its backup's start.
+for v in zstd none; do
+  extra=(); [ $v = none ] && extra=(--compress none)
+  as "$DBB" repo init --repo "$WORK/repo-search-$v" --pgdata "$WORK/data" "${extra[@]}" >/dev/null
+done
+ARCH[search]="$DBB wal archive %p %f --repo $WORK/repo-search-zstd && $DBB wal archive %p %f --repo $WORK/repo-search-none"
+archiving_on; drain_wait; archive_into search
+# The accident to find: a small table, there in the backups, dropped after the pgbench WAL.
+"${PSQL[@]}" -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS bench_search_victim" \
+  -c "CREATE TABLE bench_search_victim AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g"
+# --compress none's backup first: its search covers the zstd one's range and
+# at most a segment or two more (counted below), never less.
+declare -A SR_START SR_SEGS SR_RECS SR_MIB SR_S SR_RSS SR_CPU SR_COLD
+for v in none zstd; do
+  as "$DBB" backup base --type full --fast --repo "$WORK/repo-search-$v" --host "$WORK" --port "$PORT" --user postgres >/dev/null 2>"$WORK/cmd.err" ||
+    die "backup base into repo-search-$v failed: $(tail -n 5 "$WORK/cmd.err")"
+  SR_START[$v]=$(as "$DBB" backup show latest --json --repo "$WORK/repo-search-$v" | jq -r .start_lsn)
+  [[ ${SR_START[$v]} =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || die "backup show latest --json in repo-search-$v gave start_lsn \"${SR_START[$v]}\""
+done
+S=${SR_START[zstd]}
+FIRST=$("${PSQL[@]}" -c "SELECT pg_walfile_name('$S')")
+while [ $(($(segno "$(cur_seg)") - $(segno "$FIRST"))) -lt "$SEARCH_WANT" ]; do
+  as "$PGBIN/pgbench" -n -T 2 -c 2 -j 2 -h "$WORK" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+done
+"${PSQL[@]}" -c "DROP TABLE bench_search_victim"
+LAST=$(cur_seg)
+"${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+drain_wait
+[ "$("${PSQL[@]}" -c "SELECT last_archived_wal >= '$LAST' FROM pg_stat_archiver")" = t ] || die "$LAST was not archived"
+SEARCH_SEGS=$(($(segno "$LAST") - $(segno "$FIRST") + 1))
+# pg_waldump's segments: the same ones, fetched (decompressed, verified) from the zstd repository.
+fresh_dir "$WORK/search-wal"
+for n in $(seq "$(segno "$FIRST")" "$(segno "$LAST")"); do
+  f=$(segname "$n" "${FIRST:0:8}")
+  as "$DBB" wal fetch "$f" "$WORK/search-wal/$f" --repo "$WORK/repo-search-zstd" >/dev/null 2>"$WORK/cmd.err" ||
+    die "wal fetch $f failed: $(tail -n 5 "$WORK/cmd.err")"
+done
+n=$(($(segno "$LAST") + 1)); E=$(printf '%X/%X' $((n / 256)) $(((n % 256) << 24))) # the end of LAST
+SEARCH_MIB=$(du -sm "$WORK/search-wal" | cut -f1)
+for v in zstd none; do SR_MIB[$v]=$(du -sm "$WORK/repo-search-$v/wal" | cut -f1); done
+WALDUMP=("$PGBIN/pg_waldump" --path "$WORK/search-wal" --start "$S" --end "$E")
+# Checks before timing: pg_waldump reads the range without error; wal search
+# finds the DROP TABLE in each repository and reads as many records.
+as "${WALDUMP[@]}" --stats >"$WORK/waldump.stats" 2>"$WORK/cmd.err" || die "pg_waldump --stats $S..$E failed: $(tail -n 5 "$WORK/cmd.err")"
+WD_RECS=$(awk '$1 == "Total" {print $2}' "$WORK/waldump.stats")
+for v in zstd none; do
+  as "$DBB" wal search --repo "$WORK/repo-search-$v" >"$WORK/search.out" 2>"$WORK/cmd.err" || die "wal search in repo-search-$v failed: $(tail -n 5 "$WORK/cmd.err")"
+  grep -q "dropped table public.bench_search_victim" "$WORK/search.out" ||
+    die "wal search in repo-search-$v did not report the DROP TABLE of bench_search_victim; it printed: $(head -n 20 "$WORK/search.out") $(tail -n 3 "$WORK/cmd.err")"
+  read -r SR_RECS[$v] SR_SEGS[$v] <<<"$(sed -n 's/.*searched \([0-9]*\) records in \([0-9]*\) segments.*/\1 \2/p' "$WORK/cmd.err" | tail -n1)"
+  [ -n "${SR_SEGS[$v]}" ] || die "wal search in repo-search-$v did not say what it searched: $(tail -n 3 "$WORK/cmd.err")"
+done
+echo "    $SEARCH_SEGS segments ($SEARCH_MIB MiB; zstd repository ${SR_MIB[zstd]} MiB) from $S to $E; pg_waldump counts $WD_RECS records," \
+  "wal search ${SR_RECS[zstd]} (zstd, ${SR_SEGS[zstd]} segments) and ${SR_RECS[none]} (none, ${SR_SEGS[none]} segments from ${SR_START[none]})"
+# Timed with the page cache warm, as the wal part's medians: every input was
+# just written or read above, and each command runs once untimed first.
+# Then one run for its CPU time and peak RSS (the rss helper's /usr/bin/time
+# of the tool itself, not runuser), and one with the page cache dropped
+# (settle), for the cold cost.
+PREP=:
+declare -A SR_CMD
+SR_CMD[waldump]="${WALDUMP[*]}"
+SR_CMD[waldump_q]="${WALDUMP[*]} --quiet"
+SR_CMD[zstd]="$DBB wal search --repo $WORK/repo-search-zstd"
+SR_CMD[none]="$DBB wal search --repo $WORK/repo-search-none"
+SR_ROWS=(waldump waldump_q zstd none)
+once() { # command...: "wall seconds, user+sys seconds, peak RSS KiB" of one run, its output discarded
+  local f; f=$(mktemp); chmod 666 "$f"
+  sync
+  "${RUN[@]}" /usr/bin/time -o "$f" -f '%e %U %S %M' "$@" >/dev/null 2>"$WORK/cmd.err" || die "failed: $* : $(tail -n 5 "$WORK/cmd.err")"
+  tail -n1 "$f" | awk '{printf "%s %.2f %s\n", $1, $2 + $3, $4}'; rm -f "$f"
+}
+for r in "${SR_ROWS[@]}"; do
+  read -ra c <<<"${SR_CMD[$r]}"
+  as "${c[@]}" >/dev/null 2>&1 || die "failed: ${c[*]}"
+  SR_S[$r]=$(median as "${c[@]}")
+  read -r _ SR_CPU[$r] SR_RSS[$r] <<<"$(once "${c[@]}")"
+  settle; read -r SR_COLD[$r] _ _ <<<"$(once "${c[@]}")"
+  echo "    $r: $(s2 "${SR_S[$r]}") s warm (median of $RUNS), $(s2 "${SR_COLD[$r]}") s cold, ${SR_CPU[$r]} s CPU (warm), peak RSS ${SR_RSS[$r]} KiB"
+done
+rm -rf "$WORK/search-wal"
+fi # search
+
 lbl() { # tool key of the keepup, drain and replay parts: its label
   case $1 in
     dbb | dbb_s3) echo "dbbackup wal archive (sync)" ;;
@@ -1022,6 +1115,27 @@ if want keepup || want drain; then
   done
   printf '  %s\n' "${RSS_GOALS[@]}"
 fi
+if want search; then
+  slbl() {
+    case $1 in
+      waldump) echo "pg_waldump (text to /dev/null)" ;;
+      waldump_q) echo "pg_waldump --quiet" ;;
+      zstd) echo "dbbackup wal search (zstd, default)" ;;
+      none) echo "dbbackup wal search (--compress none)" ;;
+    esac
+  }
+  printf '\n%-40s %8s %8s %8s %9s %9s %10s\n' "search of $SEARCH_SEGS segments" "warm s" "cold s" "CPU s" "/waldump" "/--quiet" "peak KiB"
+  for r in "${SR_ROWS[@]}"; do
+    printf '%-40s %8.2f %8.2f %8.2f %9s %9s %10s\n' "$(slbl "$r")" "${SR_S[$r]}" "${SR_COLD[$r]}" "${SR_CPU[$r]}" \
+      "$(ratio "${SR_S[$r]}" "${SR_S[waldump]}")" "$(ratio "${SR_S[$r]}" "${SR_S[waldump_q]}")" "${SR_RSS[$r]}"
+  done
+  SEARCH_GOALS=()
+  for v in zstd none; do
+    x=$(ratio "${SR_S[$v]}" "${SR_S[waldump]}"); y=$(ratio "${SR_S[$v]}" "${SR_S[waldump_q]}")
+    SEARCH_GOALS+=("$(slbl "$v"): ${x}x pg_waldump (goal <= 1.0: $(goal "$x" 1.0)), ${y}x pg_waldump --quiet; peak RSS ${SR_RSS[$v]} KiB (goal <= 65536: $(goal "${SR_RSS[$v]}" 65536))")
+  done
+  printf '  %s\n' "${SEARCH_GOALS[@]}"
+fi
 mkdir -p target/bench
 # results.json: one member per part run.
 JS=()
@@ -1080,6 +1194,14 @@ if want keepup || want drain; then
   JS+=("\"async_worker_rss_kib\": {\"jobs\": 4, \"local\": $([ "$WRSS_LOCAL" = 0 ] && echo null || echo "$WRSS_LOCAL"), \"s3\": $([ "$WRSS_S3" = 0 ] && echo null || echo "$WRSS_S3")}")
 fi
 want monitor && JS+=("\"monitor\": {\"checks\": $MON_N, \"checks_per_s\": $MON_RATE, \"check_errors\": ${MON_ERRORS:-null}, \"scrape_median_s\": $SCRAPE_MED, \"scrape_p99_s\": $SCRAPE_P99, \"scrape_max_s\": $SCRAPE_MAX, \"metrics_bytes\": $MON_BYTES, \"rss_kib_after_100\": $MON_RSS_100, \"rss_kib_end\": $MON_RSS_END, \"peak_rss_kib\": $MON_HWM}")
+if want search; then
+  j="\"search\": {\"segments\": $SEARCH_SEGS, \"decompressed_mib\": $SEARCH_MIB, \"repo_wal_mib\": {\"zstd\": ${SR_MIB[zstd]}, \"none\": ${SR_MIB[none]}}, \"start_lsn\": \"$S\", \"end_lsn\": \"$E\", \"runs\": $RUNS, \"waldump_records\": ${WD_RECS:-null}"
+  j+=", \"search_records\": {\"zstd\": ${SR_RECS[zstd]}, \"none\": ${SR_RECS[none]}}, \"search_segments\": {\"zstd\": ${SR_SEGS[zstd]}, \"none\": ${SR_SEGS[none]}}, \"none_start_lsn\": \"${SR_START[none]}\""
+  for r in "${SR_ROWS[@]}"; do
+    j+=", \"$r\": {\"warm_s\": ${SR_S[$r]}, \"cold_s\": ${SR_COLD[$r]}, \"cpu_s\": ${SR_CPU[$r]}, \"rss_kib\": ${SR_RSS[$r]}}"
+  done
+  JS+=("$j}")
+fi
 JS+=("\"parts\": \"${BENCH_ONLY:-all}\", \"store\": \"garage $GARAGE_VERSION on loopback\"")
 { printf '{'; (IFS=,; printf '%s' "${JS[*]}"); printf '}\n'; } > target/bench/results.json
 echo "results: target/bench/results.json"
@@ -1314,6 +1436,32 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "| RSS after 100 checks | $MON_RSS_100 KiB | |"
   echo "| RSS after $MON_N checks | $MON_RSS_END KiB | |"
   echo "| peak RSS (VmHWM) | $MON_HWM KiB | <= 32 MiB: $(goal "$MON_HWM" 32768) |"
+  fi
+  if want search; then
+  echo
+  echo "## WAL search: $SEARCH_SEGS segments of pgbench WAL, against pg_waldump"
+  echo
+  echo "A cluster archiving into two dbbackup repositories (the default zstd, and \`--compress none\`), a base"
+  echo "backup in each, pgbench until at least $SEARCH_WANT segments of 16 MiB after the backup's start ($S) were written,"
+  echo "then one \`DROP TABLE\` of a small table and \`pg_switch_wal()\`: $SEARCH_SEGS segments ($SEARCH_MIB MiB; ${SR_MIB[zstd]} MiB"
+  echo "stored with zstd, ${SR_MIB[none]} MiB with none). pg_waldump (PostgreSQL 15) reads the same segments, fetched"
+  echo "with \`dbbackup wal fetch\` into a directory, \`--start $S --end $E\` (the end of the last segment);"
+  echo "its text goes to /dev/null, or with \`--quiet\` it decodes without printing (the stricter baseline)."
+  echo "\`dbbackup wal search --repo R\` reads from its backup's start to the end of the archive, through the"
+  echo "verified decode path (decompress, BLAKE3 check) and the record reader, and must report the DROP TABLE."
+  echo "pg_waldump counts $WD_RECS records; wal search ${SR_RECS[zstd]} (zstd) and ${SR_RECS[none]} (none: its backup"
+  echo "started at ${SR_START[none]}, ${SR_SEGS[none]} segments against ${SR_SEGS[zstd]})."
+  echo "*warm*: median of $RUNS runs with the page cache warm (as for the one-segment WAL medians: not dropped; one untimed"
+  echo "run first); *cold*: one run after the page cache was dropped; *CPU*: user + system of one warm run"
+  echo "(wal search decodes on one thread and parses on another, pg_waldump uses one); peak RSS of the tool itself."
+  echo
+  echo "| command | warm s | cold s | CPU s | /pg_waldump | /pg_waldump --quiet | peak RSS KiB |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for r in "${SR_ROWS[@]}"; do
+    echo "| $(slbl "$r") | $(s2 "${SR_S[$r]}") | $(s2 "${SR_COLD[$r]}") | ${SR_CPU[$r]} | $(ratio "${SR_S[$r]}" "${SR_S[waldump]}") | $(ratio "${SR_S[$r]}" "${SR_S[waldump_q]}") | ${SR_RSS[$r]} |"
+  done
+  echo
+  printf -- '- %s\n' "${SEARCH_GOALS[@]}"
   fi
 } > "$PAGE"
 echo "report: $PAGE"
