@@ -1453,7 +1453,8 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
   echo "started at ${SR_START[none]}, ${SR_SEGS[none]} segments against ${SR_SEGS[zstd]})."
   echo "*warm*: median of $RUNS runs with the page cache warm (as for the one-segment WAL medians: not dropped; one untimed"
   echo "run first); *cold*: one run after the page cache was dropped; *CPU*: user + system of one warm run"
-  echo "(wal search decodes on one thread and parses on another, pg_waldump uses one); peak RSS of the tool itself."
+  echo "(wal search reads and decompresses, checks, and parses on separate threads; pg_waldump uses one); peak RSS of"
+  echo "the tool itself."
   echo
   echo "| command | warm s | cold s | CPU s | /pg_waldump | /pg_waldump --quiet | peak RSS KiB |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
