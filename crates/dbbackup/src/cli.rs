@@ -242,7 +242,7 @@ fn parse_nonempty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("an empty name matches nothing: give a table name".into());
     }
-    dbbackup_core::wal::search::TableName::check(s)?;
+    dbbackup_core::wal::search::TableName::parse(s)?;
     Ok(s.to_string())
 }
 

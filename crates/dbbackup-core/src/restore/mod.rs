@@ -178,6 +178,14 @@ pub(crate) struct Leg {
     pub(crate) end: Option<Lsn>,
 }
 
+/// The timeline whose segment number `segno` is read on the way `legs`:
+/// the newest leg that began at or before that segment, as PostgreSQL reads
+/// segments (a parent's segments past a branch point are not on the way;
+/// the segment holding a branch point is read from the child).
+pub(crate) fn segment_owner(legs: &[Leg], size: SegmentSize, segno: u64) -> TimelineId {
+    legs.iter().rev().find(|l| size.segment_of(l.begin) <= segno).map_or(legs[0].tli, |l| l.tli)
+}
+
 pub(crate) fn path_to(target: TimelineId, histories: &BTreeMap<TimelineId, History>) -> Result<Vec<Leg>> {
     if target.0 == 1 {
         return Ok(vec![Leg { tli: target, begin: Lsn(0), end: None }]);
@@ -332,12 +340,13 @@ pub(crate) fn refuse_live_forks(
     histories: &BTreeMap<TimelineId, History>,
     legs: &[Leg],
     size: SegmentSize,
+    nothing_done: &str,
 ) -> Result<()> {
     let forks = crate::wal::catalog::live_forks(cat, histories, size);
     let on_the_way = forks.iter().find(|f| legs.windows(2).any(|w| w[0].tli == f.parent && w[1].tli == f.child));
     let Some(f) = on_the_way else { return Ok(()) };
     Err(Error::invalid(format!(
-        "repository {} holds two live histories, and the latest timeline may not be the one you want: {}; choose with --timeline {} (the history that went on from the fork) or --timeline {} (nothing was restored)",
+        "repository {} holds two live histories, and the latest timeline may not be the one you want: {}; choose with --timeline {} (the history that went on from the fork) or --timeline {} ({nothing_done})",
         repo.location(),
         f.describe(),
         f.parent,
@@ -424,7 +433,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     };
     let legs = path_to(target_tl, &histories)?;
     if opts.timeline.is_none() {
-        refuse_live_forks(repo, &cat, &histories, &legs, size)?;
+        refuse_live_forks(repo, &cat, &histories, &legs, size, "nothing was restored")?;
     }
     let backup_on_target = match &named {
         Some(src) => source_tli(src) == target_tl,
@@ -441,13 +450,7 @@ pub fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
             )));
         }
     }
-    // The timeline whose segment holds position `p` on the way to the
-    // target: the newest leg that began at or before it, as PostgreSQL
-    // reads segments (a parent's segments past a branch point are not on
-    // the way).
-    let owner = |p: u64| -> TimelineId {
-        legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli).unwrap_or(legs[0].tli)
-    };
+    let owner = |p: u64| segment_owner(&legs, size, p);
     let on_the_way = |w: &WalFileName| w.segment_no(size).is_some_and(|q| owner(q) == w.timeline());
 
     // Time targets must lie inside the archive.
@@ -1115,12 +1118,11 @@ pub fn archive_end(repo: &Repository, timeline: TimelineChoice, backup_timeline:
         TimelineChoice::Id(n) => TimelineId(n),
     };
     let legs = path_to(target, &histories)?;
-    let owner = |p: u64| legs.iter().rev().find(|l| size.segment_of(l.begin) <= p).map(|l| l.tli);
     let last = cat
         .objects
         .iter()
         .filter(|o| o.wal.kind() == WalKind::Segment)
-        .filter_map(|o| o.wal.segment_no(size).filter(|q| owner(*q) == Some(o.wal.timeline())))
+        .filter_map(|o| o.wal.segment_no(size).filter(|q| segment_owner(&legs, size, *q) == o.wal.timeline()))
         .max();
     Ok(last.map(|q| size.segment_start(q)))
 }

@@ -19,7 +19,7 @@ use dbbackup_format::{Lsn, SegmentSize, TimelineId, WalFileName, WalKind};
 use crate::backup::{self, chain::Chain};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::restore::{path_to, refuse_live_forks, unreachable_reason, Leg, TimelineChoice};
+use crate::restore::{path_to, refuse_live_forks, segment_owner, unreachable_reason, Leg, TimelineChoice};
 use crate::wal::catalog::{timelines, Catalog};
 use crate::wal::{decode_verified, StoredWal};
 
@@ -73,10 +73,10 @@ pub struct SearchReport {
 }
 
 impl SearchOptions {
-    /// Whether event `f` is one the user asked for.
-    pub fn matches(&self, f: &Found) -> bool {
-        if let Some(t) = &self.table {
-            let want = TableName::parse(t);
+    /// Whether event `f` is one the user asked for; `table` is
+    /// [`SearchOptions::table`] parsed.
+    fn matches(&self, table: Option<&TableName>, f: &Found) -> bool {
+        if let Some(want) = table {
             let any = f.event.relations.iter().any(|r| match &r.class {
                 Some(c) => {
                     std::iter::once(&c.name).chain(&r.former_names).any(|n| want.matches(r.schema.as_deref(), n))
@@ -116,53 +116,15 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Checks `s` is `name` or `schema.name` with balanced quotes and no
-    /// empty part.
-    pub fn check(s: &str) -> std::result::Result<(), String> {
-        let mut in_quotes = false;
-        let mut dots = 0;
-        let mut part_len = 0;
-        let mut chars = s.chars().peekable();
-        while let Some(ch) = chars.next() {
-            match ch {
-                '"' if in_quotes && chars.peek() == Some(&'"') => {
-                    chars.next();
-                    part_len += 1;
-                }
-                '"' => {
-                    in_quotes = !in_quotes;
-                    part_len += 1;
-                }
-                '.' if !in_quotes => {
-                    if part_len == 0 {
-                        return Err(format!("{s:?} has an empty part: expected name or schema.name"));
-                    }
-                    dots += 1;
-                    part_len = 0;
-                }
-                _ => part_len += 1,
-            }
-        }
-        if in_quotes {
-            return Err(format!("{s:?} has an unbalanced double quote: expected name, schema.name or \"Quoted Name\""));
-        }
-        if part_len == 0 || s.trim().is_empty() {
-            return Err(format!("{s:?} has an empty part: expected name or schema.name"));
-        }
-        if dots > 1 {
-            return Err(format!(
-                "{s:?} has more than two parts: expected name or schema.name (with --database for the database)"
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn parse(s: &str) -> TableName {
+    /// Reads `s`: `name` or `schema.name`, with balanced quotes and no
+    /// empty part (else says what is wrong).
+    pub fn parse(s: &str) -> std::result::Result<TableName, String> {
         let mut parts: Vec<(String, bool)> = Vec::new();
         let mut cur = String::new();
         let mut quoted = false;
         let mut in_quotes = false;
         let mut chars = s.chars().peekable();
+        let empty = || format!("{s:?} has an empty part: expected name or schema.name");
         while let Some(ch) = chars.next() {
             match ch {
                 '"' if in_quotes && chars.peek() == Some(&'"') => {
@@ -173,16 +135,28 @@ impl TableName {
                     in_quotes = !in_quotes;
                     quoted = true;
                 }
-                '.' if !in_quotes && parts.is_empty() => {
+                '.' if !in_quotes => {
+                    if cur.is_empty() && !quoted {
+                        return Err(empty());
+                    }
                     parts.push((std::mem::take(&mut cur), quoted));
                     quoted = false;
                 }
                 c => cur.push(c),
             }
         }
-        parts.push((cur, quoted));
-        let name = parts.pop().unwrap_or_default();
-        TableName { schema: parts.pop(), name }
+        if in_quotes {
+            return Err(format!("{s:?} has an unbalanced double quote: expected name, schema.name or \"Quoted Name\""));
+        }
+        if (cur.is_empty() && !quoted) || s.trim().is_empty() {
+            return Err(empty());
+        }
+        if parts.len() > 1 {
+            return Err(format!(
+                "{s:?} has more than two parts: expected name or schema.name (with --database for the database)"
+            ));
+        }
+        Ok(TableName { schema: parts.pop(), name: (cur, quoted) })
     }
 
     fn part_matches((want, quoted): &(String, bool), have: &str) -> bool {
@@ -223,14 +197,13 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
         }
         TimelineChoice::Latest => tls.iter().map(|t| t.timeline).max().unwrap_or(TimelineId(1)),
     };
+    let table = opts.table.as_deref().map(TableName::parse).transpose().map_err(Error::invalid)?;
     let legs = path_to(target_tl, &histories)?;
     if opts.timeline.is_none() {
         // As restore: the latest timeline may be a restored copy's while
         // the primary goes on on another; searching one would miss the
         // other's accidents.
-        refuse_live_forks(repo, &cat, &histories, &legs, size).map_err(|e| {
-            Error::new(e.kind(), e.message().replace("(nothing was restored)", "(each is searched on its own)"))
-        })?;
+        refuse_live_forks(repo, &cat, &histories, &legs, size, "each is searched on its own")?;
     }
     let (all, _) = backup::list(repo)?;
     let on_way = |m: &Manifest| m.timeline.is_some_and(|t| legs.iter().any(|l| l.tli.0 == t));
@@ -286,10 +259,9 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
     }
     let want = size.segment_of(start);
     if segments[0].0.segment_no(size) != Some(want) {
-        let owner = legs.iter().rev().find(|l| size.segment_of(l.begin) <= want).map_or(target_tl, |l| l.tli);
         return Err(Error::not_found(format!(
             "segment {} (holding {start}, the start of backup {}) is missing from the archive: the search starts there; choose a later backup with --base-backup",
-            WalFileName::segment(owner, want, size),
+            WalFileName::segment(segment_owner(&legs, size, want), want, size),
             start_backup.id
         )));
     }
@@ -297,7 +269,11 @@ pub fn search(repo: &Repository, opts: &SearchOptions) -> Result<SearchReport> {
     notes.extend(tracker.notes());
     let last_xact = tracker.last_xact_time().and_then(pg_time);
 
-    let placed = events.into_iter().map(|e| place(e, &legs, &all, target_tl)).filter(|f| opts.matches(f)).collect();
+    let placed = events
+        .into_iter()
+        .map(|e| place(e, &legs, &usable, target_tl))
+        .filter(|f| opts.matches(table.as_ref(), f))
+        .collect();
     Ok(SearchReport {
         events: placed,
         backup: start_backup.id.clone(),
@@ -401,11 +377,10 @@ impl Write for PageFeeder<'_> {
 /// The segments from `start` to the end of the archive on the way, each on
 /// the timeline recovery reads it from (the newest leg begun at or before it).
 fn segments_on_way(cat: &Catalog, legs: &[Leg], size: SegmentSize, start: Lsn) -> Vec<(WalFileName, StoredWal)> {
-    let owner = |q: u64| legs.iter().rev().find(|l| size.segment_of(l.begin) <= q).map_or(legs[0].tli, |l| l.tli);
     let mut by_pos: BTreeMap<u64, &crate::wal::catalog::WalObject> = BTreeMap::new();
     for o in cat.objects.iter().filter(|o| o.wal.kind() == WalKind::Segment) {
         if let Some(q) = o.wal.segment_no(size) {
-            if q >= size.segment_of(start) && owner(q) == o.wal.timeline() {
+            if q >= size.segment_of(start) && segment_owner(legs, size, q) == o.wal.timeline() {
                 by_pos.insert(q, o);
             }
         }
@@ -537,19 +512,18 @@ fn scan(
     Ok((events, end, records))
 }
 
-/// The event's timeline, and the backup and arguments that restore to
-/// just before it.
-fn place(event: Event, legs: &[Leg], all: &[Manifest], target_tl: TimelineId) -> Found {
+/// The event's timeline, and the backup (of `usable`: complete, whole
+/// chains, on the way) and arguments that restore to just before it.
+fn place(event: Event, legs: &[Leg], usable: &[&Manifest], target_tl: TimelineId) -> Found {
     let timeline = legs.iter().rev().find(|l| l.begin <= event.lsn).map_or(target_tl, |l| l.tli);
     let time = pg_time(event.time);
     // DROP DATABASE removes the files before it commits: stop before it
     // began; everything else, before the commit.
     let stop = event.stop_before.unwrap_or(event.lsn);
     let reach = Target::Lsn(stop);
-    let backup = all
+    let backup = usable
         .iter()
         .rev()
-        .filter(|m| m.status == BackupStatus::Complete && backup::chain::restorable(all, m))
         .filter(|m| m.stop_lsn.is_some_and(|s| s <= stop))
         .find(|m| unreachable_reason(m, legs, &reach).is_none());
     let target = match event.stop_before {
