@@ -227,10 +227,6 @@ impl Tracker {
         }
     }
 
-    pub fn major(&self) -> u32 {
-        self.major
-    }
-
     /// A database's (0: global) `pg_filenode.map` from the base backup.
     pub fn load_relmap(&mut self, db: Oid, bytes: &[u8]) -> Result<(), String> {
         let map = heap::parse_relmap(bytes).map_err(|e| format!("pg_filenode.map of database {db}: {e}"))?;
@@ -280,13 +276,28 @@ impl Tracker {
         let Some(kind) = self.kind_of(db, file) else {
             return Err(format!("file {file} of database {db} is not a catalog this search reads"));
         };
-        let tuples = heap::page_tuples(page).map_err(|e| format!("block {block} of catalog file {file}: {e}"))?;
-        for t in tuples {
+        self.take_page(kind, (db, file), block, page, true)
+            .map_err(|e| format!("block {block} of catalog file {file}: {e}"))
+    }
+
+    /// Every row of a catalog page: kept by place, and made known. From the
+    /// backup (`from_backup`) a live row replaces what was known (a row some
+    /// transaction deleted or replaced only fills a gap); from a full-page
+    /// image every row only fills gaps (the record's own row is applied as
+    /// its transaction's).
+    fn take_page(
+        &mut self,
+        kind: CatalogKind,
+        (db, file): FileKey,
+        block: u32,
+        page: &[u8],
+        from_backup: bool,
+    ) -> Result<(), heap::DecodeError> {
+        for t in heap::page_tuples(page)? {
             self.tuples.insert((db, file, block, t.offnum), t.data.to_vec());
-            // A row some transaction deleted or replaced only fills a gap.
             let live = t.xmax == 0 || t.infomask & heap::HEAP_XMAX_INVALID != 0;
             if let Some(row) = self.parse_row(kind, db, t.data) {
-                self.apply(row, live);
+                self.apply(row, from_backup && live);
             }
         }
         Ok(())
@@ -360,11 +371,6 @@ impl Tracker {
                 }
             }
         }
-    }
-
-    /// The name of database `oid`, if known.
-    pub fn database_name(&self, oid: Oid) -> Option<&str> {
-        self.databases.get(&oid).map(String::as_str)
     }
 
     /// Events found so far (oldest first), leaving none behind.
@@ -441,17 +447,10 @@ impl Tracker {
     }
 
     fn image(&mut self, kind: CatalogKind, (db, file): FileKey, block: u32, page: &[u8]) {
-        let Ok(tuples) = heap::page_tuples(page) else {
+        if self.take_page(kind, (db, file), block, page, false).is_err() {
             self.note(format!(
                 "a full-page image of catalog file {file} (database {db}) block {block} could not be read"
             ));
-            return;
-        };
-        for t in tuples {
-            self.tuples.insert((db, file, block, t.offnum), t.data.to_vec());
-            if let Some(row) = self.parse_row(kind, db, t.data) {
-                self.apply(row, false);
-            }
         }
     }
 
