@@ -140,7 +140,7 @@ fn before_accident(
     a: &mut RestoreArgs,
     table: String,
 ) -> Result<()> {
-    use crate::commands::wal::{command_prefix, end_of_archive_warnings, event_lines, nothing_found, searched_line};
+    use crate::commands::wal::{command_prefix, end_of_archive_warnings, event_lines, note_search, nothing_found};
     // Before a search that may read the whole archive.
     if !a.force && !a.skip_extraction {
         if let Ok(mut rd) = std::fs::read_dir(&a.target_dir) {
@@ -163,14 +163,8 @@ fn before_accident(
     };
     ctx.note(format!("searching the archived WAL for the transaction that dropped or truncated {table} ..."));
     let report = dbbackup_core::wal::search::search(repo, &opts)?;
-    for n in &report.notes {
-        ctx.note(format!("note: {n}"));
-    }
     let prefix = command_prefix(ctx, repo.key().is_some())?;
-    ctx.note(searched_line(&report));
-    for w in end_of_archive_warnings(ctx, &report) {
-        ctx.note(w);
-    }
+    note_search(ctx, &report, &end_of_archive_warnings(ctx, repo, &report));
     match report.events.as_slice() {
         [] => bail!(
             "{}: nothing was restored; `dbbackup wal search` lists every event (a table is found by the name it had when it was dropped or any earlier one, a partition by its own name)",
@@ -181,7 +175,7 @@ fn before_accident(
                 bail!("found xid {} at {}, but {why}", one.event.xid, one.event.lsn);
             }
             // The event, without the command this restore is about to run.
-            for l in event_lines(one, &prefix).into_iter().take_while(|l| !l.starts_with("  restore to just before it")) {
+            for l in event_lines(one, None) {
                 ctx.note(l);
             }
             match one.event.stop_before {
@@ -207,7 +201,7 @@ fn before_accident(
         many => {
             eprintln!("{} committed transactions dropped or truncated {table}:\n", many.len());
             for f in many {
-                for l in event_lines(f, &prefix) {
+                for l in event_lines(f, Some(&prefix)) {
                     eprintln!("{l}");
                 }
                 eprintln!();

@@ -499,7 +499,7 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
     };
     let report = dbbackup_core::wal::search::search(&repo, &opts)?;
     let prefix = command_prefix(ctx, repo.key().is_some())?;
-    let warnings = end_of_archive_warnings(ctx, &report);
+    let warnings = end_of_archive_warnings(ctx, &repo, &report);
     if ctx.g.json {
         print_json(&json!({
             "searched": {
@@ -518,7 +518,7 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for f in &report.events {
-        for line in event_lines(f, &prefix) {
+        for line in event_lines(f, Some(&prefix)) {
             println!("{line}");
         }
         println!();
@@ -526,18 +526,23 @@ fn search(ctx: &Ctx, a: SearchArgs) -> Result<ExitCode> {
     if report.events.is_empty() {
         println!("{}", nothing_found(&opts));
     }
-    for n in &report.notes {
-        ctx.note(format!("note: {n}"));
-    }
-    ctx.note(searched_line(&report));
-    for w in warnings {
-        ctx.note(w);
-    }
+    note_search(ctx, &report, &warnings);
     Ok(ExitCode::SUCCESS)
 }
 
+/// On stderr: the search's notes, what it read, and the warnings.
+pub(crate) fn note_search(ctx: &Ctx, r: &SearchReport, warnings: &[String]) {
+    for n in &r.notes {
+        ctx.note(format!("note: {n}"));
+    }
+    ctx.note(searched_line(r));
+    for w in warnings {
+        ctx.note(w);
+    }
+}
+
 /// What the search read, and where the archive ends in time.
-pub(crate) fn searched_line(r: &SearchReport) -> String {
+fn searched_line(r: &SearchReport) -> String {
     format!(
         "searched {} records in {} segments from {} (the start of backup {}) to {} on timeline {}'s way{}",
         r.records,
@@ -556,7 +561,7 @@ pub(crate) fn searched_line(r: &SearchReport) -> String {
 /// When the server (if one is given and it is the repository's cluster)
 /// has written WAL past the end of the archive: an accident there is not
 /// found, which must be said before anyone restores to an older one.
-pub(crate) fn end_of_archive_warnings(ctx: &Ctx, r: &SearchReport) -> Vec<String> {
+pub(crate) fn end_of_archive_warnings(ctx: &Ctx, repo: &Repository, r: &SearchReport) -> Vec<String> {
     let mut w = Vec::new();
     if !ctx.conn_given() && ctx.g.pgdata.is_none() {
         return w;
@@ -572,8 +577,7 @@ pub(crate) fn end_of_archive_warnings(ctx: &Ctx, r: &SearchReport) -> Vec<String
              (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
     let Ok(row) = client.query_one(q, &[]) else { return w };
     let (sysid, lsn): (String, Option<String>) = (row.get(0), row.get(1));
-    let repo_sysid = ctx.open_repo().ok().and_then(|repo| repo.identity().map(|i| i.system_identifier));
-    if repo_sysid.is_none_or(|id| id.to_string() != sysid) {
+    if repo.identity().is_none_or(|i| i.system_identifier.to_string() != sysid) {
         return w;
     }
     if let Some(at) = lsn.and_then(|l| l.parse::<dbbackup_format::Lsn>().ok()).filter(|at| *at > r.to) {
@@ -712,8 +716,9 @@ fn what_lines(f: &Found) -> Vec<String> {
     out
 }
 
-/// The event as a DBA reads it.
-pub(crate) fn event_lines(f: &Found, prefix: &[String]) -> Vec<String> {
+/// The event as a DBA reads it; with the command that restores to just
+/// before it when `prefix` (its start, [`command_prefix`]) is given.
+pub(crate) fn event_lines(f: &Found, prefix: Option<&[String]>) -> Vec<String> {
     let e = &f.event;
     let mut head = format!(
         "{}  xid {}  LSN {}  timeline {}",
@@ -732,6 +737,7 @@ pub(crate) fn event_lines(f: &Found, prefix: &[String]) -> Vec<String> {
     }
     let mut out = vec![head];
     out.extend(what_lines(f).into_iter().map(|l| format!("  {l}")));
+    let Some(prefix) = prefix else { return out };
     match (&f.no_restore, restore_command(f, prefix)) {
         (_, Some(cmd)) => {
             out.push("  restore to just before it:".into());
