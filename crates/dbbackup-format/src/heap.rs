@@ -200,14 +200,20 @@ pub struct NamespaceRow {
     pub name: String,
 }
 
-/// `pg_namespace`: oid @0, nspname @4 (12 to 18).
-pub fn pg_namespace_row(major: u32, data: &[u8]) -> Result<NamespaceRow, DecodeError> {
+/// A catalog row that starts with its oid @0 and its name @4, as
+/// `pg_namespace` and `pg_database` rows do (12 to 18).
+fn oid_and_name(major: u32, what: &str, data: &[u8]) -> Result<(Oid, String), DecodeError> {
     crate::walrmgr::check_major(major)?;
-    let what = "pg_namespace row";
     if data.len() < 4 + NAMEDATALEN {
         return Err(short(what, data.len(), 4 + NAMEDATALEN));
     }
-    Ok(NamespaceRow { oid: u32_at(data, 0), name: name_at(what, data, 4)? })
+    Ok((u32_at(data, 0), name_at(what, data, 4)?))
+}
+
+/// `pg_namespace`: oid @0, nspname @4 (12 to 18).
+pub fn pg_namespace_row(major: u32, data: &[u8]) -> Result<NamespaceRow, DecodeError> {
+    let (oid, name) = oid_and_name(major, "pg_namespace row", data)?;
+    Ok(NamespaceRow { oid, name })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,12 +224,8 @@ pub struct DatabaseRow {
 
 /// `pg_database`: oid @0, datname @4 (12 to 18).
 pub fn pg_database_row(major: u32, data: &[u8]) -> Result<DatabaseRow, DecodeError> {
-    crate::walrmgr::check_major(major)?;
-    let what = "pg_database row";
-    if data.len() < 4 + NAMEDATALEN {
-        return Err(short(what, data.len(), 4 + NAMEDATALEN));
-    }
-    Ok(DatabaseRow { oid: u32_at(data, 0), name: name_at(what, data, 4)? })
+    let (oid, name) = oid_and_name(major, "pg_database row", data)?;
+    Ok(DatabaseRow { oid, name })
 }
 
 /// `RELMAPPER_FILEMAGIC`, 12 to 18.
